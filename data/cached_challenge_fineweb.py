@@ -1,0 +1,177 @@
+"""Download the official challenge shards and tokenizer from Hugging Face.
+
+    python3 data/cached_challenge_fineweb.py --variant sp1024                  # 80 train shards
+    python3 data/cached_challenge_fineweb.py --variant sp1024 --train-shards 1  # smoke test
+    MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf \
+        python3 data/cached_challenge_fineweb.py --variant sp8192
+
+Writes `data/datasets/fineweb10B_{variant}/fineweb_{val,train}_*.bin` (all val shards, the first
+N train shards) and the tokenizer files into `data/tokenizers/`. The source is the Hugging Face
+dataset repo `$MATCHED_FINEWEB_REPO_ID` (default willdepueoai/parameter-golf, which holds sp1024
+only), files under `$MATCHED_FINEWEB_REMOTE_ROOT_PREFIX` (default `datasets`).
+
+Manifest format (as written by the official export and read by the official downloader):
+`{root}/manifest.json` holds `datasets: [{name, tokenizer_name, stats: {files_train, files_val}}]`
+and `tokenizers: [{name, model_path, vocab_path}]`, tokenizer paths relative to `{root}`.
+Shards are `{root}/datasets/{name}/fineweb_{split}_{i:06d}.bin`, numbered from 0. The manifest is
+fetched fresh on every run, so switching repos never reads a stale one. Files already present
+with the expected size are skipped; needs `pip install huggingface-hub`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import NoReturn
+
+VARIANTS = ("sp1024", "sp4096", "sp8192")
+REPO_ENV, ROOT_ENV = "MATCHED_FINEWEB_REPO_ID", "MATCHED_FINEWEB_REMOTE_ROOT_PREFIX"
+DEFAULT_REPO, DEFAULT_ROOT = "willdepueoai/parameter-golf", "datasets"
+OTHER_VARIANTS_REPO = "kevclark/parameter-golf"  # sp4096 and sp8192 exports used by the records
+TOKENIZER_KEYS = ("model_path", "vocab_path", "path")
+
+
+def fail(message: str) -> NoReturn:
+    raise SystemExit(f"cached_challenge_fineweb: {message}")
+
+
+# ---- MANIFEST AND PLAN (pure, no network) ----
+
+def dataset_entry(manifest: dict, variant: str, repo_id: str) -> dict:
+    name = f"fineweb10B_{variant}"
+    for entry in manifest.get("datasets", []):
+        if entry.get("name") == name:
+            return entry
+    listed = ", ".join(str(e.get("name")) for e in manifest.get("datasets", [])) or "nothing"
+    fail(f"{name} is not in the manifest of {repo_id} (it lists {listed}). {DEFAULT_REPO} publishes "
+         f"sp1024 only; for sp4096/sp8192 set {REPO_ENV}={OTHER_VARIANTS_REPO}.")
+
+
+def shard_counts(entry: dict) -> tuple[int, int]:
+    """(train, val) shard counts from `stats`, or from the entry itself in a flatter manifest."""
+    stats = entry.get("stats") or entry
+    try:
+        return int(stats["files_train"]), int(stats["files_val"])
+    except (KeyError, TypeError, ValueError):
+        fail(f"manifest entry {entry.get('name')} has no stats.files_train / stats.files_val counts.")
+
+
+def tokenizer_paths(manifest: dict, entry: dict) -> list[str]:
+    name = entry.get("tokenizer_name")
+    tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == name), None)
+    paths = list(dict.fromkeys(str(tok[k]) for k in TOKENIZER_KEYS if tok and tok.get(k)))
+    if not paths:
+        fail(f"manifest has no downloadable tokenizer {name!r} for {entry.get('name')}.")
+    return paths
+
+
+def local_path(relative: str, output_root: Path) -> Path:
+    """Where a file at `{root}/{relative}` lands: datasets/... and tokenizers/... under output_root."""
+    parts = PurePosixPath(relative).parts
+    if not parts or ".." in parts or PurePosixPath(relative).is_absolute():
+        fail(f"manifest path {relative!r} is not a plain relative path.")
+    return output_root.joinpath(*parts)
+
+
+def plan_downloads(manifest: dict, variant: str, train_shards: int, output_root: Path,
+                   remote_root: str = DEFAULT_ROOT, repo_id: str = DEFAULT_REPO) -> list[tuple[str, Path]]:
+    """(remote path in the repo, local path) for every file to fetch, val shards first."""
+    entry = dataset_entry(manifest, variant, repo_id)
+    max_train, num_val = shard_counts(entry)
+    if not 0 <= train_shards <= max_train:
+        fail(f"--train-shards {train_shards} is not available: {entry['name']} on {repo_id} "
+             f"has {max_train} train shards; ask for at most {max_train}.")
+    shards = [f"fineweb_val_{i:06d}.bin" for i in range(num_val)]
+    shards += [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
+    relatives = [f"datasets/{entry['name']}/{s}" for s in shards] + tokenizer_paths(manifest, entry)
+    prefix = f"{remote_root.strip('/')}/" if remote_root.strip("/") else ""
+    return [(prefix + r, local_path(r, output_root)) for r in relatives]
+
+
+def is_complete(path: Path, expected_size: int | None) -> bool:
+    """Present with the remote size; without one, a shard must match its own header's count."""
+    if not path.is_file():
+        return False
+    size = path.stat().st_size
+    if expected_size is not None:
+        return size == expected_size
+    if path.suffix == ".bin":
+        with path.open("rb") as f:
+            header = f.read(12)
+        return len(header) == 12 and size == 1024 + 2 * int.from_bytes(header[8:12], "little")
+    return size > 0
+
+
+# ---- DOWNLOAD ----
+
+def hub_error(repo_id: str, what: str, exc: Exception) -> NoReturn:
+    fail(f"could not fetch {what} from Hugging Face dataset {repo_id} ({type(exc).__name__}: {exc}). "
+         f"Check the network (or `huggingface-cli login` for a gated repo), or set {REPO_ENV} / "
+         f"{ROOT_ENV} to another copy of the export.")
+
+
+def fetch(hub, repo_id: str, remote: str, destination: Path, staging: Path) -> None:
+    """Download into a staging folder on the same disk, then rename into place atomically."""
+    try:
+        staged = hub.hf_hub_download(repo_id=repo_id, filename=remote, repo_type="dataset",
+                                     local_dir=staging)
+    except Exception as exc:  # huggingface_hub raises many HTTP / offline error types
+        hub_error(repo_id, remote, exc)
+    staged = Path(staged)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if staged.is_symlink():  # huggingface-hub < 0.23 links big files into its cache instead
+        shutil.copyfile(staged.resolve(), staged.with_name(staged.name + ".copy"))
+        staged.unlink()
+        staged = staged.with_name(staged.name + ".copy")
+    os.replace(staged, destination)
+
+
+def remote_sizes(hub, repo_id: str, remotes: list[str]) -> dict[str, int]:
+    """Sizes published on the Hub; empty if the listing fails (then shards self-check)."""
+    try:
+        infos = hub.HfApi().get_paths_info(repo_id, remotes, repo_type="dataset")
+        return {info.path: info.size for info in infos if getattr(info, "size", None) is not None}
+    except Exception:
+        return {}
+
+
+def download(variant: str, train_shards: int, output_root: Path) -> None:
+    try:
+        import huggingface_hub as hub  # only this path needs it; planning and tests do not
+    except ImportError:
+        fail("the huggingface_hub package is missing: pip install huggingface-hub")
+    repo_id = os.environ.get(REPO_ENV, DEFAULT_REPO)
+    remote_root = os.environ.get(ROOT_ENV, DEFAULT_ROOT).strip("/")
+    staging = output_root / ".download_staging"
+    manifest_remote = f"{remote_root}/manifest.json" if remote_root else "manifest.json"
+    fetch(hub, repo_id, manifest_remote, output_root / "manifest.json", staging)
+    manifest = json.loads((output_root / "manifest.json").read_text(encoding="utf-8"))
+
+    plan = plan_downloads(manifest, variant, train_shards, output_root, remote_root, repo_id)
+    sizes = remote_sizes(hub, repo_id, [remote for remote, _ in plan])
+    todo = [(r, p) for r, p in plan if not is_complete(p, sizes.get(r))]
+    print(f"{repo_id}: {len(plan)} files for {variant}, {len(plan) - len(todo)} already present")
+    for i, (remote, destination) in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {remote} -> {destination}", flush=True)
+        fetch(hub, repo_id, remote, destination, staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = next((p for _, p in plan if p.suffix == ".model"), plan[-1][1])
+    print(f"DATA_PATH={output_root / 'datasets' / f'fineweb10B_{variant}'} "
+          f"TOKENIZER_PATH={tokenizer} VOCAB_SIZE={variant.removeprefix('sp')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", choices=VARIANTS, default="sp1024")
+    p.add_argument("--train-shards", type=int, default=80, help="first N train shards (100M tokens each)")
+    p.add_argument("--output-root", type=Path, default=Path(__file__).resolve().parent,
+                   help="folder that receives datasets/ and tokenizers/ (default: this data/ folder)")
+    args = p.parse_args(argv)
+    download(args.variant, args.train_shards, args.output_root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Tests for data/make_local_dataset.py and data/cached_challenge_fineweb.py (CPU, no network)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILDER = ROOT / "data" / "make_local_dataset.py"
+sys.path.insert(0, str(ROOT / "data"))
+import cached_challenge_fineweb as downloader  # noqa: E402
+import make_local_dataset as builder  # noqa: E402
+
+SYLLABLES = "ka lo mi ne su ta ri po ve da ze gu ha bo ni fe lu sa mo te ra ki".split()
+NON_ASCII = ["naïve café 東京 🚀 on route 66", "ﬁne ½ cup at 10:45 in Zürich", "Ωmega 2024 façade"]
+
+
+# ---- helpers ----
+
+def read_shard(path: Path) -> np.ndarray:
+    """Token ids of one shard, after checking the challenge's header and exact file size."""
+    raw = path.read_bytes()
+    header = np.frombuffer(raw[:1024], dtype="<i4")
+    assert header[0] == 20240520 and header[1] == 1 and not header[3:].any()
+    assert len(raw) == 1024 + 2 * int(header[2])
+    return np.frombuffer(raw[1024:], dtype="<u2")
+
+
+def split_tokens(directory: Path, split: str) -> np.ndarray:
+    shards = sorted(directory.glob(f"fineweb_{split}_*.bin"))
+    return np.concatenate([read_shard(p) for p in shards])
+
+
+def decode_docs(tokens: np.ndarray, sp: spm.SentencePieceProcessor) -> list[str]:
+    starts = list(np.flatnonzero(tokens == 1)) + [len(tokens)]
+    assert starts[0] == 0, "every split must begin with BOS"
+    return [sp.decode(tokens[a + 1:b].tolist()) for a, b in zip(starts, starts[1:])]
+
+
+def run_builder(out: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BUILDER), "--output-root", str(out), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def paths_from_summary(stdout: str) -> dict[str, str]:
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("DATA_PATH=")
+    return dict(item.split("=", 1) for item in last.split())
+
+
+def synthetic_docs(n: int, seed: int = 0) -> list[str]:
+    """Distinct single-line documents of made-up words, enough for a 512-piece tokenizer."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(SYLLABLES, k=rng.randint(1, 4))) for _ in range(400)]
+    return [f"doc {i}: " + " ".join(rng.choices(words, k=40)) for i in range(n)]
+
+
+def write_mixed_corpus(root: Path) -> tuple[list[str], list[str]]:
+    """Every input kind on disk; returns (documents that must be read, --input arguments)."""
+    docs = synthetic_docs(60) + NON_ASCII
+    root.mkdir(parents=True, exist_ok=True)
+    jsonl_docs = docs[:30] + NON_ASCII
+    (root / "docs.jsonl").write_text(
+        "\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(jsonl_docs)) + "\n\n",
+        encoding="utf-8")
+    tree = root / "tree" / "nested"
+    tree.mkdir(parents=True)
+    for i, d in enumerate(docs[30:45]):
+        (tree / f"part{i:02d}.{'md' if i % 2 else 'txt'}").write_text(d, encoding="utf-8")
+    (tree / ".hidden.txt").write_text("hidden file must be skipped", encoding="utf-8")
+    (tree / "blob.bin").write_bytes(b"not a text suffix")
+    (root / "globbed").mkdir()
+    for i, d in enumerate(docs[45:59]):
+        (root / "globbed" / f"g{i:02d}.txt").write_text(d, encoding="utf-8")
+    (root / "globbed" / "ignored.log").write_text("does not match the pattern", encoding="utf-8")
+    (root / "single.txt").write_text(docs[59], encoding="utf-8")
+    inputs = [str(root / "docs.jsonl"), str(root / "tree"), str(root / "globbed" / "*.txt"),
+              str(root / "single.txt")]
+    return docs, inputs
+
+
+@pytest.fixture(scope="module")
+def mixed_build(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("mixed")
+    docs, inputs = write_mixed_corpus(tmp / "corpus")
+    proc = run_builder(tmp / "out", "--input", *inputs, "--vocab-size", "512", "--val-docs", "12")
+    paths = paths_from_summary(proc.stdout)
+    sp = spm.SentencePieceProcessor(model_file=paths["TOKENIZER_PATH"])
+    data = Path(paths["DATA_PATH"])
+    return {"docs": docs, "inputs": inputs, "paths": paths, "out": tmp / "out",
+            "train": decode_docs(split_tokens(data, "train"), sp),
+            "val": decode_docs(split_tokens(data, "val"), sp)}
+
+
+# ---- builder: format ----
+
+def test_stdlib_shards_have_exact_header_and_one_bos_per_document(tmp_path: Path) -> None:
+    proc = run_builder(tmp_path, "--max-bytes", "2000000", "--vocab-size", "512",
+                       "--shard-tokens", "150000")
+    paths = paths_from_summary(proc.stdout)
+    assert paths["VOCAB_SIZE"] == "512"
+    assert paths["DATA_PATH"] == str(tmp_path / "datasets" / "local_sp512")
+    assert paths["TOKENIZER_PATH"] == str(tmp_path / "tokenizers" / "local_512_bpe.model")
+    data = Path(paths["DATA_PATH"])
+    for split in ("train", "val"):
+        line = next(l for l in proc.stdout.splitlines() if l.split()[:1] == [split])
+        stats = dict(item.split("=") for item in line.split()[1:])
+        shards = sorted(data.glob(f"fineweb_{split}_*.bin"))
+        assert [p.name for p in shards] == [f"fineweb_{split}_{i:06d}.bin" for i in range(len(shards))]
+        assert len(shards) == int(stats["shards"])
+        counts = [len(read_shard(p)) for p in shards]
+        assert all(c == 150000 for c in counts[:-1]) and 0 < counts[-1] <= 150000
+        tokens = split_tokens(data, split)
+        assert tokens[0] == 1 and len(tokens) == int(stats["tokens"])
+        assert int((tokens == 1).sum()) == int(stats["docs"])
+        assert int(tokens.max()) < 512 and not (tokens == 2).any()  # no EOS
+    assert len(list(data.glob("fineweb_train_*.bin"))) >= 2
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert spm.SentencePieceProcessor(model_file=paths["TOKENIZER_PATH"]).vocab_size() == 512
+
+
+def test_tokenizer_uses_challenge_special_ids(mixed_build: dict) -> None:
+    sp = spm.SentencePieceProcessor(model_file=mixed_build["paths"]["TOKENIZER_PATH"])
+    assert (sp.pad_id(), sp.bos_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2, 3)
+    assert sp.encode("2024") == [sp.piece_to_id(d) for d in "2024"]  # split_digits
+    assert sp.id_to_piece(sp.encode("🚀")[0]).startswith("<0x")  # byte_fallback
+
+
+# ---- builder: inputs, split, round trip ----
+
+def test_every_input_kind_is_read_and_non_ascii_round_trips(mixed_build: dict) -> None:
+    # Exactly the documents of every input, each once: nothing from hidden, non-text or
+    # unmatched files, and every decoded document equals its NFKC-normalised source.
+    expected = sorted(unicodedata.normalize("NFKC", d) for d in mixed_build["docs"])
+    assert sorted(mixed_build["train"] + mixed_build["val"]) == expected
+    assert "fine ½" not in " ".join(mixed_build["train"] + mixed_build["val"])  # NFKC applied
+
+
+def test_validation_documents_never_appear_in_train(mixed_build: dict) -> None:
+    assert len(mixed_build["val"]) == 12
+    assert not set(mixed_build["val"]) & set(mixed_build["train"])
+
+
+def test_same_inputs_and_options_give_byte_identical_files(mixed_build: dict, tmp_path: Path) -> None:
+    run_builder(tmp_path, "--input", *mixed_build["inputs"], "--vocab-size", "512", "--val-docs", "12")
+    first = {p.relative_to(mixed_build["out"]): p.read_bytes()
+             for p in sorted(mixed_build["out"].rglob("*")) if p.is_file()}
+    second = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert first.keys() == second.keys() and len(first) == 4
+    assert all(first[k] == second[k] for k in first)
+
+
+def test_rerun_with_fewer_shards_removes_stale_ones(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": d}) for d in synthetic_docs(80)), encoding="utf-8")
+    out = tmp_path / "out"
+    run_builder(out, "--input", str(corpus), "--vocab-size", "300", "--shard-tokens", "500")
+    data = out / "datasets" / "local_sp300"
+    assert len(list(data.glob("fineweb_train_*.bin"))) > 3
+    run_builder(out, "--input", str(corpus), "--vocab-size", "300")
+    assert sorted(p.name for p in data.iterdir()) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin"]
+
+
+def test_max_bytes_stops_reading_in_input_order(tmp_path: Path) -> None:
+    files = []
+    for i, doc in enumerate(synthetic_docs(5)):
+        files.append(tmp_path / f"{i}.txt")
+        files[-1].write_text(doc, encoding="utf-8")
+    size = len(synthetic_docs(5)[0].encode())
+    docs, total = builder.load_documents(files, max_bytes=size + 1)
+    assert docs == synthetic_docs(5)[:2] and total == sum(len(d.encode()) for d in docs)
+
+
+def test_split_is_seeded_and_default_val_is_a_capped_tenth() -> None:
+    docs = [f"d{i}" for i in range(5000)]
+    train, val = builder.split_documents(docs, None, seed=1)
+    assert len(val) == 200 and sorted(train + val) == sorted(docs)
+    assert builder.split_documents(docs, None, seed=1) == (train, val)
+    assert builder.split_documents(docs, None, seed=2) != (train, val)
+    assert len(builder.split_documents(docs[:50], None, seed=1)[1]) == 5
+
+
+# ---- builder: errors ----
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("empty_dir", ["--input", "{tmp}/empty"], "no input files found"),
+    ("blank_docs", ["--input", "{tmp}/blank.txt", "{tmp}/blank.jsonl"], "every input document is empty"),
+    ("docs", ["--input", "{tmp}/docs.jsonl", "--vocab-size", "256"], "too small"),
+    ("docs", ["--input", "{tmp}/docs.jsonl", "--vocab-size", "70000"], "too large"),
+    ("docs", ["--input", "{tmp}/docs.jsonl", "--val-docs", "5"], "leaves no training documents"),
+    ("docs", ["--input", "{tmp}/docs.jsonl", "--vocab-size", "4096"], "lower --vocab-size"),
+    ("docs", ["--input", "{tmp}/missing.txt"], "does not exist"),
+    ("bad_jsonl", ["--input", "{tmp}/bad.jsonl"], "bad.jsonl:2 is not a JSON object"),
+])
+def test_bad_input_or_options_exit_with_a_sentence(tmp_path: Path, setup: str, args: list[str],
+                                                   message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blank.txt").write_text("  \n\n", encoding="utf-8")
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": " "}\n', encoding="utf-8")
+    (tmp_path / "docs.jsonl").write_text(
+        "\n".join(json.dumps({"text": d}) for d in synthetic_docs(5)), encoding="utf-8")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n', encoding="utf-8")
+    argv = [a.format(tmp=tmp_path) for a in args] + ["--output-root", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=message):
+        builder.main(argv)
+    assert not (tmp_path / "out" / "datasets").exists() or not list((tmp_path / "out").rglob("*.bin"))
+
+
+def test_cli_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(BUILDER), "--input", str(tmp_path / "nothing*.txt"),
+                           "--output-root", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "no input files found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- downloader (no network) ----
+
+FAKE_MANIFEST = {
+    "version": "10B",
+    "datasets": [
+        {"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024",
+         "stats": {"files_train": 3, "files_val": 2, "tokens_train": 300_000_000}},
+        {"name": "fineweb10B_byte260", "tokenizer_name": "pure_byte_260",
+         "stats": {"files_train": 5, "files_val": 1}},
+    ],
+    "tokenizers": [
+        {"name": "sp_bpe_1024", "kind": "sentencepiece_bpe", "vocab_size": 1024,
+         "model_path": "tokenizers/fineweb_1024_bpe.model", "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"},
+        {"name": "pure_byte_260", "path": "tokenizers/fineweb_pure_byte_260.json"},
+    ],
+}
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> dict:
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(FAKE_MANIFEST), encoding="utf-8")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_plan_lists_val_then_first_train_shards_then_tokenizer(manifest: dict, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    plan = downloader.plan_downloads(manifest, "sp1024", 2, out, "datasets", "someone/repo")
+    ds = "datasets/fineweb10B_sp1024"
+    assert plan == [
+        (f"datasets/{ds}/fineweb_val_000000.bin", out / ds / "fineweb_val_000000.bin"),
+        (f"datasets/{ds}/fineweb_val_000001.bin", out / ds / "fineweb_val_000001.bin"),
+        (f"datasets/{ds}/fineweb_train_000000.bin", out / ds / "fineweb_train_000000.bin"),
+        (f"datasets/{ds}/fineweb_train_000001.bin", out / ds / "fineweb_train_000001.bin"),
+        ("datasets/tokenizers/fineweb_1024_bpe.model", out / "tokenizers" / "fineweb_1024_bpe.model"),
+        ("datasets/tokenizers/fineweb_1024_bpe.vocab", out / "tokenizers" / "fineweb_1024_bpe.vocab"),
+    ]
+    no_root = downloader.plan_downloads(manifest, "sp1024", 0, out, "", "someone/repo")
+    assert [r for r, _ in no_root][0] == f"{ds}/fineweb_val_000000.bin" and len(no_root) == 4
+
+
+def test_variant_missing_from_manifest_points_to_other_repo(manifest: dict, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="fineweb10B_sp8192 is not in the manifest.*kevclark/parameter-golf"):
+        downloader.plan_downloads(manifest, "sp8192", 1, tmp_path)
+
+
+def test_too_many_train_shards_names_the_available_count(manifest: dict, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="has 3 train shards; ask for at most 3"):
+        downloader.plan_downloads(manifest, "sp1024", 4, tmp_path)
+
+
+def test_manifest_path_escaping_output_root_is_refused(manifest: dict, tmp_path: Path) -> None:
+    manifest["tokenizers"][0]["model_path"] = "../../etc/fineweb_1024_bpe.model"
+    with pytest.raises(SystemExit, match="not a plain relative path"):
+        downloader.plan_downloads(manifest, "sp1024", 1, tmp_path)
+
+
+def test_present_files_with_the_right_size_are_skipped(tmp_path: Path) -> None:
+    shard = tmp_path / "fineweb_val_000000.bin"
+    shard.write_bytes(builder.shard_bytes(np.arange(10, dtype=np.uint16)))
+    assert downloader.is_complete(shard, 1044) and downloader.is_complete(shard, None)
+    assert not downloader.is_complete(shard, 2048)  # remote says otherwise: fetch again
+    truncated = tmp_path / "fineweb_train_000000.bin"
+    truncated.write_bytes(shard.read_bytes()[:-2])
+    assert not downloader.is_complete(truncated, None)
+    assert not downloader.is_complete(tmp_path / "absent.model", None)
+    (tmp_path / "tok.model").write_bytes(b"x" * 7)
+    assert downloader.is_complete(tmp_path / "tok.model", 7) and not downloader.is_complete(tmp_path / "tok.model", 8)
+
+
+def test_missing_huggingface_hub_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
+    with pytest.raises(SystemExit, match="pip install huggingface-hub"):
+        downloader.download("sp1024", 1, tmp_path)
+
+
+def test_download_fetches_the_plan_once_then_skips_present_files(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    shard = builder.shard_bytes(np.ones(4, dtype=np.uint16))
+    remote = {"datasets/manifest.json": json.dumps(FAKE_MANIFEST).encode(),
+              "datasets/tokenizers/fineweb_1024_bpe.model": b"model",
+              "datasets/tokenizers/fineweb_1024_bpe.vocab": b"vocab"}
+    for split, count in (("val", 2), ("train", 3)):
+        for i in range(count):
+            remote[f"datasets/datasets/fineweb10B_sp1024/fineweb_{split}_{i:06d}.bin"] = shard
+    fetched: list[str] = []
+
+    def hf_hub_download(repo_id: str, filename: str, repo_type: str, local_dir: Path) -> str:
+        assert (repo_id, repo_type) == ("someone/mirror", "dataset")
+        fetched.append(filename)
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(remote[filename])
+        return str(path)
+
+    class HfApi:
+        def get_paths_info(self, repo_id: str, paths: list[str], repo_type: str) -> list:
+            return [SimpleNamespace(path=p, size=len(remote[p])) for p in paths]
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub",
+                        SimpleNamespace(hf_hub_download=hf_hub_download, HfApi=HfApi))
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/mirror")
+    out = tmp_path / "data"
+    downloader.download("sp1024", 2, out)
+    assert len(fetched) == 1 + 2 + 2 + 2 and not (out / ".download_staging").exists()
+    assert (out / "datasets/fineweb10B_sp1024/fineweb_train_000001.bin").read_bytes() == shard
+    assert not (out / "datasets/fineweb10B_sp1024/fineweb_train_000002.bin").exists()
+    assert (out / "tokenizers/fineweb_1024_bpe.vocab").read_bytes() == b"vocab"
+    fetched.clear()
+    downloader.download("sp1024", 3, out)
+    assert fetched == ["datasets/manifest.json", "datasets/datasets/fineweb10B_sp1024/fineweb_train_000002.bin"]

@@ -1,0 +1,1605 @@
+"""Parameter Golf training script: a depth-recurrent GPT with per-pass adapters.
+
+Train the model with the lowest FineWeb validation bits-per-byte that fits, with this file,
+in a 16,000,000-byte artifact: 10 minutes of training and 10 of evaluation on 8xH100.
+
+    torchrun --standalone --nproc_per_node=8 train_gpt.py        # GPUs: CUDA, NCCL, bf16, compile
+    python3 train_gpt.py                                          # one CPU process: gloo-free, eager
+
+Sections, in order: hyperparameters, data, model, optimizers, training loop, GPTQ export,
+evaluation, main. Every knob is an environment variable (see Hyperparameters); the log-line
+contract used by records/package.py is listed in the README.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------
+# HYPERPARAMETERS
+# Defaults follow the 2026-04-09 record (COMPETITION.md): SP8192, 11 layers x 512, layers 3-5
+# looped twice more from 35% of training, 786,432 tokens per step at sequence 2048.
+# ---------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent setting; the message names the variable to change."""
+
+
+class Hyperparameters:
+    def __init__(self, environ: dict[str, str] | None = None):
+        env = dict(os.environ if environ is None else environ)
+        self.env_values: dict[str, object] = {}
+
+        def knob(name: str, default):
+            raw = env.get(name)
+            if raw is None or raw == "":
+                value = default
+            else:
+                try:
+                    value = bool(int(raw)) if isinstance(default, bool) else type(default)(raw)
+                except ValueError:
+                    kind = "0 or 1" if isinstance(default, bool) else type(default).__name__
+                    raise ConfigError(f"{name}={raw!r} is not a valid {kind}.") from None
+            self.env_values[name] = value
+            return value
+
+        # Data and run identity.
+        self.vocab_size = knob("VOCAB_SIZE", 8192)
+        self.data_path = knob("DATA_PATH", f"data/datasets/fineweb10B_sp{self.vocab_size}")
+        self.tokenizer_path = knob("TOKENIZER_PATH", f"data/tokenizers/fineweb_{self.vocab_size}_bpe.model")
+        self.run_id = knob("RUN_ID", time.strftime("run_%Y%m%d_%H%M%S"))
+        self.seed = knob("SEED", 1337)
+        self.val_tokens_limit = knob("VAL_TOKENS_LIMIT", 0)
+
+        # Model shape.
+        self.num_layers = knob("NUM_LAYERS", 11)
+        self.model_dim = knob("MODEL_DIM", 512)
+        self.num_heads = knob("NUM_HEADS", 8)
+        self.num_kv_heads = knob("NUM_KV_HEADS", 4)
+        self.mlp_mult = knob("MLP_MULT", 4.0)
+        self.rope_dims = knob("ROPE_DIMS", 16)
+        self.rope_base = knob("ROPE_BASE", 10000.0)
+        self.qk_gain_init = knob("QK_GAIN_INIT", 5.0)
+        self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0)
+        self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005)
+        self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 7)
+
+        # Depth recurrence and the per-pass adapters.
+        self.loop_start = knob("LOOP_START", 3)
+        self.loop_end = knob("LOOP_END", 5)
+        self.num_loops = knob("NUM_LOOPS", 2)
+        self.enable_looping_at = knob("ENABLE_LOOPING_AT", 0.35)
+        self.pass_lora_rank = knob("PASS_LORA_RANK", 1)
+        self.pass_lora_targets = knob("PASS_LORA_TARGETS", "q,k,v,o")
+        self.pass_embed = knob("PASS_EMBED", True)
+
+        # Training schedule.
+        self.iterations = knob("ITERATIONS", 20000)
+        self.max_wallclock_seconds = knob("MAX_WALLCLOCK_SECONDS", 600.0)
+        self.gptq_reserve_seconds = knob("GPTQ_RESERVE_SECONDS", 12.0)
+        self.train_batch_tokens = knob("TRAIN_BATCH_TOKENS", 786_432)
+        self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048)
+        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48)
+        self.warmup_steps = knob("WARMUP_STEPS", 20)
+        self.warmdown_frac = knob("WARMDOWN_FRAC", 0.72)
+        self.train_log_every = knob("TRAIN_LOG_EVERY", 100)
+        self.val_loss_every = knob("VAL_LOSS_EVERY", 0)
+        self.compile = knob("COMPILE", True)
+
+        # Optimizers.
+        self.matrix_lr = knob("MATRIX_LR", 0.022)
+        self.muon_momentum = knob("MUON_MOMENTUM", 0.99)
+        self.muon_momentum_warmup_start = knob("MUON_MOMENTUM_WARMUP_START", 0.92)
+        self.muon_momentum_warmup_steps = knob("MUON_MOMENTUM_WARMUP_STEPS", 1500)
+        self.muon_wd = knob("MUON_WD", 0.095)
+        self.muon_row_norm = knob("MUON_ROW_NORM", True)
+        self.newton_schulz_steps = knob("NEWTON_SCHULZ_STEPS", 5)
+        self.embed_lr = knob("EMBED_LR", 0.03)
+        self.scalar_lr = knob("SCALAR_LR", 0.02)
+        self.adapter_lr = knob("ADAPTER_LR", 0.01)
+        self.adam_wd = knob("ADAM_WD", 0.02)
+        self.beta1 = knob("BETA1", 0.9)
+        self.beta2 = knob("BETA2", 0.95)
+        self.grad_clip_norm = knob("GRAD_CLIP_NORM", 0.3)
+        self.ema_enabled = knob("EMA_ENABLED", True)
+        self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.06)
+
+        # Export.
+        self.quant_method = knob("QUANT_METHOD", "gptq")
+        self.matrix_bits = knob("MATRIX_BITS", 6)
+        self.embed_bits = knob("EMBED_BITS", 8)
+        self.matrix_clip_sigmas = knob("MATRIX_CLIP_SIGMAS", 12.85)
+        self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 20.0)
+        self.gptq_calib_seqs = knob("GPTQ_CALIB_SEQS", 64)
+        self.gptq_damp = knob("GPTQ_DAMP", 0.01)
+        self.gptq_block = knob("GPTQ_BLOCK", 128)
+        self.compressor = knob("COMPRESSOR", "brotli")
+        self.artifact_limit_bytes = knob("ARTIFACT_LIMIT_BYTES", 16_000_000)
+        self.artifact_path = knob("ARTIFACT_PATH", "final_model.ptz")
+        self.checkpoint_path = knob("CHECKPOINT_PATH", "final_model.pt")
+        self.export_only = knob("EXPORT_ONLY", "")
+        self.eval_only = knob("EVAL_ONLY", False)
+
+        # Evaluation and test-time training.
+        self.eval_seq_len = knob("EVAL_SEQ_LEN", 2048)
+        self.eval_stride = knob("EVAL_STRIDE", 64)
+        self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32)
+        self.sliding_enabled = knob("SLIDING_ENABLED", True)
+        self.ttt_enabled = knob("TTT_ENABLED", True)
+        self.ttt_chunk_tokens = knob("TTT_CHUNK_TOKENS", 32768)
+        self.ttt_epochs = knob("TTT_EPOCHS", 3)
+        self.ttt_lr = knob("TTT_LR", 0.005)
+        self.ttt_optimizer = knob("TTT_OPTIMIZER", "sgd")
+        self.ttt_momentum = knob("TTT_MOMENTUM", 0.9)
+        self.ttt_params = knob("TTT_PARAMS", "all")
+        self.ttt_grad_clip = knob("TTT_GRAD_CLIP", 1.0)
+        self.ttt_batch_seqs = knob("TTT_BATCH_SEQS", 16)
+        self.nll_dump_path = knob("NLL_DUMP_PATH", "")
+
+    def lora_targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.pass_lora_targets.split(",") if t.strip())
+
+    def validate(self, world_size: int) -> None:
+        """Fail at start, naming the variable, rather than deep inside a run."""
+
+        def require(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        require(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}.")
+        head_dim = self.model_dim // max(self.num_heads, 1)
+        require(head_dim % 2 == 0, f"MODEL_DIM/NUM_HEADS={head_dim} must be even for rotary embeddings.")
+        require(self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0,
+                f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}.")
+        require(0 <= self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
+                f"ROPE_DIMS={self.rope_dims} must be even and at most the head dimension {head_dim}.")
+        require(self.num_layers >= 1, f"NUM_LAYERS={self.num_layers} must be at least 1.")
+        require(self.num_loops >= 0, f"NUM_LOOPS={self.num_loops} must be 0 or more.")
+        if self.num_loops > 0:
+            require(0 <= self.loop_start <= self.loop_end < self.num_layers,
+                    f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} layers (0..{self.num_layers - 1}).")
+        require(self.pass_lora_rank in (0, 1, 2), f"PASS_LORA_RANK={self.pass_lora_rank} must be 0 (off), 1 or 2.")
+        unknown = set(self.lora_targets()) - set(LORA_TARGETS)
+        require(not unknown, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown)}; choose from {','.join(LORA_TARGETS)}.")
+        require(0.0 <= self.enable_looping_at <= 1.0, f"ENABLE_LOOPING_AT={self.enable_looping_at} must be a fraction in [0, 1].")
+        require(self.vocab_size <= 65536, f"VOCAB_SIZE={self.vocab_size} does not fit the uint16 shard format (at most 65536).")
+        seqs, rem = divmod(self.train_batch_tokens, self.train_seq_len)
+        require(rem == 0, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}.")
+        require(seqs % world_size == 0,
+                f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {seqs} sequences, which do not split over {world_size} processes; use a multiple of {self.train_seq_len * world_size}.")
+        per_rank = seqs // world_size
+        micro = min(self.micro_batch_seqs, per_rank)
+        require(micro > 0 and per_rank % micro == 0,
+                f"MICRO_BATCH_SEQS={self.micro_batch_seqs} must divide the {per_rank} sequences each process gets per step.")
+        require(0.0 <= self.warmdown_frac <= 1.0, f"WARMDOWN_FRAC={self.warmdown_frac} must be a fraction in [0, 1].")
+        require(self.max_wallclock_seconds == 0 or self.max_wallclock_seconds > self.gptq_reserve_seconds,
+                f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} (or be 0 for no clock).")
+        require(self.quant_method in ("gptq", "rtn"), f"QUANT_METHOD={self.quant_method!r} must be gptq or rtn.")
+        require(2 <= self.matrix_bits <= 8 and 2 <= self.embed_bits <= 8, "MATRIX_BITS and EMBED_BITS must be between 2 and 8.")
+        require(self.compressor in COMPRESSORS, f"COMPRESSOR={self.compressor!r} must be one of {', '.join(COMPRESSORS)}.")
+        require(self.eval_stride > 0 and self.eval_stride <= self.eval_seq_len,
+                f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}.")
+        require(self.ttt_optimizer in ("sgd", "adamw"), f"TTT_OPTIMIZER={self.ttt_optimizer!r} must be sgd or adamw.")
+        require(self.ttt_params in ("all", "adapters"), f"TTT_PARAMS={self.ttt_params!r} must be all or adapters.")
+        require(self.ttt_chunk_tokens > 0, f"TTT_CHUNK_TOKENS={self.ttt_chunk_tokens} must be positive.")
+        require(self.val_tokens_limit == 0 or self.val_tokens_limit >= 2, f"VAL_TOKENS_LIMIT={self.val_tokens_limit} must be 0 (whole split) or at least 2.")
+        require(not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both.")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        per_rank = self.train_batch_tokens // self.train_seq_len // world_size
+        return per_rank // min(self.micro_batch_seqs, per_rank)
+
+    def model_config(self) -> "ModelConfig":
+        return ModelConfig(
+            vocab_size=self.vocab_size, num_layers=self.num_layers, model_dim=self.model_dim,
+            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, mlp_mult=self.mlp_mult,
+            rope_dims=self.rope_dims, rope_base=self.rope_base, qk_gain_init=self.qk_gain_init,
+            logit_softcap=self.logit_softcap, tied_embed_init_std=self.tied_embed_init_std,
+            parallel_residual_start=self.parallel_residual_start,
+            loop_start=self.loop_start, loop_end=self.loop_end, num_loops=self.num_loops,
+            pass_lora_rank=self.pass_lora_rank, pass_lora_targets=list(self.lora_targets()),
+            pass_embed=self.pass_embed,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# DATA
+# Shards are the challenge's format: 256 little-endian int32 header words (magic, version,
+# token count), then uint16 token ids. Training hands each process disjoint sequences drawn
+# in a seeded random order from every shard; bits-per-byte counts bytes with sentencepiece
+# tables so the byte total equals the UTF-8 length of the decoded text.
+# ---------------------------------------------------------------------------------------------
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+SHARD_HEADER_WORDS = 256
+SHARD_HEADER_BYTES = SHARD_HEADER_WORDS * 4
+
+
+def load_data_shard(path: str | Path) -> np.ndarray:
+    """Validate a shard's header and size, then memory-map its tokens (read-only uint16)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < SHARD_HEADER_BYTES:
+        raise ValueError(f"{path}: truncated shard ({size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header); re-download or rebuild it.")
+    header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_WORDS)
+    if header[0] != SHARD_MAGIC:
+        raise ValueError(f"{path}: wrong magic {int(header[0])} (expected {SHARD_MAGIC}); this is not a challenge shard.")
+    if header[1] != SHARD_VERSION:
+        raise ValueError(f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION}).")
+    num_tokens = int(header[2])
+    expected = SHARD_HEADER_BYTES + 2 * num_tokens
+    if num_tokens < 0 or size != expected:
+        raise ValueError(f"{path}: size mismatch: header says {num_tokens} tokens ({expected} bytes) but the file has {size} bytes; the shard is truncated or corrupt, re-download or rebuild it.")
+    return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(num_tokens,))
+
+
+def shard_files(data_path: str, split: str) -> list[Path]:
+    files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
+    if not files:
+        raise FileNotFoundError(
+            f"No {split} shards (fineweb_{split}_*.bin) in DATA_PATH={data_path}. Download them with "
+            f"'python3 data/cached_challenge_fineweb.py --variant sp8192' or build a local set with "
+            f"'python3 data/make_local_dataset.py', then set DATA_PATH to the folder it prints.")
+    return files
+
+
+class TrainLoader:
+    """Seeded, world-size-independent stream of training sequences.
+
+    Every shard is cut into windows of seq_len + 1 tokens at stride seq_len (each token is a
+    target once per epoch). An epoch is a seeded permutation of all windows; global step s takes
+    the next `global_seqs` windows and process r takes its contiguous slice of them, so ranks
+    never share a sequence and the global batch is the same for any world size.
+    """
+
+    def __init__(self, data_path: str, seq_len: int, global_seqs: int, rank: int, world_size: int, seed: int):
+        self.shards = [load_data_shard(f) for f in shard_files(data_path, "train")]
+        self.seq_len, self.global_seqs = seq_len, global_seqs
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        counts = [max((len(s) - 1) // seq_len, 0) for s in self.shards]
+        self.window_starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts, dtype=np.int64)])
+        self.num_windows = int(self.window_starts[-1])
+        if self.num_windows < global_seqs:
+            raise ValueError(f"Training shards in {data_path} hold {self.num_windows} sequences of {seq_len + 1} tokens, fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
+        self.reset()
+
+    def reset(self) -> None:
+        self.epoch, self.cursor = 0, 0
+        self.order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+
+    def _window(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.window_starts, index, side="right") - 1)
+        start = (index - int(self.window_starts[shard])) * self.seq_len
+        return self.shards[shard][start:start + self.seq_len + 1]
+
+    def next_global_indices(self) -> np.ndarray:
+        if self.cursor + self.global_seqs > self.num_windows:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.order = self._permutation(self.epoch)
+        indices = self.order[self.cursor:self.cursor + self.global_seqs]
+        self.cursor += self.global_seqs
+        return indices
+
+    def next_batch(self, device: torch.device) -> torch.Tensor:
+        """This rank's share of the next global batch: (seqs, seq_len + 1) int64 tokens."""
+        per_rank = self.global_seqs // self.world_size
+        mine = self.next_global_indices()[self.rank * per_rank:(self.rank + 1) * per_rank]
+        batch = torch.from_numpy(np.stack([self._window(int(i)) for i in mine]).astype(np.int64))
+        if device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(device, non_blocking=True)
+
+
+def load_validation_tokens(data_path: str, limit: int = 0) -> torch.Tensor:
+    """All validation shards concatenated (or their first `limit` tokens, for smoke runs)."""
+    tokens = np.concatenate([np.asarray(load_data_shard(f)) for f in shard_files(data_path, "val")])
+    if limit:
+        tokens = tokens[:limit]
+    if len(tokens) < 2:
+        raise ValueError(f"The validation shards in {data_path} hold fewer than 2 tokens; nothing can be scored.")
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def load_tokenizer(tokenizer_path: str, vocab_size: int):
+    import sentencepiece as spm
+
+    if not Path(tokenizer_path).is_file():
+        raise FileNotFoundError(f"TOKENIZER_PATH={tokenizer_path} does not exist; download or build the dataset first (see README).")
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    if sp.vocab_size() != vocab_size:
+        raise ConfigError(f"Tokenizer {tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; set VOCAB_SIZE={sp.vocab_size()} or point TOKENIZER_PATH at the matching tokenizer.")
+    return sp
+
+
+@dataclass
+class ByteTables:
+    """Per-token byte counts for bits-per-byte (COMPETITION.md, 'Bits per byte')."""
+
+    base_bytes: torch.Tensor  # UTF-8 bytes of the piece without its leading "▁"
+    leading_space: torch.Tensor  # piece starts with "▁": one more byte unless after a boundary
+    is_boundary: torch.Tensor  # control / unknown / unused tokens: no bytes, no space after
+
+    def target_bytes(self, prev_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        space = self.leading_space[target_ids] & ~self.is_boundary[prev_ids]
+        return self.base_bytes[target_ids] + space.to(self.base_bytes.dtype)
+
+    def to(self, device: torch.device) -> "ByteTables":
+        return ByteTables(self.base_bytes.to(device), self.leading_space.to(device), self.is_boundary.to(device))
+
+
+def build_byte_tables(sp, vocab_size: int) -> ByteTables:
+    base = torch.zeros(vocab_size, dtype=torch.int64)
+    space = torch.zeros(vocab_size, dtype=torch.bool)
+    boundary = torch.ones(vocab_size, dtype=torch.bool)  # ids past the tokenizer are never text
+    for token in range(sp.vocab_size()):
+        if sp.is_control(token) or sp.is_unknown(token) or sp.is_unused(token):
+            continue
+        boundary[token] = False
+        if sp.is_byte(token):
+            base[token] = 1
+            continue
+        piece = sp.id_to_piece(token)
+        if piece.startswith("\u2581"):
+            space[token] = True
+            piece = piece[1:]
+        base[token] = len(piece.encode("utf-8"))
+    return ByteTables(base, space, boundary)
+
+
+class BpbMeter:
+    """Sums token NLL (nats), target count and target bytes; reduced across ranks once."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.tokens = torch.zeros((), dtype=torch.float64, device=device)
+        self.bytes = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, nll: torch.Tensor, nbytes: torch.Tensor) -> None:
+        self.loss_sum += nll.double().sum()
+        self.tokens += nll.numel()
+        self.bytes += nbytes.double().sum()
+
+    def result(self) -> tuple[float, float]:
+        """(val_loss in nats per token, val_bpb), summed over all ranks."""
+        totals = torch.stack([self.loss_sum, self.tokens, self.bytes])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        loss_sum, tokens, nbytes = totals.tolist()
+        return loss_sum / tokens, loss_sum / math.log(2.0) / nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# MODEL
+# The big matrices of all physical layers live in four banks (q/o, k/v, MLP up, MLP down),
+# indexed by layer, so Muon orthogonalises them in batches. A span of layers runs
+# 1 + NUM_LOOPS times; each repeated pass gets its own low-rank LoRA delta on the chosen
+# projections and a learned pass embedding, both starting at zero so looping begins from the
+# shared weights (seeds 000 and 002, PRs #1096 and #1552).
+# ---------------------------------------------------------------------------------------------
+
+LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    num_layers: int = 11
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 4.0
+    rope_dims: int = 16
+    rope_base: float = 10000.0
+    qk_gain_init: float = 5.0
+    logit_softcap: float = 30.0
+    tied_embed_init_std: float = 0.005
+    parallel_residual_start: int = 7
+    loop_start: int = 3
+    loop_end: int = 5
+    num_loops: int = 2
+    pass_lora_rank: int = 1
+    pass_lora_targets: list = field(default_factory=lambda: ["q", "k", "v", "o"])
+    pass_embed: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+    @property
+    def loop_len(self) -> int:
+        return self.loop_end - self.loop_start + 1 if self.num_loops > 0 else 0
+
+
+def virtual_layers(num_layers: int, loop_start: int, loop_end: int, num_loops: int, looping: bool) -> list[tuple[int, int]]:
+    """The run order as (physical layer, pass) pairs; pass 0 is the first visit of a layer.
+
+    11 layers with 3..5 looped twice: 0 1 2 3 4 5 3 4 5 3 4 5 6 7 8 9 10.
+    """
+    order = [(layer, 0) for layer in range(num_layers)]
+    if not looping or num_loops == 0:
+        return order
+    span = list(range(loop_start, loop_end + 1))
+    repeats = [(layer, p) for p in range(1, num_loops + 1) for layer in span]
+    return order[:loop_end + 1] + repeats + order[loop_end + 1:]
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, D, H = cfg.num_layers, cfg.model_dim, cfg.num_heads
+        self.looping = False
+        self.hessians: dict | None = None  # set by GPTQ calibration to collect input statistics
+        self.tok_emb = nn.Embedding(cfg.vocab_size, D)
+        # Banks: [out, in] matrices stacked by layer. q/o and k/v share a bank per kind of
+        # shape (slots 0..L-1 are q or k, slots L..2L-1 are o or v).
+        self.qo_bank = nn.Parameter(torch.empty(2 * L, D, D))
+        self.kv_bank = nn.Parameter(torch.empty(2 * L, cfg.kv_dim, D))
+        self.up_bank = nn.Parameter(torch.empty(L, cfg.mlp_dim, D))
+        self.down_bank = nn.Parameter(torch.empty(L, D, cfg.mlp_dim))
+        # Per-layer vectors (the AdamW "scalar" group).
+        self.attn_scale = nn.Parameter(torch.ones(L, D))
+        self.mlp_scale = nn.Parameter(torch.ones(L, D))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(L, D), torch.zeros(L, D)], dim=1))
+        self.q_gain = nn.Parameter(torch.full((L, H), cfg.qk_gain_init))
+        max_skips = len(virtual_layers(L, cfg.loop_start, cfg.loop_end, cfg.num_loops, True)) // 2
+        self.skip_weights = nn.Parameter(torch.ones(max_skips, D))
+        # Per-pass adapters: index [pass - 1, layer - loop_start].
+        passes, span, rank = cfg.num_loops, cfg.loop_len, cfg.pass_lora_rank
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        if rank > 0 and passes > 0:
+            for target in cfg.pass_lora_targets:
+                out_dim, in_dim = self._target_shape(target)
+                self.lora_A[target] = nn.Parameter(torch.randn(passes, span, rank, in_dim) / math.sqrt(in_dim))
+                self.lora_B[target] = nn.Parameter(torch.zeros(passes, span, out_dim, rank))
+        self.pass_embed = nn.Parameter(torch.zeros(passes, span, D)) if cfg.pass_embed and passes > 0 else None
+        inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.rope_dims, 2, dtype=torch.float32) / max(cfg.rope_dims, 1))
+        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+        self.reset_parameters()
+
+    def _target_shape(self, target: str) -> tuple[int, int]:
+        c = self.cfg
+        return {"q": (c.model_dim, c.model_dim), "k": (c.kv_dim, c.model_dim), "v": (c.kv_dim, c.model_dim),
+                "o": (c.model_dim, c.model_dim), "up": (c.mlp_dim, c.model_dim), "down": (c.model_dim, c.mlp_dim)}[target]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        L = self.cfg.num_layers
+        nn.init.normal_(self.tok_emb.weight, std=self.cfg.tied_embed_init_std)
+        for bank in (self.qo_bank, self.kv_bank, self.up_bank):
+            nn.init.normal_(bank, std=bank.size(-1) ** -0.5)
+        # Output projections start at zero: every block begins as the identity on the residual.
+        self.qo_bank[L:].zero_()
+        self.down_bank.zero_()
+
+    def schedule(self) -> list[tuple[int, int]]:
+        c = self.cfg
+        return virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, self.looping)
+
+    def _record(self, key: tuple[str, int], x: torch.Tensor) -> None:
+        if self.hessians is not None:
+            rows = x.detach().reshape(-1, x.size(-1)).float()
+            if key not in self.hessians:
+                self.hessians[key] = torch.zeros(rows.size(1), rows.size(1), device=rows.device)
+            self.hessians[key].addmm_(rows.T, rows)
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int) -> torch.Tensor:
+        """x @ W^T, plus this pass's LoRA delta (x A^T) B^T on repeated passes; W + BA is never formed."""
+        y = F.linear(x, weight)
+        if pass_idx > 0 and target in self.lora_A:
+            slot = (pass_idx - 1, layer - self.cfg.loop_start)
+            a, b = self.lora_A[target][slot], self.lora_B[target][slot]
+            y = y + F.linear(F.linear(x, a), b)
+        return y
+
+    def rotary(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate the first ROPE_DIMS channels of each head; x is (B, T, heads, head_dim)."""
+        d = self.cfg.rope_dims
+        if d == 0:
+            return x
+        t = torch.arange(x.size(1), device=x.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.rope_inv_freq)
+        cos, sin = freqs.cos()[None, :, None, :].to(x.dtype), freqs.sin()[None, :, None, :].to(x.dtype)
+        x1, x2, rest = x[..., : d // 2], x[..., d // 2: d], x[..., d:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+    def attention(self, x: torch.Tensor, layer: int, pass_idx: int) -> torch.Tensor:
+        c, L = self.cfg, self.cfg.num_layers
+        B, T, _ = x.shape
+        self._record(("attn_in", layer), x)
+        q = self.project(x, self.qo_bank[layer], "q", layer, pass_idx).view(B, T, c.num_heads, c.head_dim)
+        k = self.project(x, self.kv_bank[layer], "k", layer, pass_idx).view(B, T, c.num_kv_heads, c.head_dim)
+        v = self.project(x, self.kv_bank[L + layer], "v", layer, pass_idx).view(B, T, c.num_kv_heads, c.head_dim)
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        q = q * self.q_gain[layer][None, None, :, None].to(q.dtype)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if c.num_kv_heads != c.num_heads:
+            # Explicit repeat rather than enable_gqa: keeps every SDPA backend (flash included) eligible.
+            groups = c.num_heads // c.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).reshape(B, T, c.model_dim)
+        self._record(("attn_out", layer), y)
+        return self.project(y, self.qo_bank[L + layer], "o", layer, pass_idx)
+
+    def mlp(self, x: torch.Tensor, layer: int, pass_idx: int) -> torch.Tensor:
+        self._record(("mlp_in", layer), x)
+        # LeakyReLU(0.5)^2: keeps a gradient for negative inputs, unlike relu^2.
+        h = F.leaky_relu(self.project(x, self.up_bank[layer], "up", layer, pass_idx), 0.5).square()
+        self._record(("mlp_act", layer), h)
+        return self.project(h, self.down_bank[layer], "down", layer, pass_idx)
+
+    def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int) -> torch.Tensor:
+        mix = self.resid_mix[layer]
+        x = mix[0] * x + mix[1] * x0
+        normed = rms_norm(x)
+        attn = self.attn_scale[layer] * self.attention(normed, layer, pass_idx)
+        if layer >= self.cfg.parallel_residual_start:
+            # Parallel residual: attention and MLP read the same input (2026-04-09 record).
+            return x + attn + self.mlp_scale[layer] * self.mlp(normed, layer, pass_idx)
+        x = x + attn
+        return x + self.mlp_scale[layer] * self.mlp(rms_norm(x), layer, pass_idx)
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # The residual stream stays float32; under autocast only the matmuls run in bf16.
+        x = rms_norm(self.tok_emb(input_ids))
+        x0 = x
+        order = self.schedule()
+        encoder_len = len(order) // 2
+        skips = []
+        # U-Net over the virtual layers: the first half's outputs feed the second half in reverse.
+        for i, (layer, pass_idx) in enumerate(order):
+            if i >= encoder_len and skips:
+                x = x + self.skip_weights[i - encoder_len] * skips.pop()
+            if pass_idx > 0 and self.pass_embed is not None:
+                x = x + self.pass_embed[pass_idx - 1, layer - self.cfg.loop_start]
+            x = self.block(x, x0, layer, pass_idx)
+            if i < encoder_len:
+                skips.append(x)
+        x = rms_norm(x)
+        self._record(("final", 0), x)
+        return x
+
+    def forward_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.hidden_states(input_ids)
+        logits = F.linear(x, self.tok_emb.weight).float()
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        logits = self.forward_logits(input_ids)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction)
+        return loss if reduction == "mean" else loss.view_as(target_ids)
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        params = list(self.lora_A.values()) + list(self.lora_B.values())
+        return params + ([self.pass_embed] if self.pass_embed is not None else [])
+
+    def bank_parameters(self) -> list[nn.Parameter]:
+        return [self.qo_bank, self.kv_bank, self.up_bank, self.down_bank]
+
+
+# ---------------------------------------------------------------------------------------------
+# OPTIMIZERS
+# Parallel Muon on the four banks: each rank reduce-scatters a bank's gradient so it holds the
+# averaged gradient of its own slice of layers, runs Nesterov momentum, optional row
+# normalisation and a batched Newton-Schulz orthogonalisation on that slice only, then
+# all-gathers the updates (seed 004, PR #1517). AdamW takes everything else; its gradients are
+# averaged with one flat all-reduce, so no DDP wrapper is needed. LoRA factors and pass
+# embeddings have their own AdamW group: Muon's shape scaling made rank-1 LoRA diverge (seed 000).
+# ---------------------------------------------------------------------------------------------
+
+
+def newton_schulz(grads: torch.Tensor, steps: int) -> torch.Tensor:
+    """Approximately orthogonalise each matrix of a (batch, rows, cols) stack."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients from modded-nanogpt
+    x = grads.bfloat16() if grads.is_cuda else grads.float()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class ParallelMuon:
+    def __init__(self, banks: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
+                 ns_steps: int, row_norm: bool, rank: int, world_size: int):
+        # Largest bank first: its communication starts earliest and overlaps the most work.
+        self.banks = sorted(banks, key=lambda p: p.numel(), reverse=True)
+        self.base_lr, self.lr, self.momentum, self.weight_decay = lr, lr, momentum, weight_decay
+        self.ns_steps, self.row_norm = ns_steps, row_norm
+        self.rank, self.world_size = rank, world_size
+        self.shard_rows = [math.ceil(p.size(0) / world_size) for p in self.banks]
+        self.buffers = [torch.zeros(rows, *p.shape[1:], device=p.device) for rows, p in zip(self.shard_rows, self.banks)]
+        self._pending: list = []
+
+    def start_reduce_scatter(self) -> None:
+        """Launch the asynchronous averaging of every bank's gradient onto its shard owners."""
+        self._pending = []
+        for p, rows in zip(self.banks, self.shard_rows):
+            grad = p.grad
+            pad = rows * self.world_size - grad.size(0)
+            if pad:
+                grad = torch.cat([grad, grad.new_zeros(pad, *grad.shape[1:])])
+            if self.world_size == 1:
+                self._pending.append((None, grad))
+                continue
+            shard = grad.new_empty(rows, *grad.shape[1:])
+            work = dist.reduce_scatter_tensor(shard, grad.contiguous(), async_op=True)
+            self._pending.append((work, shard))
+
+    def finish_reduce_scatter(self) -> list[torch.Tensor]:
+        shards = []
+        for work, shard in self._pending:
+            if work is not None:
+                work.wait()
+            shards.append(shard.div_(self.world_size))  # summed, then averaged: AVG is NCCL-only
+        return shards
+
+    @torch.no_grad()
+    def step(self, shard_grads: list[torch.Tensor], clip_coef: float = 1.0) -> None:
+        gathers = []
+        for p, grad, buf, rows in zip(self.banks, shard_grads, self.buffers, self.shard_rows):
+            buf.mul_(self.momentum).add_(grad, alpha=clip_coef)
+            update = grad.mul(clip_coef).add_(buf, alpha=self.momentum)  # Nesterov
+            if self.row_norm:  # MuonEq-R: equalise row norms before orthogonalising
+                update = update / (update.norm(dim=-1, keepdim=True) + 1e-7)
+            update = newton_schulz(update, self.ns_steps)
+            update = update * max(1.0, p.size(1) / p.size(2)) ** 0.5
+            if self.world_size == 1:
+                gathers.append((p, None, update))
+                continue
+            full = update.new_empty(rows * self.world_size, *update.shape[1:])
+            gathers.append((p, dist.all_gather_into_tensor(full, update.contiguous(), async_op=True), full))
+        for p, work, full in gathers:
+            if work is not None:
+                work.wait()
+            p.mul_(1.0 - self.lr * self.weight_decay)
+            p.add_(full[: p.size(0)].to(p.dtype), alpha=-self.lr)
+
+    def state_dict(self) -> dict:
+        return {"buffers": [b.clone() for b in self.buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for buf, saved in zip(self.buffers, state["buffers"]):
+            buf.copy_(saved)
+
+
+def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """One flat all-reduce for all non-bank gradients (they are small)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world_size == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world_size)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class Optimizers:
+    """Muon for the banks plus AdamW for the rest, stepped together with global-norm clipping."""
+
+    def __init__(self, model: GPT, h: Hyperparameters, rank: int, world_size: int):
+        self.world_size = world_size
+        self.grad_clip_norm = h.grad_clip_norm
+        self.muon = ParallelMuon(model.bank_parameters(), h.matrix_lr, h.muon_momentum, h.muon_wd,
+                                 h.newton_schulz_steps, h.muon_row_norm, rank, world_size)
+        adapters = model.adapter_parameters()
+        special = {id(p) for p in model.bank_parameters() + adapters + [model.tok_emb.weight]}
+        scalars = [p for p in model.parameters() if id(p) not in special]
+        groups = [
+            {"params": [model.tok_emb.weight], "lr": h.embed_lr, "weight_decay": h.adam_wd, "name": "embed"},
+            {"params": scalars, "lr": h.scalar_lr, "weight_decay": 0.0, "name": "scalars"},
+        ]
+        if adapters:
+            groups.append({"params": adapters, "lr": h.adapter_lr, "weight_decay": 0.0, "name": "adapters"})
+        for group in groups:
+            group["base_lr"] = group["lr"]
+        fused = {"fused": True} if model.tok_emb.weight.is_cuda else {}
+        self.adam = torch.optim.AdamW(groups, betas=(h.beta1, h.beta2), eps=1e-8, **fused)
+        self.adam_params = [p for g in groups for p in g["params"]]
+
+    def set_schedule(self, lr_mult: float, muon_momentum: float) -> None:
+        self.muon.lr = self.muon.base_lr * lr_mult
+        self.muon.momentum = muon_momentum
+        for group in self.adam.param_groups:
+            group["lr"] = group["base_lr"] * lr_mult
+
+    def step(self) -> float:
+        """Average gradients across ranks, clip by the global norm, update; returns the norm."""
+        self.muon.start_reduce_scatter()
+        average_gradients(self.adam_params, self.world_size)
+        shards = self.muon.finish_reduce_scatter()
+        bank_sq = sum((s.float().square().sum() for s in shards), torch.zeros((), device=shards[0].device))
+        if self.world_size > 1:
+            dist.all_reduce(bank_sq)
+        adam_sq = sum((p.grad.float().square().sum() for p in self.adam_params if p.grad is not None), torch.zeros_like(bank_sq))
+        norm = float((bank_sq + adam_sq).sqrt())
+        clip = min(1.0, self.grad_clip_norm / (norm + 1e-6)) if self.grad_clip_norm > 0 else 1.0
+        if clip < 1.0:
+            for p in self.adam_params:
+                if p.grad is not None:
+                    p.grad.mul_(clip)
+        self.muon.step(shards, clip)
+        self.adam.step()
+        return norm
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+        for p in self.muon.banks:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adam": copy.deepcopy(self.adam.state_dict())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adam.load_state_dict(state["adam"])
+
+
+# ---------------------------------------------------------------------------------------------
+# TRAINING LOOP
+# Compile warm-up steps (unlooped and looped, so switching the loop on later costs no compile
+# inside the clock) run first and their effect on weights and optimizer state is undone. The
+# clock then runs until MAX_WALLCLOCK_SECONDS minus the GPTQ reserve; learning rates decay
+# linearly to zero over the last WARMDOWN_FRAC of it. Every stop or loop decision uses the
+# slowest rank's clock so all ranks act on the same step.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    log_path: Path | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, line: str = "", console: bool = True) -> None:
+        if not self.is_main:
+            return
+        if console:
+            print(line, flush=True)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def lr_multiplier(progress: float, warmdown_frac: float) -> float:
+    """1 until the warm-down starts, then linear to 0 at the end of the budget."""
+    if warmdown_frac <= 0 or progress < 1.0 - warmdown_frac:
+        return 1.0
+    return max(0.0, (1.0 - progress) / warmdown_frac)
+
+
+class WeightEMA:
+    """Exponential moving average of all parameters, with a horizon tied to the run's length.
+
+    decay = 1 - 1 / (EMA_HORIZON_FRAC * expected_steps): the 2026-04-09 record's 0.9965 over
+    ~4,550 steps is a horizon of about 6% of the run; a fixed 0.9965 on a 300-step run kept
+    early weights and scored 2.59 bpb instead of ~1.9 (DESIGN.md, pitfalls).
+    """
+
+    def __init__(self, model: nn.Module, horizon_frac: float):
+        self.horizon_frac = horizon_frac
+        self.params = list(model.parameters())
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, expected_steps: float) -> None:
+        decay = 1.0 - 1.0 / max(1.0, self.horizon_frac * expected_steps)
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s.to(p.dtype))
+
+
+def maybe_compile(model: nn.Module, h: Hyperparameters, rt: Runtime):
+    if h.compile and rt.device.type == "cuda":
+        return torch.compile(model, fullgraph=True, dynamic=False)
+    return model
+
+
+def train_model(h: Hyperparameters, model: GPT, rt: Runtime, evaluate) -> dict:
+    """Train in place; returns timing facts. `evaluate(model)` gives (val_loss, val_bpb)."""
+    opt = Optimizers(model, h, rt.rank, rt.world_size)
+    global_seqs = h.train_batch_tokens // h.train_seq_len
+    loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed)
+    accum = h.grad_accum_steps(rt.world_size)
+    compiled = maybe_compile(model, h, rt)
+    rt.log(f"train_setup global_seqs:{global_seqs} grad_accum:{accum} micro_batch_seqs:{global_seqs // rt.world_size // accum} "
+           f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}")
+
+    def run_step(lr_mult: float, momentum: float) -> torch.Tensor:
+        batch = loader.next_batch(rt.device)
+        total = torch.zeros((), device=rt.device)
+        for micro in batch.chunk(accum):
+            with rt.autocast():
+                loss = compiled(micro[:, :-1], micro[:, 1:])
+            (loss / accum).backward()
+            total += loss.detach()
+        opt.set_schedule(lr_mult, momentum)
+        opt.step()
+        opt.zero_grad()
+        return total / accum
+
+    loop_later = h.num_loops > 0 and h.enable_looping_at > 0
+    if h.warmup_steps > 0:
+        t0 = time.perf_counter()
+        initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
+        for i in range(h.warmup_steps):
+            model.looping = h.num_loops > 0 and (not loop_later or i >= h.warmup_steps // 2)
+            run_step(1.0, h.muon_momentum_warmup_start)
+        model.load_state_dict(initial_model)
+        opt.load_state_dict(initial_opt)
+        loader.reset()
+        rt.synchronize()
+        rt.log(f"warmup_done steps:{h.warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
+
+    model.looping = h.num_loops > 0 and not loop_later
+    budget_ms = 1000.0 * (h.max_wallclock_seconds - h.gptq_reserve_seconds) if h.max_wallclock_seconds > 0 else 0.0
+    ema = WeightEMA(model, h.ema_horizon_frac) if h.ema_enabled else None
+    tokens_per_step = global_seqs * h.train_seq_len
+    train_ms, step, stopped_by_clock = 0.0, 0, False
+    rt.synchronize()
+    t_start = time.perf_counter()
+    while True:
+        last_step = step >= h.iterations or stopped_by_clock
+        if h.val_loss_every > 0 and step > 0 and (step % h.val_loss_every == 0 or last_step):
+            rt.synchronize()
+            train_ms += 1000 * (time.perf_counter() - t_start)
+            val_loss, val_bpb = evaluate(model)
+            rt.log(f"step:{step}/{h.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
+            t_start = time.perf_counter()
+        if last_step:
+            break
+        progress = train_ms / budget_ms if budget_ms else step / h.iterations
+        if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
+            model.looping = True
+            layers = " ".join(str(layer) for layer, _ in model.schedule())
+            rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
+        frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
+        momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+        loss = run_step(lr_multiplier(progress, h.warmdown_frac), momentum)
+        step += 1
+        rt.synchronize()
+        elapsed = torch.tensor(train_ms + 1000 * (time.perf_counter() - t_start), dtype=torch.float64)
+        if rt.world_size > 1:  # the slowest rank's clock decides, so every rank stops on the same step
+            elapsed = elapsed.to(rt.device)
+            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        elapsed_ms = float(elapsed)
+        if ema is not None:
+            expected = step / (elapsed_ms / budget_ms) if budget_ms else h.iterations
+            ema.update(expected)
+        if step <= 10 or step % h.train_log_every == 0 or step == h.iterations:
+            rt.log(f"step:{step}/{h.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
+                   f"step_avg:{elapsed_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / (elapsed_ms / 1000))}")
+        if budget_ms and elapsed_ms >= budget_ms:
+            stopped_by_clock = True
+            rt.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{h.iterations}")
+        train_ms, t_start = elapsed_ms, time.perf_counter()
+    if ema is not None:
+        ema.copy_to_model()
+        rt.log(f"ema_applied horizon_frac:{h.ema_horizon_frac}")
+    return {"train_ms": train_ms, "steps": step, "loader": loader}
+
+
+def log_peak_memory(rt: Runtime) -> None:
+    if rt.device.type == "cuda":
+        allocated = torch.cuda.max_memory_allocated() // 2**20
+        reserved = torch.cuda.max_memory_reserved() // 2**20
+    else:  # CPU: the process's peak resident memory stands in for both
+        import resource
+        allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    rt.log(f"peak_memory allocated:{allocated}MiB reserved:{reserved}MiB")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ EXPORT
+# Input Hessians (X^T X) come from training batches only, summed over every pass of a looped
+# layer, and for the tied embedding from the final hidden states. GPTQ quantizes columns in
+# order of decreasing Hessian diagonal and pushes each column's rounding error onto the
+# columns not yet quantized; rows are clipped at k standard deviations (SDClip). The path is
+# chosen by role, not size: bank matrices and the embedding are quantized, every other tensor
+# passes through as fp16. The artifact is a JSON header plus raw byte-shuffled arrays, then
+# compressed: loading it never unpickles anything.
+# ---------------------------------------------------------------------------------------------
+
+COMPRESSORS = ("brotli", "zstd", "lzma")
+ARTIFACT_MAGIC = b"PGA1"
+
+
+def compress(data: bytes, method: str) -> bytes:
+    if method == "brotli":
+        import brotli
+        return brotli.compress(data, quality=11, lgwin=24)
+    if method == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor(level=22).compress(data)
+    import lzma
+    return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
+
+
+def decompress(data: bytes, method: str) -> bytes:
+    if method == "brotli":
+        import brotli
+        return brotli.decompress(data)
+    if method == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().decompress(data)
+    import lzma
+    return lzma.decompress(data)
+
+
+def quant_units(model: GPT) -> list[tuple[str, int, str]]:
+    """(parameter name, slot, Hessian key) for every quantized matrix; slot -1 = whole tensor."""
+    L = model.cfg.num_layers
+    units = [("tok_emb.weight", -1, "final:0")]
+    for layer in range(L):
+        units += [("qo_bank", layer, f"attn_in:{layer}"), ("qo_bank", L + layer, f"attn_out:{layer}"),
+                  ("kv_bank", layer, f"attn_in:{layer}"), ("kv_bank", L + layer, f"attn_in:{layer}"),
+                  ("up_bank", layer, f"mlp_in:{layer}"), ("down_bank", layer, f"mlp_act:{layer}")]
+    return units
+
+
+@torch.no_grad()
+def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime) -> dict[str, torch.Tensor]:
+    """Average X^T X per matrix input over GPTQ_CALIB_SEQS training sequences, split over ranks."""
+    seqs = max(rt.world_size, math.ceil(h.gptq_calib_seqs / rt.world_size) * rt.world_size)
+    # A seed of its own: calibration reads training shards only, never the validation split.
+    loader = TrainLoader(h.data_path, h.train_seq_len, seqs, rt.rank, rt.world_size, h.seed + 1)
+    batch = loader.next_batch(rt.device)
+    was_training = model.training
+    model.eval()
+    model.hessians = {}
+    try:
+        for micro in batch.split(max(1, min(h.micro_batch_seqs, 16))):
+            with rt.autocast():
+                model.forward_logits(micro[:, :-1])
+    finally:
+        collected, model.hessians = model.hessians, None
+        model.train(was_training)
+    hessians = {}
+    for (kind, layer), mat in sorted(collected.items()):
+        if rt.world_size > 1:
+            dist.all_reduce(mat)
+        hessians[f"{kind}:{layer}"] = mat / (seqs * h.train_seq_len)
+    return hessians
+
+
+def sdclip_scale(weight: torch.Tensor, bits: int, clip_sigmas: float) -> torch.Tensor:
+    """Per-row step size so that k standard deviations map to the largest integer level."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = clip_sigmas * weight.float().std(dim=1).clamp_min(1e-8) / qmax
+    return scale.half().float()  # stored as fp16: quantize against the value that is stored
+
+
+def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
+    qmax = 2 ** (bits - 1) - 1
+    scale = sdclip_scale(weight, bits, clip_sigmas)
+    q = torch.clamp(torch.round(weight.float() / scale[:, None]), -qmax, qmax)
+    return q.to(torch.int8), scale.half()
+
+
+def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_sigmas: float,
+                  damp: float, block: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """GPTQ on a (rows, cols) matrix. Returns int8 levels, fp16 row scales and the number of
+    damping increases needed for the Cholesky factorisation to succeed."""
+    qmax = 2 ** (bits - 1) - 1
+    w = weight.float().clone()
+    scale = sdclip_scale(w, bits, clip_sigmas)
+    H = hessian.float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    order = torch.argsort(torch.diag(H), descending=True)
+    w, H = w[:, order], H[order][:, order]
+    eye = torch.eye(H.size(0), device=H.device)
+    for retries in range(8):
+        factor, info = torch.linalg.cholesky_ex(H + damp * 10**retries * torch.diag(H).mean() * eye)
+        if info == 0:
+            factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(factor), upper=True)
+        if info == 0:
+            break
+    else:
+        raise RuntimeError("GPTQ: the Hessian stayed singular after raising damping 10^7-fold; use QUANT_METHOD=rtn.")
+    hinv = factor
+    q = torch.zeros_like(w)
+    for i1 in range(0, w.size(1), block):
+        i2 = min(i1 + block, w.size(1))
+        w_block, errors = w[:, i1:i2].clone(), torch.zeros(w.size(0), i2 - i1, device=w.device)
+        for j in range(i2 - i1):
+            col = w_block[:, j]
+            q_col = torch.clamp(torch.round(col / scale), -qmax, qmax)
+            q[:, i1 + j] = q_col
+            err = (col - q_col * scale) / hinv[i1 + j, i1 + j]
+            w_block[:, j:] -= err[:, None] * hinv[i1 + j, i1 + j:i2][None, :]
+            errors[:, j] = err
+        w[:, i2:] -= errors @ hinv[i1:i2, i2:]
+    q = q[:, torch.argsort(order)]
+    return q.to(torch.int8), scale.half(), retries
+
+
+def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hyperparameters, rt: Runtime) -> dict:
+    """Quantize every unit (units spread over ranks, results broadcast) and return the tensors
+    of the artifact: {name: ("int", bits, levels, scales) | ("fp16", tensor)}."""
+    params = dict(model.named_parameters())
+    units = quant_units(model)
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    needed_damping = []
+    for i, (name, slot, key) in enumerate(units):
+        weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
+        is_embed = name == "tok_emb.weight"
+        bits = h.embed_bits if is_embed else h.matrix_bits
+        clip = h.embed_clip_sigmas if is_embed else h.matrix_clip_sigmas
+        if i % rt.world_size == rt.rank:
+            if h.quant_method == "gptq":
+                q, scale, retries = quantize_gptq(weight, hessians[key], bits, clip, h.gptq_damp, h.gptq_block)
+                if retries:
+                    needed_damping.append(f"{name}[{slot}]x{10**retries}")
+            else:
+                q, scale = quantize_rtn(weight, bits, clip)
+        else:
+            q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+            scale = torch.empty(weight.size(0), dtype=torch.float16, device=weight.device)
+        results[i] = (q, scale)
+    if rt.world_size > 1:
+        for i, (q, scale) in results.items():
+            dist.broadcast(q, src=i % rt.world_size)
+            dist.broadcast(scale, src=i % rt.world_size)
+        gathered = [None] * rt.world_size
+        dist.all_gather_object(gathered, needed_damping)
+        needed_damping = [m for part in gathered for m in part]
+    if needed_damping:
+        rt.log(f"gptq_damping_raised matrices:{len(needed_damping)} {' '.join(needed_damping)}")
+    tensors: dict[str, tuple] = {}
+    for name, param in params.items():
+        mine = [(slot, results[i]) for i, (n, slot, _) in enumerate(units) if n == name]
+        if not mine:
+            tensors[name] = ("fp16", param.detach().half().cpu())
+            continue
+        bits = h.embed_bits if name == "tok_emb.weight" else h.matrix_bits
+        if mine[0][0] < 0:
+            q, scale = mine[0][1]
+            tensors[name] = ("int", bits, q.cpu(), scale.cpu())
+        else:
+            mine.sort(key=lambda item: item[0])
+            tensors[name] = ("int", bits, torch.stack([r[0] for _, r in mine]).cpu(), torch.stack([r[1] for _, r in mine]).cpu())
+    quantized = sum(1 for t in tensors.values() if t[0] == "int")
+    rt.log(f"quantize method:{h.quant_method} quantized_tensors:{quantized} matrices:{len(units)} "
+           f"fp16_passthrough_tensors:{len(tensors) - quantized} matrix_bits:{h.matrix_bits} embed_bits:{h.embed_bits}")
+    return tensors
+
+
+def _shuffled_bytes(array: np.ndarray) -> bytes:
+    """Group the k-th byte of every element together: fp16 high bytes compress far better."""
+    raw = np.ascontiguousarray(array).view(np.uint8)
+    return raw.reshape(-1, array.itemsize).T.tobytes() if array.itemsize > 1 else raw.tobytes()
+
+
+def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    raw = np.frombuffer(blob, dtype=np.uint8)
+    if dtype.itemsize > 1:
+        raw = raw.reshape(dtype.itemsize, -1).T.copy()
+    return raw.view(dtype).reshape(shape)
+
+
+def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str) -> bytes:
+    arrays, entries, offset = [], {}, 0
+
+    def add(array: np.ndarray) -> dict:
+        nonlocal offset
+        data = _shuffled_bytes(array)
+        arrays.append(data)
+        ref = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset, "nbytes": len(data)}
+        offset += len(data)
+        return ref
+
+    for name, item in tensors.items():
+        if item[0] == "int":
+            _, bits, q, scale = item
+            entries[name] = {"kind": "int", "bits": bits, "q": add(q.numpy()), "scale": add(scale.numpy())}
+        else:
+            entries[name] = {"kind": "fp16", "data": add(item[1].numpy())}
+    header = json.dumps({"format": 1, "config": asdict(cfg), "tensors": entries}).encode()
+    payload = len(header).to_bytes(4, "little") + header + b"".join(arrays)
+    return ARTIFACT_MAGIC + bytes([COMPRESSORS.index(method)]) + compress(payload, method)
+
+
+def deserialize_artifact(blob: bytes) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Parse an artifact into a config and dequantized float32 tensors. Only JSON and raw
+    arrays are read, so a file crafted to run code when unpickled is refused, never run."""
+    if blob[:4] != ARTIFACT_MAGIC or len(blob) < 6 or blob[4] >= len(COMPRESSORS):
+        raise ValueError("Not a train_gpt.py artifact (bad magic); refusing to load it. Only files written by this script's export can be evaluated.")
+    payload = decompress(blob[5:], COMPRESSORS[blob[4]])
+    header_len = int.from_bytes(payload[:4], "little")
+    header = json.loads(payload[4:4 + header_len])
+    data = payload[4 + header_len:]
+
+    def read(ref: dict) -> torch.Tensor:
+        chunk = data[ref["offset"]: ref["offset"] + ref["nbytes"]]
+        return torch.from_numpy(_unshuffled(chunk, ref["dtype"], ref["shape"]).copy())
+
+    state = {}
+    for name, entry in header["tensors"].items():
+        if entry["kind"] == "int":
+            q, scale = read(entry["q"]).float(), read(entry["scale"]).float()
+            state[name] = q * scale.unsqueeze(-1)
+        else:
+            state[name] = read(entry["data"]).float()
+    return ModelConfig(**header["config"]), state
+
+
+def model_from_artifact(blob: bytes, device: torch.device) -> GPT:
+    cfg, state = deserialize_artifact(blob)
+    model = GPT(cfg).to(device)
+    model.load_state_dict(state, strict=True)
+    model.looping = cfg.num_loops > 0  # looping stays on for export and evaluation
+    return model
+
+
+def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
+    """Rank 0's bytes on every rank (nodes need not share a file system)."""
+    if rt.world_size == 1:
+        return blob
+    size = torch.tensor([len(blob) if rt.is_main else 0], dtype=torch.int64, device=rt.device)
+    dist.broadcast(size, src=0)
+    buf = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(rt.device) if rt.is_main else torch.empty(int(size), dtype=torch.uint8, device=rt.device)
+    dist.broadcast(buf, src=0)
+    return bytes(buf.cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# EVALUATION
+# Every stage scores windows of the validation stream: window k covers inputs [start, end)
+# and scores only the targets after the previous window's end, so each target is scored
+# exactly once and, after the first window, with at least EVAL_SEQ_LEN - EVAL_STRIDE tokens
+# of context. The plain evaluation is the same with stride = EVAL_SEQ_LEN. Score-first TTT
+# (COMPETITION.md, the four conditions) scores each chunk's windows under no_grad, then trains
+# on that chunk's already-scored tokens; the last chunk is never trained on.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Windows:
+    starts: np.ndarray  # first input position
+    ends: np.ndarray  # one past the last input position (= last scored target index)
+    score_from: np.ndarray  # targets with index > score_from are scored by this window
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def subset(self, index) -> "Windows":
+        return Windows(self.starts[index], self.ends[index], self.score_from[index])
+
+
+def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
+    """Windows over a stream of num_tokens tokens (num_tokens - 1 targets, indices 1..N)."""
+    targets = num_tokens - 1
+    length = min(seq_len, targets)
+    count = 1 + max(0, math.ceil((targets - length) / stride))
+    ends = np.minimum(length + stride * np.arange(count, dtype=np.int64), targets)
+    starts = ends - length
+    score_from = np.concatenate([[0], ends[:-1]])
+    return Windows(starts, ends, score_from)
+
+
+def rank_share(count: int, rt: Runtime) -> slice:
+    """A contiguous, balanced slice of `count` items for this rank."""
+    return slice(count * rt.rank // rt.world_size, count * (rt.rank + 1) // rt.world_size)
+
+
+class NllRecorder:
+    """Per-target NLL and bytes of one stage, for NLL_DUMP_PATH audits."""
+
+    def __init__(self, num_tokens: int):
+        self.nll = torch.zeros(num_tokens, dtype=torch.float64)
+        self.bytes = torch.zeros(num_tokens, dtype=torch.float64)
+        self.count = torch.zeros(num_tokens, dtype=torch.float64)
+
+    def add(self, positions: torch.Tensor, nll: torch.Tensor, nbytes: torch.Tensor) -> None:
+        positions = positions.cpu()
+        self.nll.index_add_(0, positions, nll.double().cpu())
+        self.bytes.index_add_(0, positions, nbytes.double().cpu())
+        self.count.index_add_(0, positions, torch.ones_like(positions, dtype=torch.float64))
+
+    def write(self, path: str, rt: Runtime) -> None:
+        totals = torch.stack([self.nll, self.bytes, self.count])
+        if rt.world_size > 1:
+            totals = totals.to(rt.device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        if rt.is_main:
+            pos = torch.nonzero(totals[2] > 0).squeeze(1)
+            np.savez(path, nll=totals[0, pos].numpy(), bytes=totals[1, pos].numpy().astype(np.int64),
+                     pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64))
+
+
+@torch.no_grad()
+def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int, tables: ByteTables,
+                  meter: BpbMeter, rt: Runtime, recorder: NllRecorder | None = None) -> None:
+    """Score windows in fixed-shape batches (the last one padded, so a compiled forward sees
+    one shape) and add their scored targets to the meter."""
+    if len(windows) == 0:
+        return
+    length = int(windows.ends[0] - windows.starts[0])
+    offsets = torch.arange(length + 1, device=val.device)
+    rel = torch.arange(length, device=val.device)[None, :]
+    for b in range(0, len(windows), batch_seqs):
+        real = min(batch_seqs, len(windows) - b)
+        idx = np.arange(b, b + batch_seqs).clip(max=len(windows) - 1)
+        starts = torch.from_numpy(windows.starts[idx]).to(val.device)
+        first = torch.from_numpy(windows.score_from[idx] - windows.starts[idx]).to(val.device)
+        tokens = val[starts[:, None] + offsets[None, :]]
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        with rt.autocast():
+            nll = score_fn(inputs, targets, reduction="none").float()
+        mask = rel >= first[:, None]
+        mask[real:] = False
+        nbytes = tables.target_bytes(inputs, targets)
+        meter.add(nll[mask], nbytes[mask])
+        if recorder is not None:
+            recorder.add((starts[:, None] + rel + 1)[mask], nll[mask], nbytes[mask])
+
+
+def evaluate_windows(score_fn, val: torch.Tensor, seq_len: int, stride: int, h: Hyperparameters,
+                     tables: ByteTables, rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
+    windows = sliding_windows(len(val), seq_len, stride)
+    meter = BpbMeter(rt.device)
+    score_windows(score_fn, val, windows.subset(rank_share(len(windows), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
+    return meter.result()
+
+
+def ttt_parameters(model: GPT, which: str) -> list[nn.Parameter]:
+    if which == "all":
+        return list(model.parameters())
+    # "adapters": LoRA factors, pass embeddings, and the per-layer gains, scales and mixes.
+    big = {id(p) for p in model.bank_parameters() + [model.tok_emb.weight]}
+    return [p for p in model.parameters() if id(p) not in big]
+
+
+def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-length training sequences covering targets chunk_start+1..chunk_end once each.
+
+    Returns (input starts, first trained target offset). The last piece is shifted left to keep
+    its length (its extra context is earlier, already-scored tokens) and trains only on the
+    targets no earlier piece covered.
+    """
+    length = min(seq_len, chunk_end)
+    starts, first = [], []
+    for end in range(chunk_start + length, chunk_end + length, length):
+        end = min(end, chunk_end)
+        start = end - length
+        covered = starts[-1] + length if starts else chunk_start
+        starts.append(start)
+        first.append(covered - start)
+    return np.array(starts, dtype=np.int64), np.array(first, dtype=np.int64)
+
+
+def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
+                    rt: Runtime, recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
+    """Chunked test-time training that scores every token before any update that uses it.
+
+    `audit`, when given, receives ("score", first_target, last_target) and
+    ("train", first_target, last_target) events so tests can check the order.
+    """
+    windows = sliding_windows(len(val), h.eval_seq_len, h.eval_stride)
+    chunk_of_window = windows.score_from // h.ttt_chunk_tokens
+    num_chunks = int(chunk_of_window[-1]) + 1
+    targets = len(val) - 1
+    params = ttt_parameters(model, h.ttt_params)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    if h.ttt_optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
+    else:
+        opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    meter = BpbMeter(rt.device)
+    for chunk in range(num_chunks):
+        mine = windows.subset(np.nonzero(chunk_of_window == chunk)[0])
+        model.eval()
+        score_windows(score_fn, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
+        if audit is not None and len(mine):
+            audit.append(("score", int(mine.score_from[0]) + 1, int(mine.ends[-1])))
+        if chunk == num_chunks - 1 or h.ttt_epochs == 0:
+            continue
+        chunk_start, chunk_end = chunk * h.ttt_chunk_tokens, min((chunk + 1) * h.ttt_chunk_tokens, targets)
+        lr = h.ttt_lr * 0.5 * (1.0 + math.cos(math.pi * chunk / max(num_chunks - 1, 1)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        adapt_on_chunk(model, score_fn, val, chunk_start, chunk_end, params, opt, h, rt)
+        if audit is not None:
+            audit.append(("train", chunk_start + 1, chunk_end))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return meter.result()
+
+
+def adapt_on_chunk(model: GPT, score_fn, val: torch.Tensor, chunk_start: int, chunk_end: int,
+                   params: list[nn.Parameter], opt, h: Hyperparameters, rt: Runtime) -> None:
+    """TTT_EPOCHS passes over the chunk's targets in steps of TTT_BATCH_SEQS sequences (a global
+    batch, split over ranks, so any world size takes the same steps). Every rank runs every step,
+    with zero gradient when it has no rows, so the gradient all-reduce never deadlocks."""
+    starts, first = chunk_training_pieces(chunk_start, chunk_end, h.eval_seq_len)
+    length = min(h.eval_seq_len, chunk_end)
+    rel = torch.arange(length, device=val.device)[None, :]
+    offsets = torch.arange(length + 1, device=val.device)
+    per_step = h.ttt_batch_seqs
+    per_rank = math.ceil(per_step / rt.world_size)
+    for _ in range(h.ttt_epochs):
+        for b in range(0, len(starts), per_step):
+            step_first = first[b:b + per_step]
+            count = float(sum(length - f for f in step_first))  # targets trained in this step, all ranks
+            lo = b + rt.rank * per_rank
+            hi = min(lo + per_rank, b + per_step, len(starts))
+            opt.zero_grad(set_to_none=False)
+            if lo < hi:
+                idx = np.arange(lo, lo + per_rank).clip(max=hi - 1)  # fixed shape; repeats masked out
+                tokens = val[torch.from_numpy(starts[idx]).to(val.device)[:, None] + offsets[None, :]]
+                mask = rel >= torch.from_numpy(first[idx]).to(val.device)[:, None]
+                mask[hi - lo:] = False
+                with rt.autocast():
+                    nll = score_fn(tokens[:, :-1], tokens[:, 1:], reduction="none").float()
+                # Mean over the step's targets on all ranks (average_gradients divides by world size).
+                ((nll * mask).sum() * rt.world_size / count).backward()
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            average_gradients(params, rt.world_size)
+            if h.ttt_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
+            opt.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# MAIN
+# One process per device under torchrun (CUDA + NCCL when there is a GPU, else CPU + gloo), or
+# a single plain process. Train (or load a checkpoint with EXPORT_ONLY, or an artifact with
+# EVAL_ONLY), export, then evaluate the round-tripped artifact: plain, sliding, score-first TTT.
+# The score of a run is its last stage, never the best one.
+# ---------------------------------------------------------------------------------------------
+
+
+def setup_runtime() -> Runtime:
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return Runtime(rank, world_size, local_rank, device)
+
+
+def script_source() -> tuple[str, int]:
+    """The source to log and the code bytes to count. A self-extracting wrapper (records/
+    package.py --wrap) sets _WRAPPED_SOURCE; the bytes counted are those of the file run."""
+    path = Path(__file__)
+    return globals().get("_WRAPPED_SOURCE") or path.read_text(encoding="utf-8"), path.stat().st_size
+
+
+def start_log(h: Hyperparameters, rt: Runtime, source: str) -> None:
+    if rt.is_main:
+        rt.log_path = Path("logs") / f"{h.run_id}.txt"
+        rt.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rt.log_path.write_text(source + ("" if source.endswith("\n") else "\n") + "=" * 100 + "\n", encoding="utf-8")
+    if rt.device.type == "cuda":
+        hardware = f"{rt.world_size}x{torch.cuda.get_device_name(rt.device)}"
+    else:
+        hardware = f"{rt.world_size}xCPU-{platform.machine()}"
+    rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
+           f"world_size:{rt.world_size} hardware:{hardware}")
+    for name, value in h.env_values.items():
+        rt.log(f"hparam {name}={value}", console=False)
+
+
+def load_checkpoint(path: str, device: torch.device) -> GPT:
+    """A full-precision checkpoint written by a training run (weights only: nothing executes)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"EXPORT_ONLY={path} does not exist; point it at the final_model.pt a training run saved.")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = GPT(ModelConfig(**saved["config"])).to(device)
+    model.load_state_dict(saved["state_dict"], strict=True)
+    model.looping = model.cfg.num_loops > 0
+    return model
+
+
+def export_model(model: GPT, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
+    """Calibrate and quantize (timed: this counts against the training budget), then
+    serialize and compress on rank 0. Returns the artifact bytes (on every rank) and the ms."""
+    model.looping = model.cfg.num_loops > 0
+    rt.synchronize()
+    t0 = time.perf_counter()
+    hessians = collect_hessians(model, h, rt) if h.quant_method == "gptq" else None
+    tensors = quantize_model(model, hessians, h, rt)
+    rt.synchronize()
+    quant_ms = 1000 * (time.perf_counter() - t0)
+    blob = None
+    if rt.is_main:
+        t1 = time.perf_counter()
+        blob = serialize_artifact(tensors, model.cfg, h.compressor)
+        Path(h.artifact_path).write_bytes(blob)
+        rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms path:{h.artifact_path}")
+    return share_bytes(blob, rt), quant_ms
+
+
+def log_final(rt: Runtime, h: Hyperparameters, stage: str, result: tuple[float, float], ms: float) -> None:
+    rt.log(f"final_{stage} val_loss:{result[0]:.8f} val_bpb:{result[1]:.8f} eval_time:{ms:.0f}ms")
+    if h.val_tokens_limit:
+        rt.log(f"val_tokens_limit tokens:{h.val_tokens_limit} (a prefix of the validation split: not a submission score)")
+
+
+def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
+                      total_bytes: int, over_limit: bool) -> float:
+    """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
+    model = model_from_artifact(blob, rt.device)
+    score_fn = maybe_compile(model, h, rt)
+    stages = ["roundtrip"] + (["sliding"] if h.sliding_enabled else []) + (["ttt"] if h.ttt_enabled else [])
+    last = stages[-1]
+    recorder = NllRecorder(len(val)) if h.nll_dump_path else None
+    result = None
+    for stage in stages:
+        stage_recorder = recorder if stage == last else None
+        rt.synchronize()
+        t0 = time.perf_counter()
+        if stage == "roundtrip":
+            result = evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, stage_recorder)
+        elif stage == "sliding":
+            result = evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_stride, h, tables, rt, stage_recorder)
+        else:  # TTT changes the weights: it runs last, on the round-tripped model itself
+            result = score_first_ttt(model, score_fn, val, h, tables, rt, stage_recorder)
+        rt.synchronize()
+        log_final(rt, h, stage, result, 1000 * (time.perf_counter() - t0))
+    if recorder is not None:
+        recorder.write(h.nll_dump_path, rt)
+        rt.log(f"nll_dump stage:{last} path:{h.nll_dump_path}")
+    if over_limit:
+        rt.log("final_score withheld: the artifact is over the limit (see artifact_over_limit)")
+    else:
+        rt.log(f"final_score val_bpb:{result[1]:.8f} stage:{last} total_bytes:{total_bytes}")
+    return result[1]
+
+
+def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_bytes: int) -> tuple[int, bool]:
+    total = code_bytes + model_bytes
+    rt.log(f"artifact code_bytes:{code_bytes} model_bytes:{model_bytes} total_bytes:{total} limit_bytes:{h.artifact_limit_bytes}")
+    over = total > h.artifact_limit_bytes
+    if over:
+        rt.log(f"artifact_over_limit total_bytes:{total} limit_bytes:{h.artifact_limit_bytes} over_by:{total - h.artifact_limit_bytes} "
+               f"-- no final_score will be reported. To fit, re-export the checkpoint with EXPORT_ONLY={h.checkpoint_path} and "
+               f"a higher MATRIX_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, or EMBED_BITS=6, "
+               f"or train a smaller model (MODEL_DIM, NUM_LAYERS, MLP_MULT).")
+    return total, over
+
+
+def run(h: Hyperparameters, rt: Runtime) -> None:
+    h.validate(rt.world_size)
+    source, code_bytes = script_source()
+    start_log(h, rt, source)
+    torch.manual_seed(h.seed)
+    np.random.seed(h.seed)
+    sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
+    tables = build_byte_tables(sp, h.vocab_size).to(rt.device)
+    val = load_validation_tokens(h.data_path, h.val_tokens_limit).to(rt.device)
+    if int(val.max()) >= h.vocab_size:
+        raise ConfigError(f"Validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; the data and tokenizer do not match.")
+    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} data_path:{h.data_path}")
+
+    if h.eval_only:
+        path = Path(h.artifact_path)
+        if rt.is_main and not path.is_file():
+            raise FileNotFoundError(f"EVAL_ONLY=1 but ARTIFACT_PATH={path} does not exist.")
+        blob = share_bytes(path.read_bytes() if rt.is_main else None, rt)
+        total, over = account_artifact(h, rt, code_bytes, len(blob))
+        evaluate_artifact(blob, h, rt, val, tables, total, over)
+        return
+
+    def full_eval(model: GPT) -> tuple[float, float]:
+        return evaluate_windows(model, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt)
+
+    if h.export_only:
+        model = load_checkpoint(h.export_only, rt.device)
+        rt.log(f"export_only checkpoint:{h.export_only}")
+        blob, quant_ms = export_model(model, h, rt)
+        rt.log(f"export gptq_time:{quant_ms:.0f}ms")
+    else:
+        model = GPT(h.model_config()).to(rt.device)
+        stats = train_model(h, model, rt, full_eval)
+        log_peak_memory(rt)
+        if rt.is_main and h.checkpoint_path:
+            torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, h.checkpoint_path)
+        blob, quant_ms = export_model(model, h, rt)
+        limit_ms = 1000 * h.max_wallclock_seconds
+        rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
+               f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
+    rt.synchronize()
+    t0 = time.perf_counter()
+    prequant = full_eval(model)
+    rt.synchronize()
+    log_final(rt, h, "prequant", prequant, 1000 * (time.perf_counter() - t0))
+    del model
+    model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
+    total, over = account_artifact(h, rt, code_bytes, model_bytes)
+    evaluate_artifact(blob, h, rt, val, tables, total, over)
+
+
+def main() -> None:
+    h = Hyperparameters()
+    rt = setup_runtime()
+    try:
+        run(h, rt)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
