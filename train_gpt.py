@@ -68,7 +68,9 @@ class Hyperparameters:
 
         def knob(name: str, default):
             raw = env.get(name)
-            if raw is None or raw == "":
+            # An empty string means "use the default" for numbers and switches, but is a value
+            # for strings: CHECKPOINT_PATH= turns the checkpoint off.
+            if raw is None or (raw == "" and not isinstance(default, str)):
                 value = default
             else:
                 try:
@@ -183,6 +185,7 @@ class Hyperparameters:
             if not ok:
                 raise ConfigError(message)
 
+        require(bool(self.run_id) and "/" not in self.run_id, f"RUN_ID={self.run_id!r} must be a non-empty file name (it names logs/RUN_ID.txt).")
         require(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}.")
         head_dim = self.model_dim // max(self.num_heads, 1)
         require(head_dim % 2 == 0, f"MODEL_DIM/NUM_HEADS={head_dim} must be even for rotary embeddings.")
@@ -698,11 +701,12 @@ class ParallelMuon:
         return shards
 
     @torch.no_grad()
-    def step(self, shard_grads: list[torch.Tensor], clip_coef: float = 1.0) -> None:
+    def step(self, shard_grads: list[torch.Tensor], clip_coef: torch.Tensor | float = 1.0) -> None:
         gathers = []
         for p, grad, buf, rows in zip(self.banks, shard_grads, self.buffers, self.shard_rows):
-            buf.mul_(self.momentum).add_(grad, alpha=clip_coef)
-            update = grad.mul(clip_coef).add_(buf, alpha=self.momentum)  # Nesterov
+            grad = grad * clip_coef
+            buf.mul_(self.momentum).add_(grad)
+            update = grad.add_(buf, alpha=self.momentum)  # Nesterov
             if self.row_norm:  # MuonEq-R: equalise row norms before orthogonalising
                 update = update / (update.norm(dim=-1, keepdim=True) + 1e-7)
             update = newton_schulz(update, self.ns_steps)
@@ -769,7 +773,7 @@ class Optimizers:
         for group in self.adam.param_groups:
             group["lr"] = group["base_lr"] * lr_mult
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         """Average gradients across ranks, clip by the global norm, update; returns the norm."""
         self.muon.start_reduce_scatter()
         average_gradients(self.adam_params, self.world_size)
@@ -778,12 +782,11 @@ class Optimizers:
         if self.world_size > 1:
             dist.all_reduce(bank_sq)
         adam_sq = sum((p.grad.float().square().sum() for p in self.adam_params if p.grad is not None), torch.zeros_like(bank_sq))
-        norm = float((bank_sq + adam_sq).sqrt())
-        clip = min(1.0, self.grad_clip_norm / (norm + 1e-6)) if self.grad_clip_norm > 0 else 1.0
-        if clip < 1.0:
-            for p in self.adam_params:
-                if p.grad is not None:
-                    p.grad.mul_(clip)
+        norm = (bank_sq + adam_sq).sqrt()
+        # The clip factor stays a tensor: reading it on the host would stall the GPU every step.
+        clip = (self.grad_clip_norm / (norm + 1e-6)).clamp(max=1.0) if self.grad_clip_norm > 0 else 1.0
+        if self.grad_clip_norm > 0:
+            torch._foreach_mul_([p.grad for p in self.adam_params if p.grad is not None], clip)
         self.muon.step(shards, clip)
         self.adam.step()
         return norm
@@ -1260,7 +1263,7 @@ class Windows:
 
 
 def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
-    """Windows over a stream of num_tokens tokens (num_tokens - 1 targets, indices 1..N)."""
+    """Windows over a stream of num_tokens tokens (targets are the indices 1..num_tokens-1)."""
     targets = num_tokens - 1
     length = min(seq_len, targets)
     count = 1 + max(0, math.ceil((targets - length) / stride))
@@ -1564,7 +1567,7 @@ def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_byt
     over = total > h.artifact_limit_bytes
     if over:
         rt.log(f"artifact_over_limit total_bytes:{total} limit_bytes:{h.artifact_limit_bytes} over_by:{total - h.artifact_limit_bytes} "
-               f"-- no final_score will be reported. To fit, re-export the checkpoint with EXPORT_ONLY={h.checkpoint_path} and "
+               f"-- no final_score will be reported. To fit, re-export the checkpoint with EXPORT_ONLY={h.export_only or h.checkpoint_path} and "
                f"a higher MATRIX_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, or EMBED_BITS=6, "
                f"or train a smaller model (MODEL_DIM, NUM_LAYERS, MLP_MULT).")
     return total, over

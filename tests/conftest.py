@@ -60,7 +60,8 @@ def run_script(env: dict[str, str], cwd: Path, nproc: int = 1, script: Path | No
     nproc > 1 goes through torchrun on gloo. The log is at cwd/logs/{RUN_ID}.txt."""
     script = script or ROOT / "train_gpt.py"
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    full_env = {**base, "OMP_NUM_THREADS": "1" if nproc > 1 else base.get("OMP_NUM_THREADS", "2"), **env}
+    # One thread per process: tests share two cores, and oversubscribed OpenMP threads spin.
+    full_env = {**base, "OMP_NUM_THREADS": "1", **env}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     else:

@@ -137,8 +137,9 @@ def fingerprint_scorer(model: tg.GPT, seed: int = 0):
 
 
 @pytest.mark.parametrize("stage", ["sliding", "ttt"])
-def test_changing_token_p_never_changes_what_was_predicted_before_it(stream, stage):
-    val, n, p = stream.val, len(stream.val), 600
+@pytest.mark.parametrize("p", [600, 770])  # mid-chunk, and just past a chunk boundary (768)
+def test_changing_token_p_never_changes_what_was_predicted_before_it(stream, stage, p):
+    val, n = stream.val, len(stream.val)
     changed_val = val.clone()
     changed_val[p] = (val[p] + 1) % stream.vocab
     h = hparams()
@@ -172,9 +173,9 @@ def test_changing_token_p_never_changes_what_was_predicted_before_it(stream, sta
         # Sensitivity: the effects that are allowed do show (a float32 loss may coincide now
         # and then, so "nearly all" rather than all).
         assert changed[sees_p].mean() > 0.95
-        if stage == "ttt":
+        if weights_differ.any():
             assert changed[weights_differ].mean() > 0.95
-    if stage == "ttt":
+    if stage == "ttt" and p == 600:
         assert weights_differ.sum() > 100, "later chunks are scored by weights trained on p"
 
 
@@ -253,7 +254,7 @@ def test_ttt_adapters_only_leaves_banks_and_embedding_untouched(stream):
 
 
 def test_ttt_adamw_runs_and_differs_from_sgd(stream):
-    changed_sgd, sgd = ttt_changes(stream, TTT_OPTIMIZER="sgd")
+    changed_sgd, sgd = ttt_changes(stream, TTT_OPTIMIZER="sgd", TTT_LR="0.001")
     changed_adamw, adamw = ttt_changes(stream, TTT_OPTIMIZER="adamw", TTT_LR="0.001")
     assert changed_adamw and all(math.isfinite(v) for v in adamw)
     assert adamw != sgd
@@ -267,7 +268,9 @@ def script_runs(tiny_data, tmp_path_factory):
     each dumping the TTT stage's per-token NLL."""
     work = tmp_path_factory.mktemp("eval")
     env = {**TINY_RUN_ENV, **tiny_data, "EVAL_ONLY": "1", "ARTIFACT_PATH": str(work / "random.ptz"),
-           "TTT_EPOCHS": "2", "TTT_BATCH_SEQS": "3", "EVAL_BATCH_SEQS": "5", "TTT_LR": "0.02", "OMP_NUM_THREADS": "1"}
+           "TTT_EPOCHS": "2", "TTT_BATCH_SEQS": "3", "EVAL_BATCH_SEQS": "5", "TTT_LR": "0.02",
+           # No clipping: a clipped step hides a wrong gradient scale, which is what differs by world size.
+           "TTT_GRAD_CLIP": "0"}
     h = tg.Hyperparameters(environ={**env, "QUANT_METHOD": "rtn"})
     torch.manual_seed(0)
     model = randomize(tg.GPT(h.model_config()), 0)
