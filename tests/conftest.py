@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,6 +33,15 @@ TINY_RUN_ENV = {
     "TTT_CHUNK_TOKENS": "1024", "TTT_EPOCHS": "1", "TTT_BATCH_SEQS": "4", "GPTQ_CALIB_SEQS": "8",
     "SEED": "1",
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """In-process models here are tiny; on two shared cores a second OpenMP thread only spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -28,15 +28,6 @@ EVAL_ENV = {"EVAL_SEQ_LEN": str(SEQ_LEN), "EVAL_STRIDE": str(STRIDE), "EVAL_BATC
             "TTT_CHUNK_TOKENS": str(CHUNK), "TTT_EPOCHS": "1", "TTT_BATCH_SEQS": "3", "TTT_LR": "0.02"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other workers: a second intra-op thread made a tiny run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def stream(tiny_data):
     """The first 1,000 validation tokens and the tokenizer's byte tables."""

@@ -27,15 +27,6 @@ RT = tg.Runtime(0, 1, 0, CPU)
 QUANTIZED = {"tok_emb.weight", "qo_bank", "kv_bank", "up_bank", "down_bank"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other workers: a second intra-op thread made a tiny run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     """A tiny model trained, checkpointed, exported (int6 GPTQ, brotli) and evaluated once."""

@@ -26,15 +26,6 @@ SMALL = {
 ADAPTER_PREFIXES = ("lora_A.", "lora_B.", "pass_embed")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny; on shared cores a second OpenMP thread only adds contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_hparams(**overrides: str) -> tg.Hyperparameters:
     return tg.Hyperparameters(environ={**SMALL, **overrides})
 
