@@ -1327,9 +1327,12 @@ class NllRecorder:
 def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int, tables: ByteTables,
                   meter: BpbMeter, rt: Runtime, recorder: NllRecorder | None = None) -> None:
     """Score windows in fixed-shape batches (the last one padded, so a compiled forward sees
-    one shape) and add their scored targets to the meter."""
+    one shape) and add their scored targets to the meter. Fewer windows than a batch are padded
+    only to the next power of two: a short evaluation does not pay for a full batch, and the
+    compiler sees at most log2(batch_seqs) extra shapes."""
     if len(windows) == 0:
         return
+    batch_seqs = min(batch_seqs, 1 << (len(windows) - 1).bit_length())
     length = int(windows.ends[0] - windows.starts[0])
     offsets = torch.arange(length + 1, device=val.device)
     rel = torch.arange(length, device=val.device)[None, :]
