@@ -621,8 +621,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--non-record", action="store_true", dest="non_record",
                     help="allow runs without the 600 s clock (MAX_WALLCLOCK_SECONDS=0 or >600)")
     ap.add_argument("--check", metavar="FOLDER", help="re-validate an existing submission folder")
+    ap.add_argument("--make-wrapper", metavar="PATH", dest="make_wrapper",
+                    help="only write --script wrapped with --wrap to PATH (run that file, so the "
+                         "artifact line counts the wrapper's bytes), then stop")
     args = ap.parse_args(argv)
     try:
+        if args.make_wrapper:
+            if args.wrap == "none":
+                ap.error("--make-wrapper needs --wrap lzma or --wrap brotli")
+            source = Path(args.script).read_text(encoding="utf-8")
+            Path(args.make_wrapper).write_text(make_wrapper(source, args.wrap), encoding="utf-8")
+            print(f"wrote {args.make_wrapper}: {len(source.encode())} -> {Path(args.make_wrapper).stat().st_size} code bytes")
+            return 0
         if args.check:
             sub = check_folder(Path(args.check))
             print(f"ok: {args.check} matches its {len(sub['seeds'])} logs, "

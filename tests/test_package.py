@@ -414,3 +414,14 @@ def test_unwrap_parses_without_executing():
     with pytest.raises(ValueError, match="not a self-extracting wrapper"):
         package.unwrap(PROBE_SOURCE)
     assert package.make_wrapper(PROBE_SOURCE, "none") == PROBE_SOURCE
+
+
+def test_make_wrapper_writes_a_runnable_wrapper_of_the_script(tmp_path):
+    script = tmp_path / "train_gpt.py"
+    script.write_text('print("hello from", __file__.rsplit("/", 1)[-1])\n' + "# padding\n" * 200)
+    out = tmp_path / "train_gpt_lzma.py"
+    assert package.main(["--script", str(script), "--wrap", "lzma", "--make-wrapper", str(out)]) == 0
+    assert package.unwrap(out.read_text()) == script.read_text()
+    assert out.stat().st_size < script.stat().st_size
+    run = subprocess.run([sys.executable, str(out)], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "hello from train_gpt_lzma.py"
