@@ -4,7 +4,7 @@ Train the model with the lowest FineWeb validation bits-per-byte that fits, with
 in a 16,000,000-byte artifact: 10 minutes of training and 10 of evaluation on 8xH100.
 
     torchrun --standalone --nproc_per_node=8 train_gpt.py        # GPUs: CUDA, NCCL, bf16, compile
-    python3 train_gpt.py                                          # one CPU process: gloo-free, eager
+    PRESET=cpu python3 train_gpt.py                               # a 2-core CPU, eager, < 10 minutes
 
 Sections, in order: hyperparameters, data, model, optimizers, training loop, GPTQ export,
 evaluation, main. Every knob is an environment variable (see Hyperparameters); the log-line
