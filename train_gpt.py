@@ -10,7 +10,6 @@ Sections, in order: hyperparameters, data, model, optimizers, training loop, GPT
 evaluation, main. Every knob is an environment variable (see Hyperparameters); the log-line
 contract used by records/package.py is listed in the README.
 """
-from __future__ import annotations
 
 import copy
 import glob
@@ -1545,10 +1544,16 @@ def export_model(model: GPT, h: Hyperparameters, rt: Runtime) -> tuple[bytes, fl
     return share_bytes(blob, rt), quant_ms
 
 
-def log_final(rt: Runtime, h: Hyperparameters, stage: str, result: tuple[float, float], ms: float) -> None:
-    rt.log(f"final_{stage} val_loss:{result[0]:.8f} val_bpb:{result[1]:.8f} eval_time:{ms:.0f}ms")
+def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[float, float]:
+    """Run one evaluation stage and log its contract line (e.g. final_sliding) with its time."""
+    rt.synchronize()
+    t0 = time.perf_counter()
+    val_loss, val_bpb = evaluate()
+    rt.synchronize()
+    rt.log(f"{line} val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
     if h.val_tokens_limit:
         rt.log(f"val_tokens_limit tokens:{h.val_tokens_limit} (a prefix of the validation split: not a submission score)")
+    return val_loss, val_bpb
 
 
 def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
@@ -1556,22 +1561,17 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
     """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
     model = model_from_artifact(blob, rt.device)
     score_fn = maybe_compile(model, h, rt)
-    stages = ["roundtrip"] + (["sliding"] if h.sliding_enabled else []) + (["ttt"] if h.ttt_enabled else [])
-    last = stages[-1]
+    stages = [("roundtrip", "final_roundtrip",
+               lambda rec: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
+    if h.sliding_enabled:
+        stages.append(("sliding", "final_sliding",
+                       lambda rec: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
+    if h.ttt_enabled:  # TTT changes the weights: it runs last, on the round-tripped model itself
+        stages.append(("ttt", "final_ttt", lambda rec: score_first_ttt(model, score_fn, val, h, tables, rt, rec)))
+    last = stages[-1][0]
     recorder = NllRecorder(len(val)) if h.nll_dump_path else None
-    result = None
-    for stage in stages:
-        stage_recorder = recorder if stage == last else None
-        rt.synchronize()
-        t0 = time.perf_counter()
-        if stage == "roundtrip":
-            result = evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, stage_recorder)
-        elif stage == "sliding":
-            result = evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_stride, h, tables, rt, stage_recorder)
-        else:  # TTT changes the weights: it runs last, on the round-tripped model itself
-            result = score_first_ttt(model, score_fn, val, h, tables, rt, stage_recorder)
-        rt.synchronize()
-        log_final(rt, h, stage, result, 1000 * (time.perf_counter() - t0))
+    for stage, line, evaluate in stages:
+        result = timed_stage(rt, h, line, lambda: evaluate(recorder if stage == last else None))
     if recorder is not None:
         recorder.write(h.nll_dump_path, rt)
         rt.log(f"nll_dump stage:{last} path:{h.nll_dump_path}")
@@ -1638,11 +1638,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         limit_ms = 1000 * h.max_wallclock_seconds
         rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
                f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
-    rt.synchronize()
-    t0 = time.perf_counter()
-    prequant = full_eval(model)
-    rt.synchronize()
-    log_final(rt, h, "prequant", prequant, 1000 * (time.perf_counter() - t0))
+    timed_stage(rt, h, "final_prequant", lambda: full_eval(model))
     del model
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
     total, over = account_artifact(h, rt, code_bytes, model_bytes)
