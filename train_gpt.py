@@ -48,10 +48,14 @@ PRESETS = {
         "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3",
         "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
         "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32",
-        "MAX_WALLCLOCK_SECONDS": "300", "GPTQ_RESERVE_SECONDS": "5", "WARMUP_STEPS": "0",
-        "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25", "GPTQ_CALIB_SEQS": "32",
+        "MAX_WALLCLOCK_SECONDS": "300", "GPTQ_RESERVE_SECONDS": "8", "WARMUP_STEPS": "0",
+        "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
         "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # best of the README's TTT sweep
+        # Per-document TTT on this set's long documents (the longest prefix document has 43,712
+        # tokens, read one chunk after another): short batches, fewer chunks, a smaller rank.
+        "SLIDING_ENABLED": "1", "TTT_DOC_BATCH": "4", "TTT_DOC_CHUNK_TOKENS": "64", "TTT_LORA_RANK": "16",
+        "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
     },
 }
 
@@ -101,6 +105,16 @@ class Hyperparameters:
         self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0)
         self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005)
         self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 7)
+        # The 2026-04-09 record's pieces (PR #1493) and the #1 record's additions (PR #1855).
+        self.xsa_last_n = knob("XSA_LAST_N", self.num_layers)
+        self.ln_scale = knob("LN_SCALE", True)
+        self.skip_gates = knob("SKIP_GATES", True)
+        self.ortho_init = knob("ORTHO_INIT", True)
+        self.smear_gate = knob("SMEAR_GATE", True)
+        self.attn_gate = knob("ATTN_GATE", True)
+        self.attn_gate_scale = knob("ATTN_GATE_SCALE", 0.5)
+        self.gate_window = knob("GATE_WINDOW", 12)
+        self.doc_attention = knob("DOC_ATTENTION", True)
 
         # Depth recurrence and the per-pass adapters.
         self.loop_start = knob("LOOP_START", 3)
@@ -119,25 +133,28 @@ class Hyperparameters:
         self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048)
         self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48)
         self.warmup_steps = knob("WARMUP_STEPS", 20)
-        self.warmdown_frac = knob("WARMDOWN_FRAC", 0.72)
+        self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85)
+        self.min_lr = knob("MIN_LR", 0.10)
         self.train_log_every = knob("TRAIN_LOG_EVERY", 100)
         self.val_loss_every = knob("VAL_LOSS_EVERY", 0)
         self.compile = knob("COMPILE", True)
 
         # Optimizers.
-        self.matrix_lr = knob("MATRIX_LR", 0.022)
-        self.muon_momentum = knob("MUON_MOMENTUM", 0.99)
+        self.matrix_lr = knob("MATRIX_LR", 0.026)
+        self.muon_momentum = knob("MUON_MOMENTUM", 0.97)
         self.muon_momentum_warmup_start = knob("MUON_MOMENTUM_WARMUP_START", 0.92)
         self.muon_momentum_warmup_steps = knob("MUON_MOMENTUM_WARMUP_STEPS", 1500)
         self.muon_wd = knob("MUON_WD", 0.095)
         self.muon_row_norm = knob("MUON_ROW_NORM", True)
+        self.newton_schulz = knob("NEWTON_SCHULZ", "polar_express")
         self.newton_schulz_steps = knob("NEWTON_SCHULZ_STEPS", 5)
         self.embed_lr = knob("EMBED_LR", 0.03)
         self.scalar_lr = knob("SCALAR_LR", 0.02)
         self.adapter_lr = knob("ADAPTER_LR", 0.01)
+        self.embed_wd = knob("EMBED_WD", 0.085)
         self.adam_wd = knob("ADAM_WD", 0.02)
         self.beta1 = knob("BETA1", 0.9)
-        self.beta2 = knob("BETA2", 0.95)
+        self.beta2 = knob("BETA2", 0.99)
         self.grad_clip_norm = knob("GRAD_CLIP_NORM", 0.3)
         self.ema_enabled = knob("EMA_ENABLED", True)
         self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.06)
@@ -145,10 +162,11 @@ class Hyperparameters:
         # Export.
         self.quant_method = knob("QUANT_METHOD", "gptq")
         self.matrix_bits = knob("MATRIX_BITS", 6)
-        self.embed_bits = knob("EMBED_BITS", 8)
-        self.matrix_clip_sigmas = knob("MATRIX_CLIP_SIGMAS", 12.85)
-        self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 20.0)
-        self.gptq_calib_seqs = knob("GPTQ_CALIB_SEQS", 64)
+        self.embed_bits = knob("EMBED_BITS", 7)
+        self.attn_clip_sigmas = knob("ATTN_CLIP_SIGMAS", 13.0)
+        self.mlp_clip_sigmas = knob("MLP_CLIP_SIGMAS", 11.5)
+        self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 14.0)
+        self.gptq_calib_batches = knob("GPTQ_CALIB_BATCHES", 16)
         self.gptq_damp = knob("GPTQ_DAMP", 0.01)
         self.gptq_block = knob("GPTQ_BLOCK", 128)
         self.compressor = knob("COMPRESSOR", "brotli")
@@ -162,8 +180,27 @@ class Hyperparameters:
         self.eval_seq_len = knob("EVAL_SEQ_LEN", 2048)
         self.eval_stride = knob("EVAL_STRIDE", 64)
         self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32)
-        self.sliding_enabled = knob("SLIDING_ENABLED", True)
+        self.sliding_enabled = knob("SLIDING_ENABLED", False)
         self.ttt_enabled = knob("TTT_ENABLED", True)
+        self.ttt_mode = knob("TTT_MODE", "phased")
+        # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #1855's constants.
+        self.ttt_doc_chunk_tokens = knob("TTT_DOC_CHUNK_TOKENS", 48)
+        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 64)
+        self.ttt_lora_rank = knob("TTT_LORA_RANK", 80)
+        self.ttt_lora_alpha = knob("TTT_LORA_ALPHA", 144.0)
+        self.ttt_lora_lr = knob("TTT_LORA_LR", 1e-4)
+        self.ttt_beta1 = knob("TTT_BETA1", 0.0)
+        self.ttt_beta2 = knob("TTT_BETA2", 0.99)
+        self.ttt_weight_decay = knob("TTT_WEIGHT_DECAY", 0.5)
+        self.ttt_warm_start_a = knob("TTT_WARM_START_A", True)
+        # Global SGD phases (phased): PRs #1610, #1626.
+        self.phased_ttt_prefix_docs = knob("PHASED_TTT_PREFIX_DOCS", 2500)
+        self.phased_ttt_phases = knob("PHASED_TTT_PHASES", 3)
+        self.global_ttt_lr = knob("GLOBAL_TTT_LR", 1e-3)
+        self.global_ttt_momentum = knob("GLOBAL_TTT_MOMENTUM", 0.9)
+        self.global_ttt_chunk_tokens = knob("GLOBAL_TTT_CHUNK_TOKENS", 32768)
+        self.global_ttt_grad_clip = knob("GLOBAL_TTT_GRAD_CLIP", 1.0)
+        # Chunked TTT (chunked): the 2026-04-09 record's score-first SGD on all weights.
         self.ttt_chunk_tokens = knob("TTT_CHUNK_TOKENS", 32768)
         self.ttt_epochs = knob("TTT_EPOCHS", 3)
         self.ttt_lr = knob("TTT_LR", 0.005)
@@ -221,6 +258,15 @@ class Hyperparameters:
         require(self.ttt_optimizer in ("sgd", "adamw"), f"TTT_OPTIMIZER={self.ttt_optimizer!r} must be sgd or adamw.")
         require(self.ttt_params in ("all", "adapters"), f"TTT_PARAMS={self.ttt_params!r} must be all or adapters.")
         require(self.ttt_chunk_tokens > 0, f"TTT_CHUNK_TOKENS={self.ttt_chunk_tokens} must be positive.")
+        require(self.ttt_mode in TTT_MODES, f"TTT_MODE={self.ttt_mode!r} must be one of {', '.join(TTT_MODES)}.")
+        require(self.ttt_lora_rank >= 1, f"TTT_LORA_RANK={self.ttt_lora_rank} must be at least 1.")
+        require(1 <= self.ttt_doc_chunk_tokens <= self.eval_seq_len,
+                f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored with its context inside one window).")
+        require(self.ttt_doc_batch >= 1, f"TTT_DOC_BATCH={self.ttt_doc_batch} must be at least 1.")
+        require(1 <= self.phased_ttt_phases <= max(self.phased_ttt_prefix_docs, 1),
+                f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be between 1 and PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}.")
+        require(self.global_ttt_chunk_tokens >= self.eval_seq_len,
+                f"GLOBAL_TTT_CHUNK_TOKENS={self.global_ttt_chunk_tokens} must hold at least one EVAL_SEQ_LEN={self.eval_seq_len} sequence.")
         require(self.val_tokens_limit == 0 or self.val_tokens_limit >= 2, f"VAL_TOKENS_LIMIT={self.val_tokens_limit} must be 0 (whole split) or at least 2.")
         require(not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both.")
 
@@ -237,7 +283,10 @@ class Hyperparameters:
             parallel_residual_start=self.parallel_residual_start,
             loop_start=self.loop_start, loop_end=self.loop_end, num_loops=self.num_loops,
             pass_lora_rank=self.pass_lora_rank, pass_lora_targets=list(self.lora_targets()),
-            pass_embed=self.pass_embed,
+            pass_embed=self.pass_embed, xsa_last_n=self.xsa_last_n, ln_scale=self.ln_scale,
+            skip_gates=self.skip_gates, smear_gate=self.smear_gate, attn_gate=self.attn_gate,
+            attn_gate_scale=self.attn_gate_scale, gate_window=self.gate_window, ortho_init=self.ortho_init,
+            doc_attention=self.doc_attention,
         )
 
 
@@ -413,14 +462,19 @@ class BpbMeter:
 
 # ---------------------------------------------------------------------------------------------
 # MODEL
-# The big matrices of all physical layers live in four banks (q/o, k/v, MLP up, MLP down),
-# indexed by layer, so Muon orthogonalises them in batches. A span of layers runs
+# The 2026-04-09 record's stack (PR #1493) with the #1 record's training-side additions
+# (PR #1855). The big matrices of all physical layers live in four banks (q/o, k/v, MLP up,
+# MLP down), indexed by layer, so Muon orthogonalises them in batches. A span of layers runs
 # 1 + NUM_LOOPS times; each repeated pass gets its own low-rank LoRA delta on the chosen
 # projections and a learned pass embedding, both starting at zero so looping begins from the
-# shared weights (seeds 000 and 002, PRs #1096 and #1552).
+# shared weights (seeds 000 and 002, PRs #1096 and #1552). Every projection goes through
+# GPT.project() and every attention through GPT.attention(), so training, evaluation, TTT and
+# GPTQ calibration run the same forward path.
 # ---------------------------------------------------------------------------------------------
 
 LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
+TTT_MODES = ("chunked", "docs", "phased")
+BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3)
 
 
 @dataclass
@@ -443,6 +497,16 @@ class ModelConfig:
     pass_lora_rank: int = 1
     pass_lora_targets: list = field(default_factory=lambda: ["q", "k", "v", "o"])
     pass_embed: bool = True
+    xsa_last_n: int = 11
+    ln_scale: bool = True
+    skip_gates: bool = True
+    smear_gate: bool = True
+    attn_gate: bool = True
+    attn_gate_scale: float = 0.5
+    gate_window: int = 12
+    ortho_init: bool = True
+    doc_attention: bool = True
+    bos_id: int = BOS_ID
 
     @property
     def head_dim(self) -> int:
@@ -478,12 +542,46 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Per position, how many BOS tokens came at or before it: equal ids = same document.
+    Tokens before a window's first BOS (the tail of an earlier document) share id 0."""
+    return torch.cumsum((input_ids == bos_id).to(torch.int32), dim=1)
+
+
+def flash_attention_3():
+    """FlashAttention-3's dense function when its package imports on this machine, else None."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def flex_attention_active() -> bool:
+    """Document masks go to flex_attention only inside torch.compile: compiled, it skips the
+    masked blocks; eager, it is a slow reference, so eager code (GPTQ calibration, tests,
+    PRESET=cpu) uses SDPA with an explicit mask instead."""
+    return torch.compiler.is_compiling()
+
+
+def attention_kernel_name(device_type: str, doc_attention: bool, compiled: bool) -> str:
+    """What attend() runs, for the log: FlashAttention-3 where it imports on CUDA (plain
+    causal attention only), flex_attention for document masks under torch.compile, else
+    PyTorch's scaled_dot_product_attention."""
+    if doc_attention:
+        return "flex_attention(document block mask)" if compiled else "sdpa(document mask)"
+    if device_type == "cuda" and flash_attention_3() is not None:
+        return "flash_attn_3(causal)"
+    return "sdpa(causal)"
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         L, D, H = cfg.num_layers, cfg.model_dim, cfg.num_heads
         self.looping = False
+        self.use_fa3 = False  # set by prepare_model() on CUDA when FlashAttention-3 imports
         self.hessians: dict | None = None  # set by GPTQ calibration to collect input statistics
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
         # Banks: [out, in] matrices stacked by layer. q/o and k/v share a bank per kind of
@@ -499,6 +597,17 @@ class GPT(nn.Module):
         self.q_gain = nn.Parameter(torch.full((L, H), cfg.qk_gain_init))
         max_skips = len(virtual_layers(L, cfg.loop_start, cfg.loop_end, cfg.num_loops, True)) // 2
         self.skip_weights = nn.Parameter(torch.ones(max_skips, D))
+        # Sigmoid skip gates start at 0: the first step mixes skip and stream half and half.
+        self.skip_gates = nn.Parameter(torch.zeros(max_skips, D)) if cfg.skip_gates else None
+        # SmearGate (PR #1667) and the sparse attention-output gate (PR #1787) read the first
+        # GATE_WINDOW channels; both start at zero (no smear; every head's gate at 0.5).
+        self.smear_gate = nn.Parameter(torch.zeros(cfg.gate_window)) if cfg.smear_gate else None
+        self.smear_lambda = nn.Parameter(torch.zeros(())) if cfg.smear_gate else None
+        self.attn_gate = nn.Parameter(torch.zeros(L, H, cfg.gate_window)) if cfg.attn_gate else None
+        # LN scale (PR #1493): the normed block inputs of physical layer l shrink by 1/sqrt(l+1);
+        # a looped layer keeps its physical index on every pass.
+        self.ln_factors = [1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0 for layer in range(L)]
+        self.xsa_layers = set(range(max(0, L - cfg.xsa_last_n), L))
         # Per-pass adapters: index [pass - 1, layer - loop_start].
         passes, span, rank = cfg.num_loops, cfg.loop_len, cfg.pass_lora_rank
         self.lora_A = nn.ParameterDict()
@@ -509,6 +618,7 @@ class GPT(nn.Module):
                 self.lora_A[target] = nn.Parameter(torch.randn(passes, span, rank, in_dim) / math.sqrt(in_dim))
                 self.lora_B[target] = nn.Parameter(torch.zeros(passes, span, out_dim, rank))
         self.pass_embed = nn.Parameter(torch.zeros(passes, span, D)) if cfg.pass_embed and passes > 0 else None
+        self.ttt_lora = None  # per-document TTT adapters (evaluation only), see TTTLoRA
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.rope_dims, 2, dtype=torch.float32) / max(cfg.rope_dims, 1))
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
         self.reset_parameters()
@@ -524,6 +634,11 @@ class GPT(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=self.cfg.tied_embed_init_std)
         for bank in (self.qo_bank, self.kv_bank, self.up_bank):
             nn.init.normal_(bank, std=bank.size(-1) ** -0.5)
+        if self.cfg.ortho_init:
+            # Orthogonal rows (PR #1493) where both sides are at least 64, as in the record.
+            for matrix in [*self.qo_bank[:L], *self.kv_bank, *self.up_bank]:
+                if min(matrix.shape) >= 64:
+                    nn.init.orthogonal_(matrix)
         # Output projections start at zero: every block begins as the identity on the residual.
         self.qo_bank[L:].zero_()
         self.down_bank.zero_()
@@ -539,13 +654,16 @@ class GPT(nn.Module):
                 self.hessians[key] = torch.zeros(rows.size(1), rows.size(1), device=rows.device)
             self.hessians[key].addmm_(rows.T, rows)
 
-    def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int) -> torch.Tensor:
-        """x @ W^T, plus this pass's LoRA delta (x A^T) B^T on repeated passes; W + BA is never formed."""
+    def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int, slot: int) -> torch.Tensor:
+        """x @ W^T, plus this pass's LoRA delta (x A^T) B^T on repeated passes, plus the
+        per-document TTT adapter of virtual layer `slot` when one is attached; W + BA is never formed."""
         y = F.linear(x, weight)
         if pass_idx > 0 and target in self.lora_A:
-            slot = (pass_idx - 1, layer - self.cfg.loop_start)
-            a, b = self.lora_A[target][slot], self.lora_B[target][slot]
+            index = (pass_idx - 1, layer - self.cfg.loop_start)
+            a, b = self.lora_A[target][index], self.lora_B[target][index]
             y = y + F.linear(F.linear(x, a), b)
+        if self.ttt_lora is not None and target in self.ttt_lora.A:  # q, k, v, o (MLP: see mlp())
+            y = y + self.ttt_lora.delta(target, slot, x)
         return y
 
     def rotary(self, x: torch.Tensor) -> torch.Tensor:
@@ -559,58 +677,125 @@ class GPT(nn.Module):
         x1, x2, rest = x[..., : d // 2], x[..., d // 2: d], x[..., d:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
-    def attention(self, x: torch.Tensor, layer: int, pass_idx: int) -> torch.Tensor:
+    def attention_mask(self, input_ids: torch.Tensor):
+        """What attend() needs to keep tokens inside their document: a flex_attention block
+        mask (compiled), a boolean (B, 1, T, T) mask for SDPA (eager), or None for plain causal
+        attention."""
+        if not self.cfg.doc_attention:
+            return None
+        docs = document_ids(input_ids, self.cfg.bos_id)
+        B, T = input_ids.shape
+        if flex_attention_active():
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def same_document_causal(b, h, q_idx, kv_idx):
+                return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
+
+            return create_block_mask(same_document_causal, B, None, T, T, device=input_ids.device)
+        causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+        return (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+        """Causal attention, inside documents when `mask` is given; (B, T, heads, head_dim) in and out."""
+        if mask is None and self.use_fa3:
+            y = flash_attention_3()(q, k, v, causal=True)  # grouped KV heads natively
+            return y[0] if isinstance(y, tuple) else y  # older FA3 builds also return the LSE
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a flex_attention BlockMask
+            from torch.nn.attention.flex_attention import flex_attention
+            y = flex_attention(q, k, v, block_mask=mask, enable_gqa=k.size(1) != q.size(1))
+            return y.transpose(1, 2)
+        if k.size(1) != q.size(1):
+            # Explicit repeat rather than enable_gqa: keeps every SDPA backend (flash included) eligible.
+            groups = q.size(1) // k.size(1)
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return y.transpose(1, 2)
+
+    def attention(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int, mask) -> torch.Tensor:
         c, L = self.cfg, self.cfg.num_layers
         B, T, _ = x.shape
         self._record(("attn_in", layer), x)
-        q = self.project(x, self.qo_bank[layer], "q", layer, pass_idx).view(B, T, c.num_heads, c.head_dim)
-        k = self.project(x, self.kv_bank[layer], "k", layer, pass_idx).view(B, T, c.num_kv_heads, c.head_dim)
-        v = self.project(x, self.kv_bank[L + layer], "v", layer, pass_idx).view(B, T, c.num_kv_heads, c.head_dim)
+        q = self.project(x, self.qo_bank[layer], "q", layer, pass_idx, slot).view(B, T, c.num_heads, c.head_dim)
+        k = self.project(x, self.kv_bank[layer], "k", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
+        v = self.project(x, self.kv_bank[L + layer], "v", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain[layer][None, None, :, None].to(q.dtype)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if c.num_kv_heads != c.num_heads:
-            # Explicit repeat rather than enable_gqa: keeps every SDPA backend (flash included) eligible.
+        y = self.attend(q, k, v, mask)
+        if layer in self.xsa_layers:
+            # XSA (PR #1493): drop each head's component along its own token's value vector
+            # (the KV head of its group), so attention carries only what the token lacks.
             groups = c.num_heads // c.num_kv_heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).reshape(B, T, c.model_dim)
+            y = y.view(B, T, c.num_kv_heads, groups, c.head_dim)
+            v_hat = F.normalize(v, dim=-1).unsqueeze(3)
+            y = (y - (y * v_hat).sum(-1, keepdim=True) * v_hat).view(B, T, c.num_heads, c.head_dim)
+        if self.attn_gate is not None:
+            # Sparse output gate (PR #1787, scale 0.5 from PR #1855): one sigmoid per head
+            # from the first GATE_WINDOW channels of the block's normed input.
+            gate = torch.sigmoid(c.attn_gate_scale * F.linear(x[..., :c.gate_window], self.attn_gate[layer]))
+            y = y * gate.unsqueeze(-1).to(y.dtype)
+        y = y.reshape(B, T, c.model_dim)
         self._record(("attn_out", layer), y)
-        return self.project(y, self.qo_bank[L + layer], "o", layer, pass_idx)
+        return self.project(y, self.qo_bank[L + layer], "o", layer, pass_idx, slot)
 
-    def mlp(self, x: torch.Tensor, layer: int, pass_idx: int) -> torch.Tensor:
+    def mlp(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int) -> torch.Tensor:
         self._record(("mlp_in", layer), x)
         # LeakyReLU(0.5)^2: keeps a gradient for negative inputs, unlike relu^2.
-        h = F.leaky_relu(self.project(x, self.up_bank[layer], "up", layer, pass_idx), 0.5).square()
+        h = F.leaky_relu(self.project(x, self.up_bank[layer], "up", layer, pass_idx, slot), 0.5).square()
         self._record(("mlp_act", layer), h)
-        return self.project(h, self.down_bank[layer], "down", layer, pass_idx)
+        out = self.project(h, self.down_bank[layer], "down", layer, pass_idx, slot)
+        if self.ttt_lora is not None:
+            out = out + self.ttt_lora.delta("mlp", slot, x)
+        return out
 
-    def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int) -> torch.Tensor:
+    def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, mask) -> torch.Tensor:
         mix = self.resid_mix[layer]
         x = mix[0] * x + mix[1] * x0
-        normed = rms_norm(x)
-        attn = self.attn_scale[layer] * self.attention(normed, layer, pass_idx)
+        ln = self.ln_factors[layer]
+        normed = rms_norm(x) * ln
+        attn = self.attn_scale[layer] * self.attention(normed, layer, pass_idx, slot, mask)
         if layer >= self.cfg.parallel_residual_start:
-            # Parallel residual: attention and MLP read the same input (2026-04-09 record).
-            return x + attn + self.mlp_scale[layer] * self.mlp(normed, layer, pass_idx)
+            # Parallel residual: attention and MLP read the same input (PR #1493).
+            return x + attn + self.mlp_scale[layer] * self.mlp(normed, layer, pass_idx, slot)
         x = x + attn
-        return x + self.mlp_scale[layer] * self.mlp(rms_norm(x), layer, pass_idx)
+        return x + self.mlp_scale[layer] * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(input_ids)
+        if self.smear_gate is not None:
+            # SmearGate (PR #1667): mix a gated share of the previous token's embedding into
+            # each position, except at BOS, so no document reads the one before it (PR #1851).
+            gate = self.smear_lambda * torch.sigmoid(x[:, 1:, :self.cfg.gate_window] @ self.smear_gate.to(x.dtype))
+            gate = gate * (input_ids[:, 1:] != self.cfg.bos_id).to(gate.dtype)
+            x = torch.cat([x[:, :1], x[:, 1:] + gate.unsqueeze(-1) * x[:, :-1]], dim=1)
+        return rms_norm(x)
+
+    def merge_skip(self, x: torch.Tensor, encoder_out: torch.Tensor, index: int) -> torch.Tensor:
+        skip = self.skip_weights[index] * encoder_out
+        if self.skip_gates is None:
+            return x + skip
+        # Sigmoid skip gate (PR #1493): skip + sigma(g) * (x - skip).
+        return torch.lerp(skip, x, torch.sigmoid(self.skip_gates[index]))
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         # The residual stream stays float32; under autocast only the matmuls run in bf16.
-        x = rms_norm(self.tok_emb(input_ids))
+        x = self.embed(input_ids)
         x0 = x
+        mask = self.attention_mask(input_ids)
         order = self.schedule()
         encoder_len = len(order) // 2
         skips = []
         # U-Net over the virtual layers: the first half's outputs feed the second half in reverse.
-        for i, (layer, pass_idx) in enumerate(order):
-            if i >= encoder_len and skips:
-                x = x + self.skip_weights[i - encoder_len] * skips.pop()
+        for slot, (layer, pass_idx) in enumerate(order):
+            if slot >= encoder_len and skips:
+                x = self.merge_skip(x, skips.pop(), slot - encoder_len)
             if pass_idx > 0 and self.pass_embed is not None:
                 x = x + self.pass_embed[pass_idx - 1, layer - self.cfg.loop_start]
-            x = self.block(x, x0, layer, pass_idx)
-            if i < encoder_len:
+            x = self.block(x, x0, layer, pass_idx, slot, mask)
+            if slot < encoder_len:
                 skips.append(x)
         x = rms_norm(x)
         self._record(("final", 0), x)
@@ -618,7 +803,10 @@ class GPT(nn.Module):
 
     def forward_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.hidden_states(input_ids)
-        logits = F.linear(x, self.tok_emb.weight).float()
+        logits = F.linear(x, self.tok_emb.weight)
+        if self.ttt_lora is not None:
+            logits = logits + self.ttt_lora.delta("head", 0, x)
+        logits = logits.float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
@@ -646,15 +834,29 @@ class GPT(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def newton_schulz(grads: torch.Tensor, steps: int) -> torch.Tensor:
+# Newton-Schulz steps X <- aX + (bA + cA^2)X with A = XX^T. The quintic repeats one tuple
+# (modded-nanogpt); Polar Express (PR #1787) gives each of its five steps its own minimax tuple
+# and lands closer to the polar factor UV^T. Steps past a list's end repeat its last tuple.
+NEWTON_SCHULZ_COEFFICIENTS = {
+    "quintic": ((3.4445, -4.7750, 2.0315),),
+    "polar_express": ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                      (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                      (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                      (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                      (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)),
+}
+
+
+def newton_schulz(grads: torch.Tensor, steps: int, method: str = "polar_express") -> torch.Tensor:
     """Approximately orthogonalise each matrix of a (batch, rows, cols) stack."""
-    a, b, c = 3.4445, -4.7750, 2.0315  # quintic coefficients from modded-nanogpt
+    coefficients = NEWTON_SCHULZ_COEFFICIENTS[method]
     x = grads.bfloat16() if grads.is_cuda else grads.float()
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
+    for step in range(steps):
+        a, b, c = coefficients[min(step, len(coefficients) - 1)]
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if tall else x
@@ -666,11 +868,11 @@ def distributed() -> bool:
 
 class ParallelMuon:
     def __init__(self, banks: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
-                 ns_steps: int, row_norm: bool, rank: int, world_size: int):
+                 ns_steps: int, ns_method: str, row_norm: bool, rank: int, world_size: int):
         # Largest bank first: its communication starts earliest and overlaps the most work.
         self.banks = sorted(banks, key=lambda p: p.numel(), reverse=True)
         self.base_lr, self.lr, self.momentum, self.weight_decay = lr, lr, momentum, weight_decay
-        self.ns_steps, self.row_norm = ns_steps, row_norm
+        self.ns_steps, self.ns_method, self.row_norm = ns_steps, ns_method, row_norm
         self.rank, self.world_size = rank, world_size
         self.shard_rows = [math.ceil(p.size(0) / world_size) for p in self.banks]
         self.buffers = [torch.zeros(rows, *p.shape[1:], device=p.device) for rows, p in zip(self.shard_rows, self.banks)]
@@ -708,7 +910,7 @@ class ParallelMuon:
             update = grad.add_(buf, alpha=self.momentum)  # Nesterov
             if self.row_norm:  # MuonEq-R: equalise row norms before orthogonalising
                 update = update / (update.norm(dim=-1, keepdim=True) + 1e-7)
-            update = newton_schulz(update, self.ns_steps)
+            update = newton_schulz(update, self.ns_steps, self.ns_method)
             update = update * max(1.0, p.size(1) / p.size(2)) ** 0.5
             if self.world_size == 1:
                 gathers.append((p, None, update))
@@ -750,13 +952,14 @@ class Optimizers:
         self.world_size = world_size
         self.grad_clip_norm = h.grad_clip_norm
         self.muon = ParallelMuon(model.bank_parameters(), h.matrix_lr, h.muon_momentum, h.muon_wd,
-                                 h.newton_schulz_steps, h.muon_row_norm, rank, world_size)
+                                 h.newton_schulz_steps, h.newton_schulz, h.muon_row_norm, rank, world_size)
         adapters = model.adapter_parameters()
         special = {id(p) for p in model.bank_parameters() + adapters + [model.tok_emb.weight]}
         scalars = [p for p in model.parameters() if id(p) not in special]
         groups = [
-            {"params": [model.tok_emb.weight], "lr": h.embed_lr, "weight_decay": h.adam_wd, "name": "embed"},
-            {"params": scalars, "lr": h.scalar_lr, "weight_decay": 0.0, "name": "scalars"},
+            # The embedding's own decay, 0.085, and 0.02 on the scalars, as in PR #1493.
+            {"params": [model.tok_emb.weight], "lr": h.embed_lr, "weight_decay": h.embed_wd, "name": "embed"},
+            {"params": scalars, "lr": h.scalar_lr, "weight_decay": h.adam_wd, "name": "scalars"},
         ]
         if adapters:
             groups.append({"params": adapters, "lr": h.adapter_lr, "weight_decay": 0.0, "name": "adapters"})
@@ -842,11 +1045,12 @@ class Runtime:
             torch.cuda.synchronize()
 
 
-def lr_multiplier(progress: float, warmdown_frac: float) -> float:
-    """1 until the warm-down starts, then linear to 0 at the end of the budget."""
+def lr_multiplier(progress: float, warmdown_frac: float, min_lr: float = 0.0) -> float:
+    """1 until the warm-down starts, then linear towards 0 at the end of the budget, never
+    below MIN_LR (PR #1787: the last steps still learn)."""
     if warmdown_frac <= 0 or progress < 1.0 - warmdown_frac:
         return 1.0
-    return max(0.0, (1.0 - progress) / warmdown_frac)
+    return max(min_lr, (1.0 - progress) / warmdown_frac)
 
 
 class WeightEMA:
@@ -873,19 +1077,24 @@ class WeightEMA:
             p.copy_(s.to(p.dtype))
 
 
-def maybe_compile(model: nn.Module, h: Hyperparameters, rt: Runtime):
-    if h.compile and rt.device.type == "cuda":
-        return torch.compile(model, fullgraph=True, dynamic=False)
-    return model
+def compiles(h: Hyperparameters, rt: Runtime) -> bool:
+    return h.compile and rt.device.type == "cuda"
 
 
-def train_model(h: Hyperparameters, model: GPT, rt: Runtime, evaluate) -> dict:
-    """Train in place; returns timing facts. `evaluate(model)` gives (val_loss, val_bpb)."""
+def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime):
+    """Pick the attention kernel for this device and return the callable to run: the model
+    compiled whole (fullgraph, static shapes) or the model itself."""
+    model.use_fa3 = rt.device.type == "cuda" and flash_attention_3() is not None
+    return torch.compile(model, fullgraph=True, dynamic=False) if compiles(h, rt) else model
+
+
+def train_model(h: Hyperparameters, model: GPT, compiled, rt: Runtime, evaluate) -> dict:
+    """Train in place (steps run through `compiled`, see prepare_model); returns timing facts.
+    `evaluate()` gives (val_loss, val_bpb)."""
     opt = Optimizers(model, h, rt.rank, rt.world_size)
     global_seqs = h.train_batch_tokens // h.train_seq_len
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed)
     accum = h.grad_accum_steps(rt.world_size)
-    compiled = maybe_compile(model, h, rt)
     rt.log(f"train_setup global_seqs:{global_seqs} grad_accum:{accum} micro_batch_seqs:{global_seqs // rt.world_size // accum} "
            f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}")
 
@@ -927,7 +1136,7 @@ def train_model(h: Hyperparameters, model: GPT, rt: Runtime, evaluate) -> dict:
         if h.val_loss_every > 0 and step > 0 and (step % h.val_loss_every == 0 or last_step):
             rt.synchronize()
             train_ms += 1000 * (time.perf_counter() - t_start)
-            val_loss, val_bpb = evaluate(model)
+            val_loss, val_bpb = evaluate()
             rt.log(f"step:{step}/{h.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
             t_start = time.perf_counter()
         if last_step:
@@ -939,7 +1148,7 @@ def train_model(h: Hyperparameters, model: GPT, rt: Runtime, evaluate) -> dict:
             rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
         frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
         momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
-        loss = run_step(lr_multiplier(progress, h.warmdown_frac), momentum)
+        loss = run_step(lr_multiplier(progress, h.warmdown_frac, h.min_lr), momentum)
         step += 1
         rt.synchronize()
         elapsed = torch.tensor(train_ms + 1000 * (time.perf_counter() - t_start), dtype=torch.float64)
@@ -1024,6 +1233,16 @@ def quant_units(model: GPT) -> list[tuple[str, int, str]]:
     return units
 
 
+def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
+    """(bits, SDClip k) by role: the tied embedding at int7 with k = 14, attention matrices at
+    k = 13 and MLP matrices at k = 11.5, both int6 (PRs #1586, #1626, #1855)."""
+    if name == "tok_emb.weight":
+        return h.embed_bits, h.embed_clip_sigmas
+    if name in ("qo_bank", "kv_bank"):
+        return h.matrix_bits, h.attn_clip_sigmas
+    return h.matrix_bits, h.mlp_clip_sigmas
+
+
 def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
     """Compressed size if every quantized row were Gaussian: with SDClip at k sigma a level costs
     about log2(qmax / k * sqrt(2 pi e)) bits (the entropy of a rounded Gaussian), plus fp16 row
@@ -1034,8 +1253,7 @@ def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
         if name not in quantized:
             total_bits += 16 * param.numel()
             continue
-        is_embed = name == "tok_emb.weight"
-        bits, clip = (h.embed_bits, h.embed_clip_sigmas) if is_embed else (h.matrix_bits, h.matrix_clip_sigmas)
+        bits, clip = quant_spec(name, h)
         qmax = 2 ** (bits - 1) - 1
         level_bits = min(bits, max(0.0, math.log2(qmax / clip * math.sqrt(2 * math.pi * math.e))))
         rows = param.numel() // param.size(-1)
@@ -1045,18 +1263,20 @@ def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
 
 @torch.no_grad()
 def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime) -> dict[str, torch.Tensor]:
-    """Average X^T X per matrix input over GPTQ_CALIB_SEQS training sequences, split over ranks."""
-    seqs = max(rt.world_size, math.ceil(h.gptq_calib_seqs / rt.world_size) * rt.world_size)
+    """Average X^T X per matrix input over GPTQ_CALIB_BATCHES training batches (each one
+    step's global batch, split over ranks as in training: PR #1855 used 16)."""
+    global_seqs = h.train_batch_tokens // h.train_seq_len
     # A seed of its own: calibration reads training shards only, never the validation split.
-    loader = TrainLoader(h.data_path, h.train_seq_len, seqs, rt.rank, rt.world_size, h.seed + 1)
-    batch = loader.next_batch(rt.device)
+    loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed + 1)
+    micro_seqs = global_seqs // rt.world_size // h.grad_accum_steps(rt.world_size)
     was_training = model.training
     model.eval()
     model.hessians = {}
     try:
-        for micro in batch.split(max(1, min(h.micro_batch_seqs, 16))):
-            with rt.autocast():
-                model.forward_logits(micro[:, :-1])
+        for _ in range(h.gptq_calib_batches):
+            for micro in loader.next_batch(rt.device).split(micro_seqs):
+                with rt.autocast():
+                    model.forward_logits(micro[:, :-1])
     finally:
         collected, model.hessians = model.hessians, None
         model.train(was_training)
@@ -1064,7 +1284,7 @@ def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime) -> dict[str, t
     for (kind, layer), mat in sorted(collected.items()):
         if rt.world_size > 1:
             dist.all_reduce(mat)
-        hessians[f"{kind}:{layer}"] = mat / (seqs * h.train_seq_len)
+        hessians[f"{kind}:{layer}"] = mat / (h.gptq_calib_batches * global_seqs * h.train_seq_len)
     return hessians
 
 
@@ -1130,9 +1350,7 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
     needed_damping = []
     for i, (name, slot, key) in enumerate(units):
         weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
-        is_embed = name == "tok_emb.weight"
-        bits = h.embed_bits if is_embed else h.matrix_bits
-        clip = h.embed_clip_sigmas if is_embed else h.matrix_clip_sigmas
+        bits, clip = quant_spec(name, h)
         if i % rt.world_size == rt.rank:
             if h.quant_method == "gptq":
                 q, scale, retries = quantize_gptq(weight, hessians[key], bits, clip, h.gptq_damp, h.gptq_block)
@@ -1159,7 +1377,7 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
         if not mine:
             tensors[name] = ("fp16", param.detach().half().cpu())
             continue
-        bits = h.embed_bits if name == "tok_emb.weight" else h.matrix_bits
+        bits = quant_spec(name, h)[0]
         if mine[0][0] < 0:
             q, scale = mine[0][1]
             tensors[name] = ("int", bits, q.cpu(), scale.cpu())
@@ -1272,12 +1490,13 @@ class Windows:
     starts: np.ndarray  # first input position
     ends: np.ndarray  # one past the last input position (= last scored target index)
     score_from: np.ndarray  # targets with index > score_from are scored by this window
+    index: np.ndarray  # position in the full list: the order windows are scored in
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def subset(self, index) -> "Windows":
-        return Windows(self.starts[index], self.ends[index], self.score_from[index])
+        return Windows(self.starts[index], self.ends[index], self.score_from[index], self.index[index])
 
 
 def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
@@ -1288,7 +1507,7 @@ def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
     ends = np.minimum(length + stride * np.arange(count, dtype=np.int64), targets)
     starts = ends - length
     score_from = np.concatenate([[0], ends[:-1]])
-    return Windows(starts, ends, score_from)
+    return Windows(starts, ends, score_from, np.arange(count))
 
 
 def rank_share(count: int, rt: Runtime) -> slice:
@@ -1297,21 +1516,25 @@ def rank_share(count: int, rt: Runtime) -> slice:
 
 
 class NllRecorder:
-    """Per-target NLL and bytes of one stage, for NLL_DUMP_PATH audits."""
+    """Per-target NLL and bytes of one stage, for NLL_DUMP_PATH audits, with the order each
+    target was scored in: a key that grows with processing order (the window's index; for
+    per-document TTT, batch index * 2^32 + chunk index) and does not depend on the world size."""
 
     def __init__(self, num_tokens: int):
         self.nll = torch.zeros(num_tokens, dtype=torch.float64)
         self.bytes = torch.zeros(num_tokens, dtype=torch.float64)
         self.count = torch.zeros(num_tokens, dtype=torch.float64)
+        self.order = torch.zeros(num_tokens, dtype=torch.float64)  # key + 1; 0 = not scored
 
-    def add(self, positions: torch.Tensor, nll: torch.Tensor, nbytes: torch.Tensor) -> None:
+    def add(self, positions: torch.Tensor, nll: torch.Tensor, nbytes: torch.Tensor, order: torch.Tensor) -> None:
         positions = positions.cpu()
         self.nll.index_add_(0, positions, nll.double().cpu())
         self.bytes.index_add_(0, positions, nbytes.double().cpu())
         self.count.index_add_(0, positions, torch.ones_like(positions, dtype=torch.float64))
+        self.order.index_add_(0, positions, order.double().cpu() + 1)
 
     def write(self, path: str, rt: Runtime) -> None:
-        totals = torch.stack([self.nll, self.bytes, self.count])
+        totals = torch.stack([self.nll, self.bytes, self.count, self.order])
         if rt.world_size > 1:
             totals = totals.to(rt.device)
             dist.all_reduce(totals)
@@ -1319,7 +1542,8 @@ class NllRecorder:
         if rt.is_main:
             pos = torch.nonzero(totals[2] > 0).squeeze(1)
             np.savez(path, nll=totals[0, pos].numpy(), bytes=totals[1, pos].numpy().astype(np.int64),
-                     pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64))
+                     pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64),
+                     order=(totals[3, pos] - 1).numpy().astype(np.int64))
 
 
 @torch.no_grad()
@@ -1349,7 +1573,8 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
         nbytes = tables.target_bytes(inputs, targets)
         meter.add(nll[mask], nbytes[mask])
         if recorder is not None:
-            recorder.add((starts[:, None] + rel + 1)[mask], nll[mask], nbytes[mask])
+            order = torch.from_numpy(windows.index[idx]).to(val.device)[:, None].expand_as(mask)
+            recorder.add((starts[:, None] + rel + 1)[mask], nll[mask], nbytes[mask], order[mask])
 
 
 def evaluate_windows(score_fn, val: torch.Tensor, seq_len: int, stride: int, h: Hyperparameters,
@@ -1420,7 +1645,8 @@ def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters,
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
-        adapt_on_chunk(model, score_fn, val, chunk_start, chunk_end, params, opt, h, rt)
+        train_on_tokens(score_fn, val, chunk_start, chunk_end, params, opt, h.eval_seq_len, h.ttt_batch_seqs,
+                        h.ttt_epochs, h.ttt_grad_clip, rt)
         if audit is not None:
             audit.append(("train", chunk_start + 1, chunk_end))
     for p in model.parameters():
@@ -1428,18 +1654,18 @@ def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters,
     return meter.result()
 
 
-def adapt_on_chunk(model: GPT, score_fn, val: torch.Tensor, chunk_start: int, chunk_end: int,
-                   params: list[nn.Parameter], opt, h: Hyperparameters, rt: Runtime) -> None:
-    """TTT_EPOCHS passes over the chunk's targets in steps of TTT_BATCH_SEQS sequences (a global
-    batch, split over ranks, so any world size takes the same steps). Every rank runs every step,
-    with zero gradient when it has no rows, so the gradient all-reduce never deadlocks."""
-    starts, first = chunk_training_pieces(chunk_start, chunk_end, h.eval_seq_len)
-    length = min(h.eval_seq_len, chunk_end)
-    rel = torch.arange(length, device=val.device)[None, :]
-    offsets = torch.arange(length + 1, device=val.device)
-    per_step = h.ttt_batch_seqs
+def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end: int, params: list[nn.Parameter],
+                    opt, seq_len: int, per_step: int, epochs: int, grad_clip: float, rt: Runtime) -> None:
+    """`epochs` passes over the targets chunk_start+1..chunk_end of `stream` in steps of
+    `per_step` sequences of seq_len (a global batch, split over ranks, so any world size takes
+    the same steps). Every rank runs every step, with zero gradient when it has no rows, so the
+    gradient all-reduce never deadlocks."""
+    starts, first = chunk_training_pieces(chunk_start, chunk_end, seq_len)
+    length = min(seq_len, chunk_end)
+    rel = torch.arange(length, device=stream.device)[None, :]
+    offsets = torch.arange(length + 1, device=stream.device)
     per_rank = math.ceil(per_step / rt.world_size)
-    for _ in range(h.ttt_epochs):
+    for _ in range(epochs):
         for b in range(0, len(starts), per_step):
             step_first = first[b:b + per_step]
             count = float(sum(length - f for f in step_first))  # targets trained in this step, all ranks
@@ -1448,8 +1674,8 @@ def adapt_on_chunk(model: GPT, score_fn, val: torch.Tensor, chunk_start: int, ch
             opt.zero_grad(set_to_none=False)
             if lo < hi:
                 idx = np.arange(lo, lo + per_rank).clip(max=hi - 1)  # fixed shape; repeats masked out
-                tokens = val[torch.from_numpy(starts[idx]).to(val.device)[:, None] + offsets[None, :]]
-                mask = rel >= torch.from_numpy(first[idx]).to(val.device)[:, None]
+                tokens = stream[torch.from_numpy(starts[idx]).to(stream.device)[:, None] + offsets[None, :]]
+                mask = rel >= torch.from_numpy(first[idx]).to(stream.device)[:, None]
                 mask[hi - lo:] = False
                 with rt.autocast():
                     nll = score_fn(tokens[:, :-1], tokens[:, 1:], reduction="none").float()
@@ -1459,9 +1685,201 @@ def adapt_on_chunk(model: GPT, score_fn, val: torch.Tensor, chunk_start: int, ch
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             average_gradients(params, rt.world_size)
-            if h.ttt_grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
+
+
+# Per-document TTT (PR #1530; warm-start A, PR #1767; global SGD phases, PRs #1610, #1626):
+# every validation document gets its own low-rank adapters, trained only on its own chunks
+# after they are scored. Documents are processed in batches of similar length, longest first;
+# each rank takes whole batches by a fixed rule, so the score never depends on timing.
+
+
+class TTTLoRA(nn.Module):
+    """Batched per-document adapters: row d of the batch gets its own rank-r delta
+    (alpha / r) * (x A_d^T) B_d^T on q, k, v, o of every virtual layer (each pass of a looped
+    layer its own, on top of the trained per-pass LoRA), a model_dim -> model_dim adapter
+    beside each MLP, and the output head. GPT.project() and GPT.mlp() call delta()."""
+
+    def __init__(self, model: GPT, docs: int, rank: int, alpha: float):
+        super().__init__()
+        c = model.cfg
+        slots = len(virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, True))
+        shapes = {"q": (c.model_dim, c.model_dim), "k": (c.kv_dim, c.model_dim), "v": (c.kv_dim, c.model_dim),
+                  "o": (c.model_dim, c.model_dim), "mlp": (c.model_dim, c.model_dim), "head": (c.vocab_size, c.model_dim)}
+        device = model.tok_emb.weight.device
+        self.scale = alpha / rank
+        self.A = nn.ParameterDict({t: nn.Parameter(torch.empty(1 if t == "head" else slots, docs, rank, i, device=device))
+                                   for t, (o, i) in shapes.items()})
+        self.B = nn.ParameterDict({t: nn.Parameter(torch.zeros(1 if t == "head" else slots, docs, o, rank, device=device))
+                                   for t, (o, i) in shapes.items()})
+
+    @torch.no_grad()
+    def reset(self, reset_a: bool, generator: torch.Generator) -> None:
+        """B to zero (every batch); A to U(-1/sqrt(in), 1/sqrt(in)) from `generator` when asked."""
+        for name, b in self.B.items():
+            b.zero_()
+            if reset_a:
+                a = self.A[name]
+                a.uniform_(-a.size(-1) ** -0.5, a.size(-1) ** -0.5, generator=generator)
+
+    def delta(self, target: str, slot: int, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.A[target][slot], self.B[target][slot]
+        return torch.bmm(torch.bmm(x, a.mT.to(x.dtype)), b.mT.to(x.dtype)) * self.scale
+
+
+def split_documents(val: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:
+    """(first input position, number of targets) of every document. A document's inputs run
+    from its BOS up to the next BOS, which is its last target; tokens before the first BOS form
+    a document of their own. Together the documents cover targets 1..N-1 once each."""
+    starts = torch.nonzero(val == bos_id).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0] + starts
+    ends = starts[1:] + [len(val) - 1]
+    return [(s, e - s) for s, e in zip(starts, ends) if e > s]
+
+
+@dataclass
+class DocPlan:
+    """The fixed schedule of per-document TTT, the same on every rank."""
+    batches: list[list[int]]  # document indices per batch, in processing order (longest first)
+    phase_ends: list[int]  # global SGD runs after these many batches (empty: no phases)
+    owner: list[int]  # the rank that scores each batch
+
+
+def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: int, phases: int) -> DocPlan:
+    order = sorted(range(len(docs)), key=lambda d: (-docs[d][1], d))
+    size = h.ttt_doc_batch
+    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    prefix = min(h.phased_ttt_prefix_docs, len(docs))
+    # A phase helps only documents scored after it: none is placed after the last batch.
+    phase_ends = sorted({math.ceil(prefix * k / phases / size) for k in range(1, phases + 1)} - {len(batches)})
+    # Deterministic balance by work: within each stretch between phases, hand the next batch
+    # (they come longest first) to the rank with the least work so far.
+    owner, load = [], [0] * world_size
+    for b, batch in enumerate(batches):
+        if b in phase_ends:
+            load = [0] * world_size
+        chunks = math.ceil(docs[batch[0]][1] / h.ttt_doc_chunk_tokens)
+        work = sum(min((c + 1) * h.ttt_doc_chunk_tokens, h.eval_seq_len) for c in range(chunks))
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        owner.append(rank)
+        load[rank] += work
+    return DocPlan(batches, phase_ends, owner)
+
+
+def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]], lora: TTTLoRA, opt,
+                         h: Hyperparameters, tables: ByteTables, meter: BpbMeter, rt: Runtime, order_base: int,
+                         recorder: NllRecorder | None = None, audit: list | None = None) -> None:
+    """Read a batch of documents chunk by chunk: score chunk c of every document (at most
+    EVAL_SEQ_LEN tokens of context, all from the same document), then one Adam step on the
+    mean loss of each document's chunk c, except for a document's last chunk. The scores come
+    from the forward that the step then differentiates: they are taken before the step."""
+    C, W, rows = h.ttt_doc_chunk_tokens, h.eval_seq_len, h.ttt_doc_batch
+    device = val.device
+    # Per row (padding rows have no targets): computed on the host, so the loop never waits on the device.
+    starts = torch.tensor([d[0] for d in docs] + [0] * (rows - len(docs)))
+    targets = torch.tensor([d[1] for d in docs] + [0] * (rows - len(docs)))
+    chunks = (targets + C - 1) // C
+    for c in range(int(chunks.max())):
+        width = min((c + 1) * C, W)  # the same for every row, so one shape per chunk index
+        end = torch.clamp(targets, max=(c + 1) * C)  # one past the chunk's last input, per row
+        window_start = torch.clamp(end - W, min=0)
+        pos = torch.arange(width + 1)[None, :]
+        index = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1).to(device)
+        tokens = val[index]
+        valid = (pos[:, :-1] < (end - window_start)[:, None]).to(device)
+        inputs, labels = torch.where(valid, tokens[:, :-1], 0), torch.where(valid, tokens[:, 1:], 0)
+        rel = pos[:, :-1] + window_start[:, None]  # position of each input inside its document
+        scored_host = (pos[:, :-1] < (end - window_start)[:, None]) & (rel >= c * C) & (c < chunks)[:, None]
+        scored = scored_host.to(device)
+        trains_host = c < chunks - 1
+        trains = trains_host.to(device)
+        with torch.set_grad_enabled(bool(trains_host.any())), rt.autocast():
+            nll = score_fn(inputs, labels, reduction="none").float()
+        nbytes = tables.target_bytes(inputs, labels)
+        meter.add(nll.detach()[scored], nbytes[scored])
+        if recorder is not None:
+            positions = (starts[:, None] + rel + 1)[scored_host]
+            recorder.add(positions, nll.detach()[scored], nbytes[scored], torch.full_like(positions, order_base + c))
+        if audit is not None:
+            audit += [("score", int(starts[r] + rel[r][scored_host[r]].min() + 1), int(starts[r] + rel[r][scored_host[r]].max() + 1))
+                      for r in range(rows) if scored_host[r].any()]
+        if trains_host.any():
+            # Each document's mean chunk loss, summed: documents share no gradient.
+            per_doc = (nll * scored).sum(1) / scored.sum(1).clamp_min(1)
+            opt.zero_grad(set_to_none=True)
+            (per_doc * trains).sum().backward()
+            opt.step()
+            if audit is not None:
+                audit += [("train", int(starts[r] + c * C + 1), int(starts[r] + (c + 1) * C))
+                          for r in range(rows) if trains_host[r]]
+
+
+def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[int, int]], h: Hyperparameters,
+                     rt: Runtime, audit: list | None = None) -> int:
+    """SGD on every base weight over documents that are already fully scored, in
+    GLOBAL_TTT_CHUNK_TOKENS chunks with a cosine learning rate across them (PR #1626)."""
+    stream = torch.cat([val[s:s + n + 1] for s, n in docs])
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=h.global_ttt_lr, momentum=h.global_ttt_momentum)
+    chunk = h.global_ttt_chunk_tokens
+    num_chunks = math.ceil((len(stream) - 1) / chunk)
+    model.train()
+    for k in range(num_chunks):
+        for group in opt.param_groups:
+            group["lr"] = h.global_ttt_lr * 0.5 * (1.0 + math.cos(math.pi * k / max(num_chunks - 1, 1)))
+        train_on_tokens(score_fn, stream, k * chunk, min((k + 1) * chunk, len(stream) - 1), params, opt,
+                        h.eval_seq_len, math.ceil(chunk / h.eval_seq_len), 1, h.global_ttt_grad_clip, rt)
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    if audit is not None:
+        audit += [("train", s + 1, s + n) for s, n in docs]
+    return len(stream)
+
+
+def score_documents_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters, tables: ByteTables, rt: Runtime,
+                        recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
+    """TTT_MODE=docs or phased: per-document LoRA TTT, plus global SGD phases for phased."""
+    docs = split_documents(val.cpu(), model.cfg.bos_id)
+    phases = h.phased_ttt_phases if h.ttt_mode == "phased" else 0
+    plan = plan_documents(docs, h, rt.world_size, phases)
+    rt.log(f"ttt_docs mode:{h.ttt_mode} documents:{len(docs)} batches:{len(plan.batches)} "
+           f"phase_ends:{','.join(map(str, plan.phase_ends)) or '-'} rank0_batches:{plan.owner.count(0)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha)
+    generator = torch.Generator(rt.device).manual_seed(h.seed)
+    lora.reset(True, generator)
+    meter = BpbMeter(rt.device)
+    t0 = time.perf_counter()
+    for b, batch in enumerate(plan.batches):
+        if b in plan.phase_ends:
+            done = [docs[d] for prior in plan.batches[:b] for d in prior]
+            tokens = global_sgd_phase(model, score_fn, val, done, h, rt, audit)
+            lora.reset(True, generator)  # A restarts after each phase (PR #1855)
+            rt.log(f"ttt_phase after_batch:{b} documents:{len(done)} tokens:{tokens} time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        if plan.owner[b] != rt.rank:
+            continue
+        if not h.ttt_warm_start_a:
+            generator = torch.Generator(rt.device).manual_seed(h.seed + 1 + b)  # per batch: no rank history
+        lora.reset(not h.ttt_warm_start_a, generator)
+        opt = torch.optim.AdamW(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.ttt_beta1, h.ttt_beta2),
+                                eps=1e-10, weight_decay=h.ttt_weight_decay)
+        model.ttt_lora = lora
+        try:
+            score_document_batch(score_fn, val, [docs[d] for d in batch], lora, opt, h, tables, meter, rt,
+                                 b << 32, recorder, audit)
+        finally:
+            model.ttt_lora = None
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return meter.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1508,8 +1926,9 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str) -> None:
         hardware = f"{rt.world_size}x{torch.cuda.get_device_name(rt.device)}"
     else:
         hardware = f"{rt.world_size}xCPU-{platform.machine()}"
+    attention = attention_kernel_name(rt.device.type, h.doc_attention, compiles(h, rt))
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
-           f"world_size:{rt.world_size} hardware:{hardware}")
+           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(compiles(h, rt))} attention:{attention}")
     for name, value in h.env_values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
@@ -1560,14 +1979,17 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
                       total_bytes: int, over_limit: bool) -> float:
     """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
     model = model_from_artifact(blob, rt.device)
-    score_fn = maybe_compile(model, h, rt)
+    score_fn = prepare_model(model, h, rt)
+    rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} "
+           f"attention:{attention_kernel_name(rt.device.type, model.cfg.doc_attention, compiles(h, rt))}")
     stages = [("roundtrip", "final_roundtrip",
                lambda rec: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
     if h.sliding_enabled:
         stages.append(("sliding", "final_sliding",
                        lambda rec: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
     if h.ttt_enabled:  # TTT changes the weights: it runs last, on the round-tripped model itself
-        stages.append(("ttt", "final_ttt", lambda rec: score_first_ttt(model, score_fn, val, h, tables, rt, rec)))
+        ttt = score_first_ttt if h.ttt_mode == "chunked" else score_documents_ttt
+        stages.append(("ttt", "final_ttt", lambda rec: ttt(model, score_fn, val, h, tables, rt, rec)))
     last = stages[-1][0]
     recorder = NllRecorder(len(val)) if h.nll_dump_path else None
     for stage, line, evaluate in stages:
@@ -1590,7 +2012,7 @@ def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_byt
     if over:
         rt.log(f"artifact_over_limit total_bytes:{total} limit_bytes:{h.artifact_limit_bytes} over_by:{total - h.artifact_limit_bytes} "
                f"-- no final_score will be reported. To fit, re-export the checkpoint with EXPORT_ONLY={h.export_only or h.checkpoint_path} and "
-               f"a higher MATRIX_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, or EMBED_BITS=6, "
+               f"higher MLP_CLIP_SIGMAS / ATTN_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, or EMBED_BITS=6, "
                f"or train a smaller model (MODEL_DIM, NUM_LAYERS, MLP_MULT).")
     return total, over
 
@@ -1607,6 +2029,11 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     if int(val.max()) >= h.vocab_size:
         raise ConfigError(f"Validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; the data and tokenizer do not match.")
     rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} data_path:{h.data_path}")
+    if h.ttt_enabled and h.ttt_mode == "phased":
+        documents = len(split_documents(val.cpu(), BOS_ID))
+        if h.phased_ttt_phases > documents:
+            raise ConfigError(f"PHASED_TTT_PHASES={h.phased_ttt_phases} is more than the {documents} validation documents; "
+                              f"use at most {documents} phases.")
 
     if h.eval_only:
         path = Path(h.artifact_path)
@@ -1617,20 +2044,22 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         evaluate_artifact(blob, h, rt, val, tables, total, over)
         return
 
-    def full_eval(model: GPT) -> tuple[float, float]:
-        return evaluate_windows(model, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt)
+    def full_eval(score_fn) -> tuple[float, float]:
+        return evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt)
 
     if h.export_only:
         model = load_checkpoint(h.export_only, rt.device)
+        compiled = prepare_model(model, h, rt)
         rt.log(f"export_only checkpoint:{h.export_only}")
         blob, quant_ms = export_model(model, h, rt)
         rt.log(f"export gptq_time:{quant_ms:.0f}ms")
     else:
         model = GPT(h.model_config()).to(rt.device)
+        compiled = prepare_model(model, h, rt)
         predicted = predicted_model_bytes(model, h)
         rt.log(f"artifact_plan predicted_model_bytes:{predicted} code_bytes:{code_bytes} predicted_total_bytes:{predicted + code_bytes} "
                f"limit_bytes:{h.artifact_limit_bytes} (rounded-Gaussian estimate; trained weights usually compress a little better)")
-        stats = train_model(h, model, rt, full_eval)
+        stats = train_model(h, model, compiled, rt, lambda: full_eval(compiled))
         log_peak_memory(rt)
         if rt.is_main and h.checkpoint_path:
             torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, h.checkpoint_path)
@@ -1638,8 +2067,8 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         limit_ms = 1000 * h.max_wallclock_seconds
         rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
                f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
-    timed_stage(rt, h, "final_prequant", lambda: full_eval(model))
-    del model
+    timed_stage(rt, h, "final_prequant", lambda: full_eval(compiled))
+    del model, compiled
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
     total, over = account_artifact(h, rt, code_bytes, model_bytes)
     evaluate_artifact(blob, h, rt, val, tables, total, over)

@@ -14,6 +14,11 @@ skeleton and requirements.txt. Every log is validated before anything is written
 exits with status 2 and one sentence saying what is wrong and what to do. The new folder is
 then re-checked exactly as `--check` does.
 
+Nothing a log states is taken on trust: the score is re-read from the line of the last stage
+that ran, the artifact size is code + model bytes, and the code bytes are recomputed from the
+logged source. A log whose lines disagree (an edited score, stage or size, a repeated line)
+is refused, so a hand-edited log can neither be packaged nor pass `--check`.
+
 A wrapper is three lines that set `_WRAPPED_SOURCE` to the original source and exec it with
 the wrapper's own `__file__`, so train_gpt.py logs the same readable source either way and
 counts the wrapper's bytes as code. `unwrap` recovers the source without executing anything.
@@ -24,6 +29,7 @@ import argparse
 import ast
 import base64
 import datetime as dt
+import functools
 import json
 import lzma
 import os
@@ -42,7 +48,12 @@ SEPARATOR = "=" * 100
 TRACK, NON_RECORD_TRACK = "10min_16mb", "non_record_16mb"
 TRACK_WALLCLOCK_SECONDS = 600
 TRACK_WALLCLOCK_MS = TRACK_WALLCLOCK_SECONDS * 1000
-STAGE_ORDER = ("prequant", "roundtrip", "sliding", "ttt")
+STAGE_ORDER = ("prequant", "roundtrip", "sliding", "ttt")  # the order train_gpt.py logs them
+SCORED_STAGES = STAGE_ORDER[1:]  # run on the artifact; final_score is the last one that ran
+STAGE_FIELDS = ("val_loss", "val_bpb", "eval_time")
+ARTIFACT_FIELDS = ("code_bytes", "model_bytes", "total_bytes", "limit_bytes")
+# A run writes each of these once; a second one means the log was edited or two were joined.
+ONCE_TAGS = ("artifact", "final_score", *(f"final_{s}" for s in STAGE_ORDER))
 # Seeds of one submission may differ only in these; anything else means a different run.
 PER_RUN_HPARAMS = {"SEED", "RUN_ID", "DATA_PATH", "TOKENIZER_PATH", "NLL_DUMP_PATH"}
 # Always spelled out in the reproduction command when the script's default can't be found.
@@ -60,12 +71,14 @@ class PackageError(Exception):
 
 
 # ---- LOG PARSING ----
-# A log is the script's source, a line of 100 '=', then tagged lines (DESIGN.md, "Log-line
-# contract"). Unknown lines are ignored so the script can add lines without breaking this.
+# A log is the script's source, a line of 100 '=', then tagged lines (README.md, "Log-line
+# contract"). Unknown lines and fields are ignored so the script can add some without breaking
+# this.
 
 
 @dataclass
 class Score:
+    """The final_score line as logged; check_score_lines checks it against its sources."""
     val_bpb: float
     stage: str
     total_bytes: int
@@ -84,6 +97,23 @@ class RunLog:
     over_limit_line: str | None = None
     val_tokens_limit_lines: int = 0
     stopped_early: bool = False
+    # Where the checked lines are: tag -> (line number, line), for ONCE_TAGS and score_withheld.
+    where: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def line(self, tag: str) -> str:
+        """'line 57 of a.txt ('final_score ...')', to name an offending line in a refusal."""
+        lineno, text = self.where[tag]
+        return f"line {lineno} of {self.name} ({text!r})"
+
+    @property
+    def val_bpb(self) -> float:
+        """The score, read from the scored stage's own line, never from final_score alone."""
+        return self.finals[self.score.stage]["val_bpb"]
+
+    @property
+    def artifact_bytes(self) -> int:
+        """Code plus model bytes of the artifact line (validate_runs checks the code bytes)."""
+        return self.artifact["code_bytes"] + self.artifact["model_bytes"]
 
     @property
     def seed(self) -> int | None:
@@ -130,6 +160,13 @@ def parse_log(text: str, name: str = "log") -> RunLog:
     run = RunLog(name=name, source="".join(lines[:sep]))
     for lineno, line in enumerate(lines[sep + 1:], start=sep + 2):
         tag, _, rest = line.strip().partition(" ")
+        if tag in ONCE_TAGS and tag in run.where:
+            raise PackageError(f"line {lineno} of {name} ({line.strip()!r}) is a second {tag} "
+                               f"line (the first is line {run.where[tag][0]}), but a run writes "
+                               "it once, so the log was edited or two logs were joined; package "
+                               "the log exactly as train_gpt.py wrote it.")
+        if tag in ONCE_TAGS or tag == "score_withheld":
+            run.where.setdefault(tag, (lineno, line.strip()))
         try:
             if tag == "run_info":
                 run.run_info.update(_pairs(rest))
@@ -137,13 +174,16 @@ def parse_log(text: str, name: str = "log") -> RunLog:
                 key, _, value = rest.partition("=")
                 run.hparams[key.strip()] = value.strip()
             elif tag in {f"final_{s}" for s in STAGE_ORDER}:
-                values = {k: _number(v) for k, v in _pairs(rest).items()}
+                values = {k: _number(v) for k, v in _pairs(rest).items() if k in STAGE_FIELDS}
+                if "val_bpb" not in values:
+                    raise KeyError("val_bpb")
                 run.finals[tag.removeprefix("final_")] = values
             elif tag == "final_score":
                 p = _pairs(rest)
                 run.score = Score(float(p["val_bpb"]), p["stage"], int(p["total_bytes"]))
             elif tag == "artifact":
-                run.artifact = {k: int(v) for k, v in _pairs(rest).items()}
+                p = _pairs(rest)
+                run.artifact = {k: int(p[k]) for k in ARTIFACT_FIELDS}
             elif tag == "wallclock":
                 run.wallclock = {k: int(_number(v)) for k, v in _pairs(rest).items()}
             elif tag == "artifact_over_limit":
@@ -252,14 +292,16 @@ def validate_runs(runs: list[RunLog], non_record: bool) -> None:
                                "VAL_TOKENS_LIMIT=0 to get a submittable score.")
         art = run.artifact or {}
         limit = art.get("limit_bytes", 10**18)
-        if (run.over_limit_line or art.get("total_bytes", 0) > limit
-                or (run.score and run.score.total_bytes > limit)):
+        sizes = [art.get("total_bytes", 0), art.get("code_bytes", 0) + art.get("model_bytes", 0),
+                 run.score.total_bytes if run.score else 0]
+        if run.over_limit_line or max(sizes) > limit:
             raise PackageError(f"{n} has an artifact over the size limit "
                                f"({run.over_limit_line or art}); shrink the model or code "
                                "(e.g. fewer bits, --wrap lzma) and rerun.")
         if run.score is None:
             raise PackageError(f"{n} has no final_score line (the run crashed or was cut "
                                "short); package only runs that finished evaluation.")
+        check_score_lines(run)
         if run.seed is None:
             raise PackageError(f"{n} has no integer 'hparam SEED=' line; "
                                "pass a log written by train_gpt.py.")
@@ -309,6 +351,54 @@ def validate_runs(runs: list[RunLog], non_record: bool) -> None:
                                    "in SEED.")
 
 
+EDITED = "so the log was edited; package the log exactly as train_gpt.py wrote it."
+
+
+def check_score_lines(run: RunLog) -> None:
+    """Recompute the score and the artifact size from the lines that measured them and refuse
+    a final_score (or artifact line) that disagrees: the score is the last stage that ran,
+    never the best one, and total_bytes is code_bytes + model_bytes."""
+    if "score_withheld" in run.where:
+        raise PackageError(f"{run.line('final_score')} comes with a score_withheld line "
+                           f"(line {run.where['score_withheld'][0]}), but a run that withholds "
+                           f"its score writes no final_score, {EDITED}")
+    stages = [s for s in STAGE_ORDER if f"final_{s}" in run.where]
+    for before, after in zip(stages, stages[1:]):
+        if run.where[f"final_{after}"][0] < run.where[f"final_{before}"][0]:
+            raise PackageError(f"{run.line(f'final_{after}')} comes before final_{before} (line "
+                               f"{run.where[f'final_{before}'][0]}), but train_gpt.py evaluates "
+                               f"in the order {', '.join(STAGE_ORDER)}, {EDITED}")
+    scored = [s for s in stages if s in SCORED_STAGES]
+    if not scored:
+        raise PackageError(f"{run.line('final_score')} has no final_roundtrip, final_sliding or "
+                           "final_ttt line to come from; package a complete log.")
+    last, score = scored[-1], run.score
+    if score.stage != last:
+        raise PackageError(f"{run.line('final_score')} names stage:{score.stage}, but the last "
+                           f"stage that ran is {last} (final_{last} on line "
+                           f"{run.where[f'final_{last}'][0]}) and the score is always the last "
+                           f"stage, never the best one, {EDITED}")
+    if run.where["final_score"][0] < run.where[f"final_{last}"][0]:
+        raise PackageError(f"{run.line('final_score')} comes before the final_{last} line it "
+                           f"reports (line {run.where[f'final_{last}'][0]}), {EDITED}")
+    # Both lines print val_bpb with 8 decimals: compare at that precision.
+    if f"{score.val_bpb:.8f}" != f"{run.finals[last]['val_bpb']:.8f}":
+        raise PackageError(f"{run.line('final_score')} does not match final_{last} "
+                           f"val_bpb:{run.finals[last]['val_bpb']:.8f} on line "
+                           f"{run.where[f'final_{last}'][0]}, {EDITED}")
+    art = run.artifact
+    if art is None:
+        raise PackageError(f"{run.line('final_score')} has no artifact line to check its "
+                           "total_bytes against; package a complete log.")
+    if art["total_bytes"] != run.artifact_bytes:
+        raise PackageError(f"{run.line('artifact')} has total_bytes:{art['total_bytes']}, not "
+                           f"code_bytes + model_bytes = {run.artifact_bytes}, {EDITED}")
+    if score.total_bytes != art["total_bytes"]:
+        raise PackageError(f"{run.line('final_score')} has total_bytes:{score.total_bytes}, but "
+                           f"the artifact line (line {run.where['artifact'][0]}) measured "
+                           f"{art['total_bytes']}, {EDITED}")
+
+
 def check_script(script_text: str, script_name: str, runs: list[RunLog]) -> None:
     source = script_source(script_text)
     if not same_source(source, runs[0].source):
@@ -318,19 +408,75 @@ def check_script(script_text: str, script_name: str, runs: list[RunLog]) -> None
                            "the logs.")
 
 
-def check_shipped_size(shipped: str, script_name: str, runs: list[RunLog]) -> None:
-    """The artifact as shipped (this train_gpt.py + the logged model bytes) must fit too."""
+@functools.lru_cache(maxsize=16)
+def _wrapper_bytes(source: str, method: str) -> int | None:
+    """Size of make_wrapper(source, method); None where that compressor is not installed."""
+    try:
+        return len(make_wrapper(source, method).encode("utf-8"))
+    except ImportError:
+        return None
+
+
+def counted_script(run: RunLog, shipped: str) -> str:
+    """Which script the run's `artifact code_bytes` counted, recomputed from the logged source:
+    'plain' (the source itself), 'lzma' or 'brotli' (the wrapper make_wrapper makes of it, as
+    --make-wrapper wrote it), or 'shipped' (the train_gpt.py shipped, when it runs the logged
+    source: covers a wrapper made by another compressor version). Refuses anything else."""
+    code = run.artifact["code_bytes"]
+    # train_gpt.py adds a newline before the separator when its file lacks one, so the file
+    # that ran may be one byte shorter than the logged source.
+    sources = [run.source] + ([run.source[:-1]] if run.source.endswith("\n") else [])
+    if any(len(s.encode("utf-8")) == code for s in sources):
+        return "plain"
+    if len(shipped.encode("utf-8")) == code and same_source(script_source(shipped), run.source):
+        return "shipped"
+    for method in ("lzma", "brotli"):
+        if any(_wrapper_bytes(s, method) == code for s in sources):
+            return method
+    sizes = {m: _wrapper_bytes(run.source, m) or f"unknown ({m} not installed)"
+             for m in ("lzma", "brotli")}
+    raise PackageError(f"{run.line('artifact')} counts code_bytes:{code}, but the logged source "
+                       f"is {len(run.source.encode('utf-8'))} bytes and its lzma and brotli "
+                       f"wrappers {sizes['lzma']} and {sizes['brotli']} bytes, so the log was "
+                       "edited or the file run was neither train_gpt.py nor its --make-wrapper "
+                       "wrapper; package an unedited log of such a run.")
+
+
+def check_code_bytes(shipped: str, script_name: str, runs: list[RunLog]) -> None:
+    """Each run's code bytes must be those of the script it ran (see counted_script), and the
+    script shipped may be no bigger, else submission.json's artifact_bytes would understate
+    the artifact as shipped."""
     code = len(shipped.encode("utf-8"))
     for run in runs:
-        art = run.artifact
-        if art and art["model_bytes"] + code > art["limit_bytes"]:
+        counted, art = counted_script(run, shipped), run.artifact
+        if code > art["code_bytes"]:
+            total, limit = art["model_bytes"] + code, art["limit_bytes"]
+            excess = (f"over {limit}" if total > limit
+                      else f"more than the {art['total_bytes']} the run measured")
+            advice = "--wrap none" if counted == "plain" else f"--wrap {counted}"
             raise PackageError(f"{script_name} has {code} bytes, so seed {run.seed}'s artifact "
-                               f"({art['model_bytes']} model bytes, {run.name}) would be "
-                               f"{art['model_bytes'] + code} bytes, over {art['limit_bytes']}; "
-                               "package with --wrap lzma or --wrap brotli.")
+                               f"({art['model_bytes']} model bytes, {run.name}) would be {total} "
+                               f"bytes, {excess}; ship the script the run counted "
+                               f"({art['code_bytes']} code bytes, {counted}) with {advice}.")
 
 
 # ---- SUBMISSION CONTENT ----
+
+
+def _on(value: str | None) -> bool:
+    return value not in (None, "", "0", "False", "false")
+
+
+def _ttt_summary(hp: dict[str, str]) -> str:
+    """The TTT stage in words; TTT_MODE says what is adapted (chunked when not logged)."""
+    mode = hp.get("TTT_MODE", "chunked")
+    kind = {"chunked": "score-first TTT", "docs": "score-first per-document LoRA TTT",
+            "phased": "score-first per-document LoRA TTT + global SGD phases"}.get(
+                mode, f"score-first TTT ({mode} mode)")
+    formats = {"TTT_OPTIMIZER": "{}", "TTT_PARAMS": "{} params", "TTT_EPOCHS": "{} epochs",
+               "TTT_LR": "lr {}", "TTT_CHUNK_TOKENS": "{}-token chunks"}
+    details = [fmt.format(hp[key]) for key, fmt in formats.items() if hp.get(key)]
+    return f"{kind} ({', '.join(details)})" if details else kind
 
 
 def technique_summary(hp: dict[str, str], stages: list[str]) -> str:
@@ -340,6 +486,14 @@ def technique_summary(hp: dict[str, str], stages: list[str]) -> str:
         parts.append(f"{g('NUM_LAYERS')}L×{g('MODEL_DIM')}d")
     if g("VOCAB_SIZE"):
         parts.append(f"SP{g('VOCAB_SIZE')} vocab")
+    if _on(g("DOC_ATTENTION")):
+        parts.append("document-aware attention")
+    if int(float(g("XSA_LAST_N", "0"))) > 0:
+        parts.append(f"XSA on the last {g('XSA_LAST_N')} layers")
+    if _on(g("SMEAR_GATE")):
+        parts.append("SmearGate")
+    if _on(g("ATTN_GATE")):
+        parts.append("attention output gate")
     if int(float(g("NUM_LOOPS", "0"))) > 0:
         passes = 1 + int(float(g("NUM_LOOPS")))
         frac = round(float(g("ENABLE_LOOPING_AT", "0")) * 100, 6)
@@ -348,15 +502,14 @@ def technique_summary(hp: dict[str, str], stages: list[str]) -> str:
         if int(float(g("PASS_LORA_RANK", "0"))) > 0:
             parts.append(f"rank-{g('PASS_LORA_RANK')} per-pass LoRA on "
                          f"{g('PASS_LORA_TARGETS', '?')}")
-        if g("PASS_EMBED", "0") not in ("0", "False", "false", ""):
+        if _on(g("PASS_EMBED", "0")):
             parts.append("pass embeddings")
-    if g("MATRIX_BITS"):
-        parts.append(f"int{g('MATRIX_BITS')} matrices/int{g('EMBED_BITS', '?')} embeddings"
-                     f" + {g('COMPRESSOR', '?')}")
+    bits = [f"int{g(key)} {what}" for key, what in
+            (("MATRIX_BITS", "matrices"), ("EMBED_BITS", "embeddings")) if g(key)]
+    if bits:
+        parts.append("/".join(bits) + (f" + {g('COMPRESSOR')}" if g("COMPRESSOR") else ""))
     names = {"roundtrip": "round-trip", "sliding": f"sliding (stride {g('EVAL_STRIDE', '?')})",
-             "ttt": (f"score-first TTT ({g('TTT_OPTIMIZER', '?')}, {g('TTT_PARAMS', '?')} params, "
-                     f"{g('TTT_EPOCHS', '?')} epochs, lr {g('TTT_LR', '?')}, "
-                     f"{g('TTT_CHUNK_TOKENS', '?')}-token chunks)")}
+             "ttt": _ttt_summary(hp)}
     evals = [names[s] for s in stages if s in names]
     if evals:
         parts.append("eval " + " → ".join(evals))
@@ -366,7 +519,7 @@ def technique_summary(hp: dict[str, str], stages: list[str]) -> str:
 def build_submission(runs: list[RunLog], author: str, github_id: str, name: str, date: str,
                      non_record: bool) -> dict:
     runs = sorted(runs, key=lambda r: r.seed)
-    bpbs = [r.score.val_bpb for r in runs]
+    bpbs = [r.val_bpb for r in runs]
     walls = [r.wallclock or {} for r in runs]
     first = runs[0]
     return {
@@ -375,8 +528,8 @@ def build_submission(runs: list[RunLog], author: str, github_id: str, name: str,
         "val_bpb": round(statistics.mean(bpbs), 8),
         "val_bpb_std": round(statistics.stdev(bpbs), 8) if len(bpbs) > 1 else 0.0,
         "seeds": [r.seed for r in runs],
-        "seed_results": {str(r.seed): {"val_bpb": round(r.score.val_bpb, 8),
-                                       "artifact_bytes": r.score.total_bytes,
+        "seed_results": {str(r.seed): {"val_bpb": round(r.val_bpb, 8),
+                                       "artifact_bytes": r.artifact_bytes,
                                        "stage": r.score.stage} for r in runs},
         "hardware": first.run_info["hardware"],
         "pytorch_version": first.run_info["torch"],
@@ -384,11 +537,11 @@ def build_submission(runs: list[RunLog], author: str, github_id: str, name: str,
                                                [s for s in STAGE_ORDER if s in first.finals]),
         "compliance": {
             # TTT in train_gpt.py scores each chunk under no_grad before training on it
-            # (DESIGN.md section 7); vacuously true when the score comes from another stage.
+            # (score_first_ttt in train_gpt.py); vacuously true when the score is another stage.
             "score_first_ttt": True,
             "full_validation_split": all(r.val_tokens_limit == 0 for r in runs),
-            "artifact_under_limit": all(r.score.total_bytes <= (r.artifact or {}).get(
-                "limit_bytes", 16_000_000) for r in runs),
+            "artifact_under_limit": all(r.artifact_bytes <= r.artifact["limit_bytes"]
+                                        for r in runs),
             "train_within_wallclock": all(0 < w.get("limit", 0) and
                                           w.get("total", 10**18) <= w["limit"] for w in walls),
             "gptq_calibration_in_budget": all(
@@ -455,8 +608,7 @@ def render_readme(sub: dict, runs: list[RunLog], folder: Path) -> str:
            "## Results", "", "| seed | val_bpb | stage | artifact bytes |",
            "| --- | --- | --- | --- |"]
     for r in runs:
-        score = r.score
-        out.append(f"| {r.seed} | {score.val_bpb:.8f} | {score.stage} | {score.total_bytes} |")
+        out.append(f"| {r.seed} | {r.val_bpb:.8f} | {r.score.stage} | {r.artifact_bytes} |")
     out += [f"| **mean ± std** | **{sub['val_bpb']:.8f} ± {sub['val_bpb_std']:.8f}** | | |", "",
             "Every stage (val_bpb, from the logs):", "",
             "| seed | " + " | ".join(STAGE_ORDER) + " | train ms | gptq ms |",
@@ -514,7 +666,7 @@ def check_folder(folder: Path, expected_name: str | None = None) -> dict:
             raise PackageError(f"{path} holds the run with SEED={run.seed}; "
                                f"rename it to train_seed{run.seed}.log.")
     check_script(script_text, str(folder / "train_gpt.py"), runs)
-    check_shipped_size(script_text, str(folder / "train_gpt.py"), runs)
+    check_code_bytes(script_text, str(folder / "train_gpt.py"), runs)
     fields = {k: sub.get(k) for k in ("author", "github_id", "name", "date")}
     if not all(isinstance(v, str) for v in fields.values()):
         raise PackageError(f"{folder}/submission.json lacks a string author, github_id, name "
@@ -536,9 +688,9 @@ def check_folder(folder: Path, expected_name: str | None = None) -> dict:
         raise PackageError(f"{folder}/submission.json does not match its logs: {diff}; "
                            "re-run the packager with --force.")
     for r in runs:
-        if f"{r.score.val_bpb:.8f}" not in readme:
+        if f"{r.val_bpb:.8f}" not in readme:
             raise PackageError(f"{folder}/README.md does not show seed {r.seed}'s val_bpb "
-                               f"{r.score.val_bpb:.8f}; restore the results table.")
+                               f"{r.val_bpb:.8f}; restore the results table.")
     return sub
 
 
@@ -574,7 +726,7 @@ def package(args: argparse.Namespace) -> Path:
     if not same_source(script_source(shipped), runs[0].source):
         raise PackageError(f"the {args.wrap} wrapper of {script_path} does not unwrap to its "
                            "source; report this bug.")
-    check_shipped_size(shipped, f"the train_gpt.py to ship ({args.wrap} wrap)", runs)
+    check_code_bytes(shipped, f"the train_gpt.py to ship ({args.wrap} wrap)", runs)
     track = NON_RECORD_TRACK if args.non_record else TRACK
     out_root = Path(args.out_root or REPO_ROOT / "records" / f"track_{track}")
     folder = out_root / f"{args.date}_{args.name}"

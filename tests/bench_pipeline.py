@@ -41,7 +41,8 @@ PRESETS = {
              "ROPE_DIMS": "8", "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
              "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "1024", "MICRO_BATCH_SEQS": "16", "WARMUP_STEPS": "2",
              "EVAL_SEQ_LEN": "64", "EVAL_STRIDE": "32", "EVAL_BATCH_SEQS": "8", "TTT_CHUNK_TOKENS": "1024",
-             "TTT_BATCH_SEQS": "4", "GPTQ_CALIB_SEQS": "8", "GPTQ_RESERVE_SECONDS": "1"},
+             "TTT_BATCH_SEQS": "4", "GPTQ_CALIB_BATCHES": "1", "GPTQ_RESERVE_SECONDS": "1", "TTT_DOC_BATCH": "2",
+             "TTT_DOC_CHUNK_TOKENS": "16", "TTT_LORA_RANK": "4", "PHASED_TTT_PREFIX_DOCS": "2", "PHASED_TTT_PHASES": "1"},
 }
 
 
@@ -161,9 +162,32 @@ def summarize(log: str, nproc: int, val_tokens: int, full_val_tokens: int, first
         seconds = ms(final["eval_time"]) / 1000
         rows.append((f"{stage}: val_bpb / eval time over {val_tokens:,} tokens", f"{float(final['val_bpb']):.4f} / {seconds:.1f} s"))
         if full_val_tokens and stage != "prequant":
-            projected = seconds * full_val_tokens / val_tokens * nproc / 8
+            projected = projected_seconds(seconds, val_tokens, full_val_tokens, nproc)
             rows.append((f"{stage}: projected eval time, {full_val_tokens:,} tokens on 8 devices", f"{projected:.0f} s"))
     rows.append(("whole run, launch to exit", f"{total_s:.0f} s"))
+    return rows
+
+
+def projected_seconds(seconds: float, scored: int, full: int, nproc: int) -> float:
+    """Eval time of the whole split on 8 devices, assuming time grows with scored tokens (for
+    per-document TTT: the prefix's documents are as long as the split's) and splits evenly."""
+    return seconds * full / scored * nproc / 8
+
+
+def other_ttt_modes(env: dict[str, str], log: str, args, scored: int, full: int) -> list[tuple[str, str]]:
+    """Re-score the run's artifact (EVAL_ONLY) with every other TTT_MODE in --ttt-modes."""
+    ran = re.search(r"^hparam TTT_MODE=(\w+)$", log, re.M)[1]
+    rows = []
+    for mode in args.ttt_modes:
+        if mode == ran:
+            continue
+        mode_env = {**env, "EVAL_ONLY": "1", "TTT_MODE": mode, "SLIDING_ENABLED": "0", "RUN_ID": f"{env['RUN_ID']}_{mode}"}
+        log, _, _ = run_pipeline(mode_env, args.nproc, args.workdir, args.timeout)
+        final = fields(next(l for l in log.splitlines() if l.startswith("final_ttt ")))
+        seconds = ms(final["eval_time"]) / 1000
+        rows.append((f"ttt ({mode}): val_bpb / eval time over {scored:,} tokens", f"{float(final['val_bpb']):.4f} / {seconds:.1f} s"))
+        rows.append((f"ttt ({mode}): projected eval time, {full:,} tokens on 8 devices",
+                     f"{projected_seconds(seconds, scored, full, args.nproc):.0f} s"))
     return rows
 
 
@@ -180,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=ROOT, help="where logs/ and the artifact go")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--json", type=Path, help="also write the table here")
+    p.add_argument("--ttt-modes", nargs="*", default=["chunked", "docs", "phased"],
+                   help="TTT modes to time: the run's own, then an EVAL_ONLY re-score of its artifact for each other")
     args = p.parse_args(argv)
     if args.data_path and not args.tokenizer_path:
         p.error("--data-path needs --tokenizer-path")
     data = ensure_data(args)
     run_id = f"bench_{args.preset}_{time.strftime('%Y%m%d_%H%M%S')}"
     env = {**PRESETS[args.preset], **data, "RUN_ID": run_id, "MAX_WALLCLOCK_SECONDS": str(args.seconds),
-           "VAL_TOKENS_LIMIT": str(args.val_tokens), "TRAIN_LOG_EVERY": "10",
+           "VAL_TOKENS_LIMIT": str(args.val_tokens), "TRAIN_LOG_EVERY": "10", "SLIDING_ENABLED": "1",
            "ARTIFACT_PATH": str(args.workdir / "logs" / f"{run_id}.ptz"), "CHECKPOINT_PATH": ""}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -198,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     full = count_val_tokens(Path(data["DATA_PATH"]))
     scored = min(args.val_tokens, full) if args.val_tokens else full
     rows = summarize(log, args.nproc, scored, full, first_step, total_s)
+    rows += other_ttt_modes(env, log, args, scored, full)
     device = fields(next(l for l in log.splitlines() if l.startswith("run_info")))
     print(f"\n| {args.preset} preset, {device.get('hardware')}, torch {device.get('torch')}, "
           f"{Path(data['DATA_PATH']).name}, {args.seconds:.0f} s budget | value |\n|---|---|")

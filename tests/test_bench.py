@@ -20,7 +20,7 @@ def test_harness_runs_the_whole_pipeline_and_prints_its_table(tiny_data, tmp_pat
     for row in ("step time, before looping", "tokens/s per device, after looping", "peak memory",
                 "launch to first timed step", "GPTQ calibration + quantisation", "artifact bytes",
                 "roundtrip: val_bpb / eval time over 2,000 tokens", "sliding: projected eval time",
-                "ttt: projected eval time"):
+                "ttt: projected eval time", "ttt (chunked): val_bpb / eval time", "ttt (docs): projected eval time"):
         assert f"| {row}" in table, row
     assert json_path.is_file() and (tmp_path / "logs").is_dir()
 

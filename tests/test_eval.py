@@ -258,7 +258,7 @@ def script_runs(tiny_data, tmp_path_factory):
     """EVAL_ONLY runs of one artifact (a random tiny model, RTN) with one and two processes,
     each dumping the TTT stage's per-token NLL."""
     work = tmp_path_factory.mktemp("eval")
-    env = {**TINY_RUN_ENV, **tiny_data, "EVAL_ONLY": "1", "ARTIFACT_PATH": str(work / "random.ptz"),
+    env = {**TINY_RUN_ENV, **tiny_data, "EVAL_ONLY": "1", "ARTIFACT_PATH": str(work / "random.ptz"), "TTT_MODE": "chunked",
            "TTT_EPOCHS": "2", "TTT_BATCH_SEQS": "3", "EVAL_BATCH_SEQS": "5", "TTT_LR": "0.02",
            # No clipping: a clipped step hides a wrong gradient scale, which is what differs by world size.
            "TTT_GRAD_CLIP": "0"}

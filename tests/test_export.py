@@ -105,7 +105,7 @@ def test_gptq_output_error_is_well_below_rtn_on_real_activations(trained, quanti
     ratios = {}
     for name, slot, key in tg.quant_units(model):
         weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
-        clip = h.embed_clip_sigmas if name == "tok_emb.weight" else h.matrix_clip_sigmas
+        clip = tg.quant_spec(name, h)[1]
         hess = held_out[key]
         diag = torch.diag(hess).sqrt().clamp_min(1e-12)
         corr = hess / diag[:, None] / diag[None, :]
@@ -135,12 +135,13 @@ def test_roles_decide_the_path_even_when_every_tensor_is_small(trained, quantize
     assert {n for n, item in tensors.items() if item[0] == "int"} == QUANTIZED
     passthrough = {n for n, item in tensors.items() if item[0] == "fp16"}
     assert passthrough == set(state) - QUANTIZED
-    for expected in ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "pass_embed",
+    for expected in ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "skip_gates", "smear_gate",
+                     "smear_lambda", "attn_gate", "pass_embed",
                      "lora_A.q", "lora_B.q", "lora_A.o", "lora_B.o"):
         assert expected in passthrough
     for name in QUANTIZED:
         kind, bits, q, scale = tensors[name]
-        assert bits == (8 if name == "tok_emb.weight" else 6)
+        assert bits == (7 if name == "tok_emb.weight" else 6)
         assert q.dtype == torch.int8 and scale.dtype == torch.float16
         assert int(q.abs().max()) <= 2 ** (bits - 1) - 1
     (line,) = log_lines(trained.dir, "train", "quantize ")
@@ -149,7 +150,7 @@ def test_roles_decide_the_path_even_when_every_tensor_is_small(trained, quantize
     assert int(counts["quantized_tensors"]) == len(QUANTIZED)
     assert int(counts["matrices"]) == 1 + 6 * model.cfg.num_layers == len(tg.quant_units(model))
     assert int(counts["fp16_passthrough_tensors"]) == len(state) - len(QUANTIZED)
-    assert (counts["matrix_bits"], counts["embed_bits"]) == ("6", "8")
+    assert (counts["matrix_bits"], counts["embed_bits"]) == ("6", "7")
 
 
 def test_artifact_round_trip_matches_names_shapes_and_values(trained, quantized):
@@ -331,7 +332,7 @@ def test_export_only_re_exports_the_checkpoint_with_new_settings(trained, reexpo
     assert blob == tg.serialize_artifact(tensors, model.cfg, "zstd")
     for name in QUANTIZED - {"tok_emb.weight"}:
         assert tensors[name][1] == 4 and int(tensors[name][2].abs().max()) <= 7, name  # int4 levels: -7..7
-    assert int(tensors["tok_emb.weight"][2].abs().max()) > 7, "the embedding keeps EMBED_BITS=8"
+    assert int(tensors["tok_emb.weight"][2].abs().max()) > 7, "the embedding keeps EMBED_BITS=7"
     assert tg.COMPRESSORS[blob[4]] == "zstd"
     # Same weights as the training run evaluated: the checkpoint is the exported model.
     assert final(reexported.dir, run_id, "prequant")["val_bpb"] == final(trained.dir, "train", "prequant")["val_bpb"]

@@ -154,7 +154,8 @@ def test_without_loops_the_model_is_a_plain_unet_gpt(overrides):
     assert model.adapter_parameters() == [] and model.pass_embed is None
     assert sorted(n for n, _ in model.named_parameters()) == sorted([
         "tok_emb.weight", "qo_bank", "kv_bank", "up_bank", "down_bank",
-        "attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights"])
+        "attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "skip_gates",
+        "smear_gate", "smear_lambda", "attn_gate"])
     assert model.skip_weights.shape[0] == 5 // 2  # one U-Net skip per encoder layer
     give_shared_weights_structure(model)
     ids = tokens()
@@ -173,14 +174,14 @@ def test_project_adds_the_low_rank_delta(rank):
         x = torch.randn(2, 5, in_dim, generator=gen, dtype=torch.float32)
         weight = torch.randn(out_dim, in_dim, generator=gen)
         with torch.no_grad():
-            assert torch.equal(model.project(x, weight, target, 2, 0), F.linear(x, weight))  # first pass: no delta
+            assert torch.equal(model.project(x, weight, target, 2, 0, 0), F.linear(x, weight))  # first pass: no delta
             for pass_idx in (1, 2):
                 for layer in (1, 2, 3):
                     a = model.lora_A[target][pass_idx - 1, layer - 1]
                     b = model.lora_B[target][pass_idx - 1, layer - 1]
                     assert a.shape == (rank, in_dim) and b.shape == (out_dim, rank)
                     expected = x @ (weight + b @ a).T
-                    got = model.project(x, weight, target, layer, pass_idx)
+                    got = model.project(x, weight, target, layer, pass_idx, 0)
                     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
                     assert (got - F.linear(x, weight)).abs().max() > 1e-2
 

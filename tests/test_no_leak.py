@@ -51,6 +51,7 @@ def test_validation_tokens_never_reach_training_or_calibration(tiny_data, tmp_pa
     monkeypatch.setattr(tg, "collect_hessians", in_phase("calibration", tg.collect_hessians))
     monkeypatch.setattr(tg, "evaluate_windows", in_phase("evaluation", tg.evaluate_windows))
     monkeypatch.setattr(tg, "score_first_ttt", in_phase("evaluation", tg.score_first_ttt))
+    monkeypatch.setattr(tg, "score_documents_ttt", in_phase("evaluation", tg.score_documents_ttt))
     monkeypatch.chdir(tmp_path)
 
     env = {**TINY_RUN_ENV, "VOCAB_SIZE": "512", "TOKENIZER_PATH": tiny_data["TOKENIZER_PATH"], "DATA_PATH": str(data),

@@ -3,9 +3,12 @@ and the self-extracting wrapper. Logs are synthetic, written in the log-line con
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import json
+import lzma
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +49,13 @@ def make_log(seed: int = 1337, bpb: float = 1.0808, total_bytes: int = 15_991_93
              train_ms: int = 588_000, gptq_ms: int = 11_000, wall_total_ms: int | None = None,
              wall_limit_ms: int = 600_000, hparams: dict[str, str] | None = None,
              final_score: bool = True, over_limit: bool = False, hardware: str = HARDWARE,
-             torch_version: str = TORCH, extra: tuple[str, ...] = ()) -> str:
-    """A run log in the contract's format, for one seed."""
+             torch_version: str = TORCH, extra: tuple[str, ...] = (),
+             code_bytes: int | None = None) -> str:
+    """A run log in the contract's format, for one seed. `code_bytes` defaults to a plain run's
+    (the source's bytes); pass a wrapper's size for a run of a --make-wrapper wrapper."""
     hp = {**HPARAMS, "SEED": str(seed), "RUN_ID": f"run_{seed}", **(hparams or {})}
-    code_bytes = len(source.encode("utf-8"))
+    if code_bytes is None:
+        code_bytes = len(source.encode("utf-8"))
     total = wall_total_ms if wall_total_ms is not None else train_ms + gptq_ms
     lines = [SEP, f"run_info python:3.12.3 torch:{torch_version} device:cuda world_size:8 hardware:{hardware}"]
     lines += [f"hparam {k}={v}" for k, v in hp.items()]
@@ -161,6 +167,32 @@ def test_technique_summary_names_every_mechanism_on_one_line(env):
                  "eval round-trip → sliding (stride 64) → score-first TTT (sgd, all params, "
                  "3 epochs, lr 0.005, 32768-token chunks)"]:
         assert part in summary
+    for unlogged in ["document-aware", "XSA", "SmearGate", "gate", "per-document"]:
+        assert unlogged not in summary
+
+
+NEW_MECHANISMS = {"DOC_ATTENTION": "1", "XSA_LAST_N": "4", "SMEAR_GATE": "1", "ATTN_GATE": "1",
+                  "EMBED_BITS": "7"}
+
+
+@pytest.mark.parametrize("mode, ttt_words", [
+    (None, "score-first TTT (sgd, all params, 3 epochs"),
+    ("chunked", "score-first TTT (sgd, all params, 3 epochs"),
+    ("docs", "score-first per-document LoRA TTT (sgd"),
+    ("phased", "score-first per-document LoRA TTT + global SGD phases (sgd"),
+])
+def test_technique_summary_names_newer_mechanisms_only_when_logged(mode, ttt_words):
+    stages = ["roundtrip", "sliding", "ttt"]
+    hp = {**HPARAMS, **NEW_MECHANISMS, **({"TTT_MODE": mode} if mode else {})}
+    summary = package.technique_summary(hp, stages)
+    assert "\n" not in summary
+    for part in ["document-aware attention", "XSA on the last 4 layers", "SmearGate",
+                 "attention output gate", "int6 matrices/int7 embeddings + brotli", ttt_words]:
+        assert part in summary, f"{part!r} not in {summary!r}"
+    switched_off = package.technique_summary(
+        {**HPARAMS, "DOC_ATTENTION": "0", "XSA_LAST_N": "0", "SMEAR_GATE": "0", "ATTN_GATE": "0"},
+        stages)
+    assert not any(w in switched_off for w in ["document-aware", "XSA", "SmearGate", "gate"])
 
 
 def test_readme_has_results_table_and_reproduction_commands(env):
@@ -215,6 +247,39 @@ def test_wrapped_packaging_ships_a_small_script_that_unwraps_to_the_logged_sourc
     assert package.is_wrapper(shipped) and f"import {method} as L" in shipped
     assert len(shipped) < len(big_source) / 2
     assert package.unwrap(shipped) == big_source
+    assert package.main(["--check", str(env.folder)]) == 0
+
+
+@pytest.mark.parametrize("method", ["lzma", "brotli"])
+def test_a_wrapped_run_counts_its_wrapper_and_must_ship_it(env, capsys, method):
+    big_source = FAKE_SOURCE + Path(package.__file__).read_text(encoding="utf-8")
+    env.script.write_text(big_source, encoding="utf-8")
+    wrapper_bytes = len(package.make_wrapper(big_source, method).encode("utf-8"))
+    texts = three_logs(source=big_source, code_bytes=wrapper_bytes)
+    # Shipping the plain script would make the artifact bigger than the runs measured.
+    assert env.package(texts) == 2
+    err = last_error(capsys)
+    assert f"{wrapper_bytes} code bytes, {method}) with --wrap {method}" in err, err
+    assert not env.out.exists()
+    assert env.package(texts, "--wrap", method) == 0
+    sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
+    assert sub["seed_results"]["1337"]["artifact_bytes"] == 15_991_930
+    assert (env.folder / "train_gpt.py").stat().st_size == wrapper_bytes
+    assert package.main(["--check", str(env.folder)]) == 0
+
+
+def test_the_wrapper_that_ran_can_be_shipped_as_is(env):
+    # A wrapper whose compressed bytes differ from what make_wrapper makes here (another
+    # compressor version; here another preset): its size is checked against the file itself.
+    big_source = FAKE_SOURCE + Path(package.__file__).read_text(encoding="utf-8")
+    wrapper = package.make_wrapper(big_source, "lzma")
+    _, literal = package._wrapper_parts(wrapper)
+    other = base64.b85encode(lzma.compress(big_source.encode("utf-8"), preset=1)).decode("ascii")
+    wrapper = wrapper.replace(literal, other)
+    env.script.write_text(wrapper, encoding="utf-8")
+    texts = three_logs(source=big_source, code_bytes=len(wrapper.encode("utf-8")))
+    assert env.package(texts) == 0
+    assert (env.folder / "train_gpt.py").read_text(encoding="utf-8") == wrapper
     assert package.main(["--check", str(env.folder)]) == 0
 
 
@@ -289,6 +354,109 @@ def test_missing_log_file_is_refused(env, capsys):
     assert package.main(argv) == 2
     assert "nope.txt" in last_error(capsys)
     assert not env.out.exists()
+
+
+# ---- tampered logs: every number is recomputed from the lines that measured it ----
+
+
+def honest_logs() -> list[str]:
+    """Three valid logs whose TTT scores (1.0851-1.0862) are worse than their sliding score
+    (1.0829), so claiming the earlier stage would be a tempting edit."""
+    return [make_log(s, b + 0.005, t) for s, b, t in SEEDS]
+
+
+def _edit(pattern: str, replacement: str):
+    """A tampering that rewrites the first match of `pattern` (a multi-line regex) in a log."""
+    def tamper(text: str) -> str:
+        edited, count = re.subn(pattern, replacement, text, count=1, flags=re.M)
+        assert count == 1, f"{pattern!r} matched nothing"
+        return edited
+    return tamper
+
+
+CODE_BYTES = len(FAKE_SOURCE.encode("utf-8"))
+# Applied to seed 1337's log (val_bpb 1.0858, 15991930 bytes): tampering -> message fragments.
+LOG_TAMPERING = {
+    "score_val_bpb_edited": (_edit(r"^final_score val_bpb:\S+", "final_score val_bpb:1.00000000"),
+                             ["'final_score val_bpb:1.00000000", "does not match final_ttt "
+                              "val_bpb:1.08580000"]),
+    "stage_switched_to_earlier_better_stage": (
+        _edit(r"^final_score val_bpb:\S+ stage:ttt", "final_score val_bpb:1.08290000 stage:sliding"),
+        ["names stage:sliding", "last stage that ran is ttt", "never the best one"]),
+    "second_final_score_appended": (
+        lambda text: text + "final_score val_bpb:1.00000000 stage:ttt total_bytes:15991930\n",
+        ["is a second final_score line", "a run writes it once"]),
+    "final_score_total_bytes_100": (_edit(r"^(final_score .* total_bytes:)\d+", r"\g<1>100"),
+                                    ["total_bytes:100", "artifact line", "measured 15991930"]),
+    "artifact_total_bytes_edited": (_edit(r"^(artifact .* total_bytes:)\d+", r"\g<1>100"),
+                                    ["'artifact code_bytes:", "has total_bytes:100",
+                                     "code_bytes + model_bytes = 15991930"]),
+    "artifact_code_bytes_edited": (
+        _edit(rf"^artifact code_bytes:{CODE_BYTES} model_bytes:\d+",
+              f"artifact code_bytes:100 model_bytes:{15_991_930 - 100}"),
+        ["counts code_bytes:100", f"logged source is {CODE_BYTES} bytes", "lzma and brotli"]),
+    "duplicate_artifact_line": (_edit(r"^(artifact .*\n)", r"\1\1"), ["is a second artifact line"]),
+    "duplicate_final_ttt_line": (_edit(r"^(final_ttt .*\n)", r"\1\1"), ["is a second final_ttt line"]),
+    "final_score_before_its_stage_line": (_edit(r"^(final_ttt .*\n)(final_score .*\n)", r"\2\1"),
+                                          ["comes before the final_ttt line it reports"]),
+    "stage_lines_reordered": (
+        _edit(r"^(final_sliding .*\n)(final_ttt .*\n)final_score val_bpb:\S+ stage:ttt",
+              r"\2\1final_score val_bpb:1.08290000 stage:sliding"),
+        ["'final_ttt", "comes before final_sliding", "in the order prequant, roundtrip, sliding, ttt"]),
+    "score_withheld_and_final_score": (
+        _edit(r"^(final_score .*\n)", "score_withheld reason:artifact_over_limit (see the "
+              r"artifact_over_limit line)\n\1"),
+        ["comes with a score_withheld line", "writes no final_score"]),
+}
+
+
+def assert_names_the_line(err: str, file_name: str, needles: list[str]) -> None:
+    assert err.startswith("error: ")
+    assert re.search(rf"line \d+ of \S*{re.escape(file_name)}", err), err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    assert "as train_gpt.py wrote it" in err or "unedited log" in err, err
+
+
+@pytest.mark.parametrize("case", sorted(LOG_TAMPERING))
+def test_tampered_log_is_refused_naming_the_line_and_nothing_is_written(env, capsys, case):
+    tamper, needles = LOG_TAMPERING[case]
+    texts = honest_logs()
+    texts[0] = tamper(texts[0])
+    assert env.package(texts) == 2
+    assert_names_the_line(last_error(capsys), "a.txt", needles)
+    assert not env.out.exists()
+
+
+@pytest.mark.parametrize("case", sorted(LOG_TAMPERING))
+def test_check_refuses_a_folder_whose_log_was_tampered(env, capsys, case):
+    assert env.package(honest_logs()) == 0
+    tamper, needles = LOG_TAMPERING[case]
+    log = env.folder / "train_seed1337.log"
+    log.write_text(tamper(log.read_text(encoding="utf-8")), encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in env.folder.iterdir()}
+    capsys.readouterr()
+    assert package.main(["--check", str(env.folder)]) == 2
+    assert_names_the_line(last_error(capsys), "train_seed1337.log", needles)
+    assert {p.name: p.read_bytes() for p in env.folder.iterdir()} == before
+
+
+def test_submission_numbers_come_from_the_measuring_lines_not_final_score():
+    run = package.parse_log(make_log(1337), name="a.txt")
+    run.score = package.Score(1.0, "ttt", 100)  # what an edited final_score would claim
+    sub = package.build_submission([run], "Ada", "ada", "Test", "2026-04-09", non_record=False)
+    assert sub["val_bpb"] == 1.0808
+    assert sub["seed_results"]["1337"] == {"val_bpb": 1.0808, "artifact_bytes": 15_991_930,
+                                           "stage": "ttt"}
+
+
+def test_new_informational_lines_and_fields_are_ignored(env):
+    extra = ("ttt_mode docs", "attention_kernel flash3", "artifact_checksum sha256:0123abcd",
+             "run_info attention:flash3")
+    texts = [make_log(s, b, t, extra=extra) for s, b, t in SEEDS]
+    texts = [t.replace(" eval_time:", " docs:50 eval_time:") for t in texts]
+    assert env.package(texts) == 0
+    assert package.main(["--check", str(env.folder)]) == 0
 
 
 # ---- --check ----

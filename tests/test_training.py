@@ -207,9 +207,9 @@ def test_tiny_gpt_learns_a_markov_source_to_its_entropy_rate(tmp_path):
     h.validate(1)
     torch.manual_seed(h.seed)
     model = tg.GPT(h.model_config())
-    def no_validation(_model):
+    def no_validation():
         raise AssertionError("VAL_LOSS_EVERY=0: train_model must not evaluate")
-    stats = tg.train_model(h, model, tg.Runtime(0, 1, 0, torch.device("cpu")), no_validation)
+    stats = tg.train_model(h, model, model, tg.Runtime(0, 1, 0, torch.device("cpu")), no_validation)
     assert stats["steps"] == 200 and model.looping
 
     held_out = torch.from_numpy(sample_chain(transition, stationary, 128 * 257, seed=99)).view(128, 257)
