@@ -12,6 +12,8 @@ contract used by records/package.py is listed in the README.
 """
 
 import copy
+import datetime
+import difflib
 import glob
 import io
 import json
@@ -19,8 +21,10 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +35,19 @@ import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
 # HYPERPARAMETERS
-# Defaults follow the 2026-04-09 record (COMPETITION.md): SP8192, 11 layers x 512, layers 3-5
-# looped twice more from 35% of training, 786,432 tokens per step at sequence 2048.
+# Defaults follow the public records on 8xH100: the 2026-04-09 record (PR #1493: SP8192,
+# 11 layers x 512, layers 3-5 looped twice more from 35% of training, 786,432 tokens per step at
+# sequence 2048) with the #1 record's additions (PR #1855). Every knob is checked at start.
 # ---------------------------------------------------------------------------------------------
 
 
 class ConfigError(ValueError):
     """An impossible or inconsistent setting; the message names the variable to change."""
+
+
+class InputError(ValueError):
+    """A file the run needs is missing, corrupt, or does not match the settings; the message
+    names the file and what to do."""
 
 
 # PRESET=cpu: the whole pipeline on a 2-core CPU in under 10 minutes, on the local stdlib
@@ -48,7 +58,7 @@ PRESETS = {
         "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3",
         "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
         "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32",
-        "MAX_WALLCLOCK_SECONDS": "300", "GPTQ_RESERVE_SECONDS": "8", "WARMUP_STEPS": "0",
+        "MAX_WALLCLOCK_SECONDS": "300", "GPTQ_RESERVE_SECONDS": "8", "WARMUP_STEPS": "0", "COMPILE": "0",
         "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
         "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # best of the README's TTT sweep
@@ -58,6 +68,43 @@ PRESETS = {
         "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
     },
 }
+# Set by torchrun, read by setup_runtime(): not settings, but not typos either.
+LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+# Name prefixes of our settings that other software rarely uses: an unknown variable with one
+# of them is almost surely a typo (TTT_LRR) and stops the run before it wastes a GPU hour.
+OWN_PREFIXES = ("TTT_", "PHASED_", "GLOBAL_TTT_", "GPTQ_", "MUON_", "EVAL_", "TRAIN_", "LOOP_", "PASS_", "EMA_",
+                "EMBED_", "ATTN_", "MLP_", "XSA_", "SMEAR_", "SKIP_", "DOC_", "MATRIX_", "ARTIFACT_", "CHECKPOINT_",
+                "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_")
+
+
+@dataclass
+class Knob:
+    """How a setting is checked: a closed range [low, high], an open lower bound `above`, or choices."""
+    value: object
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    choices: tuple | None = None
+
+    def problem(self) -> str | None:
+        """Why the value is out of range, or None."""
+        v = self.value
+        if self.choices is not None:
+            return None if v in self.choices else f"must be one of {', '.join(map(str, self.choices))}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        if not math.isfinite(v):
+            return "must be a finite number"
+        if self.above is not None and not v > self.above:
+            return f"must be greater than {self.above}"
+        if self.low is not None and self.high is not None and not self.low <= v <= self.high:
+            return f"must be between {self.low} and {self.high}"
+        if self.low is not None and v < self.low:
+            return f"must be at least {self.low}"
+        if self.high is not None and v > self.high:
+            return f"must be at most {self.high}"
+        return None
 
 
 class Hyperparameters:
@@ -67,9 +114,9 @@ class Hyperparameters:
         if preset and preset not in PRESETS:
             raise ConfigError(f"PRESET={preset!r} is unknown; choose one of {', '.join(PRESETS)} or leave it unset.")
         env = {**PRESETS.get(preset, {}), **env}
-        self.env_values: dict[str, object] = {}
+        self.knobs: dict[str, Knob] = {}
 
-        def knob(name: str, default):
+        def knob(name: str, default, low=None, high=None, above=None, choices=None):
             raw = env.get(name)
             # An empty string means "use the default" for numbers and switches, but is a value
             # for strings: CHECKPOINT_PATH= turns the checkpoint off.
@@ -81,198 +128,200 @@ class Hyperparameters:
                 except ValueError:
                     kind = "0 or 1" if isinstance(default, bool) else type(default).__name__
                     raise ConfigError(f"{name}={raw!r} is not a valid {kind}.") from None
-            self.env_values[name] = value
+            self.knobs[name] = Knob(value, low, high, above, choices)
             return value
 
         # Data and run identity.
         self.preset = knob("PRESET", "")
-        self.vocab_size = knob("VOCAB_SIZE", 8192)
+        self.vocab_size = knob("VOCAB_SIZE", 8192, 2, 65536)  # uint16 shards hold ids up to 65535
         self.data_path = knob("DATA_PATH", f"data/datasets/fineweb10B_sp{self.vocab_size}")
         self.tokenizer_path = knob("TOKENIZER_PATH", f"data/tokenizers/fineweb_{self.vocab_size}_bpe.model")
         self.run_id = knob("RUN_ID", time.strftime("run_%Y%m%d_%H%M%S"))
-        self.seed = knob("SEED", 1337)
-        self.val_tokens_limit = knob("VAL_TOKENS_LIMIT", 0)
+        self.seed = knob("SEED", 1337, 0, 2**32 - 2)  # numpy seeds are 32-bit; calibration uses SEED + 1
+        self.val_tokens_limit = knob("VAL_TOKENS_LIMIT", 0, 0)
 
         # Model shape.
-        self.num_layers = knob("NUM_LAYERS", 11)
-        self.model_dim = knob("MODEL_DIM", 512)
-        self.num_heads = knob("NUM_HEADS", 8)
-        self.num_kv_heads = knob("NUM_KV_HEADS", 4)
-        self.mlp_mult = knob("MLP_MULT", 4.0)
-        self.rope_dims = knob("ROPE_DIMS", 16)
-        self.rope_base = knob("ROPE_BASE", 10000.0)
-        self.qk_gain_init = knob("QK_GAIN_INIT", 5.0)
-        self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0)
-        self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005)
-        self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 7)
+        self.num_layers = knob("NUM_LAYERS", 11, 1, 256)
+        self.model_dim = knob("MODEL_DIM", 512, 2, 16384)
+        self.num_heads = knob("NUM_HEADS", 8, 1)
+        self.num_kv_heads = knob("NUM_KV_HEADS", 4, 1)
+        self.mlp_mult = knob("MLP_MULT", 4.0, above=0)
+        self.rope_dims = knob("ROPE_DIMS", 16, 0)
+        self.rope_base = knob("ROPE_BASE", 10000.0, above=1)
+        self.qk_gain_init = knob("QK_GAIN_INIT", 5.0, above=0)
+        self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0, 0)
+        self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005, above=0)
+        self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 7, 0)
         # The 2026-04-09 record's pieces (PR #1493) and the #1 record's additions (PR #1855).
-        self.xsa_last_n = knob("XSA_LAST_N", self.num_layers)
+        self.xsa_last_n = knob("XSA_LAST_N", self.num_layers, 0)
         self.ln_scale = knob("LN_SCALE", True)
         self.skip_gates = knob("SKIP_GATES", True)
         self.ortho_init = knob("ORTHO_INIT", True)
         self.smear_gate = knob("SMEAR_GATE", True)
         self.attn_gate = knob("ATTN_GATE", True)
-        self.attn_gate_scale = knob("ATTN_GATE_SCALE", 0.5)
-        self.gate_window = knob("GATE_WINDOW", 12)
+        self.attn_gate_scale = knob("ATTN_GATE_SCALE", 0.5, above=0)
+        self.gate_window = knob("GATE_WINDOW", 12, 1)
         self.doc_attention = knob("DOC_ATTENTION", True)
 
         # Depth recurrence and the per-pass adapters.
-        self.loop_start = knob("LOOP_START", 3)
-        self.loop_end = knob("LOOP_END", 5)
-        self.num_loops = knob("NUM_LOOPS", 2)
-        self.enable_looping_at = knob("ENABLE_LOOPING_AT", 0.35)
-        self.pass_lora_rank = knob("PASS_LORA_RANK", 1)
+        self.loop_start = knob("LOOP_START", 3, 0)
+        self.loop_end = knob("LOOP_END", 5, 0)
+        self.num_loops = knob("NUM_LOOPS", 2, 0, 16)
+        self.enable_looping_at = knob("ENABLE_LOOPING_AT", 0.35, 0, 1)
+        self.pass_lora_rank = knob("PASS_LORA_RANK", 1, choices=(0, 1, 2))
         self.pass_lora_targets = knob("PASS_LORA_TARGETS", "q,k,v,o")
         self.pass_embed = knob("PASS_EMBED", True)
 
         # Training schedule.
-        self.iterations = knob("ITERATIONS", 20000)
-        self.max_wallclock_seconds = knob("MAX_WALLCLOCK_SECONDS", 600.0)
-        self.gptq_reserve_seconds = knob("GPTQ_RESERVE_SECONDS", 12.0)
-        self.train_batch_tokens = knob("TRAIN_BATCH_TOKENS", 786_432)
-        self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048)
-        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48)
-        self.warmup_steps = knob("WARMUP_STEPS", 20)
-        self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85)
-        self.min_lr = knob("MIN_LR", 0.10)
-        self.train_log_every = knob("TRAIN_LOG_EVERY", 100)
-        self.val_loss_every = knob("VAL_LOSS_EVERY", 0)
+        self.iterations = knob("ITERATIONS", 20000, 1)
+        self.max_wallclock_seconds = knob("MAX_WALLCLOCK_SECONDS", 600.0, 0)
+        self.gptq_reserve_seconds = knob("GPTQ_RESERVE_SECONDS", 8.0, 0)
+        self.train_batch_tokens = knob("TRAIN_BATCH_TOKENS", 786_432, 1)
+        self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048, 1)
+        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48, 1)
+        self.warmup_steps = knob("WARMUP_STEPS", 20, 0)
+        self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85, 0, 1)
+        self.min_lr = knob("MIN_LR", 0.10, 0, 1)
+        self.train_log_every = knob("TRAIN_LOG_EVERY", 100, 1)
+        self.val_loss_every = knob("VAL_LOSS_EVERY", 0, 0)
         self.compile = knob("COMPILE", True)
+        self.dist_timeout_seconds = knob("DIST_TIMEOUT_SECONDS", 300.0, above=0)
 
         # Optimizers.
-        self.matrix_lr = knob("MATRIX_LR", 0.026)
-        self.muon_momentum = knob("MUON_MOMENTUM", 0.97)
-        self.muon_momentum_warmup_start = knob("MUON_MOMENTUM_WARMUP_START", 0.92)
-        self.muon_momentum_warmup_steps = knob("MUON_MOMENTUM_WARMUP_STEPS", 1500)
-        self.muon_wd = knob("MUON_WD", 0.095)
+        self.matrix_lr = knob("MATRIX_LR", 0.026, 0)
+        self.muon_momentum = knob("MUON_MOMENTUM", 0.97, 0, 0.9999)
+        self.muon_momentum_warmup_start = knob("MUON_MOMENTUM_WARMUP_START", 0.92, 0, 0.9999)
+        self.muon_momentum_warmup_steps = knob("MUON_MOMENTUM_WARMUP_STEPS", 1500, 0)
+        self.muon_wd = knob("MUON_WD", 0.095, 0)
         self.muon_row_norm = knob("MUON_ROW_NORM", True)
-        self.newton_schulz = knob("NEWTON_SCHULZ", "polar_express")
-        self.newton_schulz_steps = knob("NEWTON_SCHULZ_STEPS", 5)
-        self.embed_lr = knob("EMBED_LR", 0.03)
-        self.scalar_lr = knob("SCALAR_LR", 0.02)
-        self.adapter_lr = knob("ADAPTER_LR", 0.01)
-        self.embed_wd = knob("EMBED_WD", 0.085)
-        self.adam_wd = knob("ADAM_WD", 0.02)
-        self.beta1 = knob("BETA1", 0.9)
-        self.beta2 = knob("BETA2", 0.99)
-        self.grad_clip_norm = knob("GRAD_CLIP_NORM", 0.3)
+        self.newton_schulz = knob("NEWTON_SCHULZ", "polar_express", choices=tuple(NEWTON_SCHULZ_COEFFICIENTS))
+        self.newton_schulz_steps = knob("NEWTON_SCHULZ_STEPS", 5, 1, 20)
+        self.embed_lr = knob("EMBED_LR", 0.03, 0)
+        self.scalar_lr = knob("SCALAR_LR", 0.02, 0)
+        self.adapter_lr = knob("ADAPTER_LR", 0.01, 0)
+        self.embed_wd = knob("EMBED_WD", 0.085, 0)
+        self.adam_wd = knob("ADAM_WD", 0.02, 0)
+        self.beta1 = knob("BETA1", 0.9, 0, 0.9999)
+        self.beta2 = knob("BETA2", 0.99, 0, 0.9999)
+        self.grad_clip_norm = knob("GRAD_CLIP_NORM", 0.3, 0)
         self.ema_enabled = knob("EMA_ENABLED", True)
-        self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.06)
+        self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.06, 1e-6, 1)
 
         # Export.
-        self.quant_method = knob("QUANT_METHOD", "gptq")
-        self.matrix_bits = knob("MATRIX_BITS", 6)
-        self.embed_bits = knob("EMBED_BITS", 7)
-        self.attn_clip_sigmas = knob("ATTN_CLIP_SIGMAS", 13.0)
-        self.mlp_clip_sigmas = knob("MLP_CLIP_SIGMAS", 11.5)
-        self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 14.0)
-        self.gptq_calib_batches = knob("GPTQ_CALIB_BATCHES", 16)
-        self.gptq_damp = knob("GPTQ_DAMP", 0.01)
-        self.gptq_block = knob("GPTQ_BLOCK", 128)
-        self.compressor = knob("COMPRESSOR", "brotli")
-        self.artifact_limit_bytes = knob("ARTIFACT_LIMIT_BYTES", 16_000_000)
+        self.quant_method = knob("QUANT_METHOD", "gptq", choices=("gptq", "rtn"))
+        self.matrix_bits = knob("MATRIX_BITS", 6, 2, 8)
+        self.embed_bits = knob("EMBED_BITS", 7, 2, 8)
+        self.attn_clip_sigmas = knob("ATTN_CLIP_SIGMAS", 13.0, above=0)
+        self.mlp_clip_sigmas = knob("MLP_CLIP_SIGMAS", 12.5, above=0)
+        self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 14.0, above=0)
+        self.gptq_calib_batches = knob("GPTQ_CALIB_BATCHES", 16, 1)
+        self.gptq_damp = knob("GPTQ_DAMP", 0.01, above=0)
+        self.gptq_block = knob("GPTQ_BLOCK", 128, 1)
+        self.compressor = knob("COMPRESSOR", "brotli", choices=COMPRESSORS)
+        self.artifact_limit_bytes = knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1)
         self.artifact_path = knob("ARTIFACT_PATH", "final_model.ptz")
         self.checkpoint_path = knob("CHECKPOINT_PATH", "final_model.pt")
         self.export_only = knob("EXPORT_ONLY", "")
         self.eval_only = knob("EVAL_ONLY", False)
 
         # Evaluation and test-time training.
-        self.eval_seq_len = knob("EVAL_SEQ_LEN", 2048)
-        self.eval_stride = knob("EVAL_STRIDE", 64)
-        self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32)
+        self.eval_seq_len = knob("EVAL_SEQ_LEN", 2048, 1)
+        self.eval_stride = knob("EVAL_STRIDE", 64, 1)
+        self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32, 1)
         self.sliding_enabled = knob("SLIDING_ENABLED", False)
         self.ttt_enabled = knob("TTT_ENABLED", True)
-        self.ttt_mode = knob("TTT_MODE", "phased")
+        self.ttt_mode = knob("TTT_MODE", "phased", choices=TTT_MODES)
         # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #1855's constants.
-        self.ttt_doc_chunk_tokens = knob("TTT_DOC_CHUNK_TOKENS", 48)
-        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 64)
-        self.ttt_lora_rank = knob("TTT_LORA_RANK", 80)
-        self.ttt_lora_alpha = knob("TTT_LORA_ALPHA", 144.0)
-        self.ttt_lora_lr = knob("TTT_LORA_LR", 1e-4)
-        self.ttt_beta1 = knob("TTT_BETA1", 0.0)
-        self.ttt_beta2 = knob("TTT_BETA2", 0.99)
-        self.ttt_weight_decay = knob("TTT_WEIGHT_DECAY", 0.5)
+        self.ttt_doc_chunk_tokens = knob("TTT_DOC_CHUNK_TOKENS", 48, 1)
+        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 64, 1)
+        self.ttt_lora_rank = knob("TTT_LORA_RANK", 80, 1)
+        self.ttt_lora_alpha = knob("TTT_LORA_ALPHA", 144.0, above=0)
+        self.ttt_lora_lr = knob("TTT_LORA_LR", 1e-4, 0)
+        self.ttt_beta1 = knob("TTT_BETA1", 0.0, 0, 0.9999)
+        self.ttt_beta2 = knob("TTT_BETA2", 0.99, 0, 0.9999)
+        self.ttt_weight_decay = knob("TTT_WEIGHT_DECAY", 0.5, 0)
         self.ttt_warm_start_a = knob("TTT_WARM_START_A", True)
         # Global SGD phases (phased): PRs #1610, #1626.
-        self.phased_ttt_prefix_docs = knob("PHASED_TTT_PREFIX_DOCS", 2500)
-        self.phased_ttt_phases = knob("PHASED_TTT_PHASES", 3)
-        self.global_ttt_lr = knob("GLOBAL_TTT_LR", 1e-3)
-        self.global_ttt_momentum = knob("GLOBAL_TTT_MOMENTUM", 0.9)
-        self.global_ttt_chunk_tokens = knob("GLOBAL_TTT_CHUNK_TOKENS", 32768)
-        self.global_ttt_grad_clip = knob("GLOBAL_TTT_GRAD_CLIP", 1.0)
+        self.phased_ttt_prefix_docs = knob("PHASED_TTT_PREFIX_DOCS", 2500, 1)
+        self.phased_ttt_phases = knob("PHASED_TTT_PHASES", 3, 1)
+        self.global_ttt_lr = knob("GLOBAL_TTT_LR", 1e-3, 0)
+        self.global_ttt_momentum = knob("GLOBAL_TTT_MOMENTUM", 0.9, 0, 0.9999)
+        self.global_ttt_chunk_tokens = knob("GLOBAL_TTT_CHUNK_TOKENS", 32768, 1)
+        self.global_ttt_grad_clip = knob("GLOBAL_TTT_GRAD_CLIP", 1.0, 0)
         # Chunked TTT (chunked): the 2026-04-09 record's score-first SGD on all weights.
-        self.ttt_chunk_tokens = knob("TTT_CHUNK_TOKENS", 32768)
-        self.ttt_epochs = knob("TTT_EPOCHS", 3)
-        self.ttt_lr = knob("TTT_LR", 0.005)
-        self.ttt_optimizer = knob("TTT_OPTIMIZER", "sgd")
-        self.ttt_momentum = knob("TTT_MOMENTUM", 0.9)
-        self.ttt_params = knob("TTT_PARAMS", "all")
-        self.ttt_grad_clip = knob("TTT_GRAD_CLIP", 1.0)
-        self.ttt_batch_seqs = knob("TTT_BATCH_SEQS", 16)
+        self.ttt_chunk_tokens = knob("TTT_CHUNK_TOKENS", 32768, 1)
+        self.ttt_epochs = knob("TTT_EPOCHS", 3, 0)
+        self.ttt_lr = knob("TTT_LR", 0.005, 0)
+        self.ttt_optimizer = knob("TTT_OPTIMIZER", "sgd", choices=("sgd", "adamw"))
+        self.ttt_momentum = knob("TTT_MOMENTUM", 0.9, 0, 0.9999)
+        self.ttt_params = knob("TTT_PARAMS", "all", choices=("all", "adapters"))
+        self.ttt_grad_clip = knob("TTT_GRAD_CLIP", 1.0, 0)
+        self.ttt_batch_seqs = knob("TTT_BATCH_SEQS", 16, 1)
         self.nll_dump_path = knob("NLL_DUMP_PATH", "")
+
+        self.unknown = sorted(name for name in env if name not in self.knobs and name not in LAUNCHER_VARIABLES
+                              and (name.startswith(OWN_PREFIXES) or difflib.get_close_matches(name, self.knobs, 1, 0.85)))
+
+    @property
+    def env_values(self) -> dict[str, object]:
+        return {name: k.value for name, k in self.knobs.items()}
 
     def lora_targets(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.pass_lora_targets.split(",") if t.strip())
 
     def validate(self, world_size: int) -> None:
-        """Fail at start, naming the variable, rather than deep inside a run."""
+        """Fail at start, naming the variable, rather than deep inside a run: first every
+        setting on its own (range, finiteness), then the ones that depend on each other."""
 
         def require(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
 
-        require(bool(self.run_id) and "/" not in self.run_id, f"RUN_ID={self.run_id!r} must be a non-empty file name (it names logs/RUN_ID.txt).")
+        for name in self.unknown:
+            match = difflib.get_close_matches(name, self.knobs, 1, 0.6)
+            hint = f"did you mean {match[0]}? " if match else ""
+            require(False, f"{name} is not a setting of train_gpt.py; {hint}unset it (the README lists every setting).")
+        for name, k in self.knobs.items():
+            problem = k.problem()
+            require(problem is None, f"{name}={k.value} {problem}.")
+        require(bool(self.run_id) and "/" not in self.run_id and self.run_id not in (".", ".."),
+                f"RUN_ID={self.run_id!r} must be a non-empty file name (it names logs/RUN_ID.txt).")
         require(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}.")
-        head_dim = self.model_dim // max(self.num_heads, 1)
+        head_dim = self.model_dim // self.num_heads
         require(head_dim % 2 == 0, f"MODEL_DIM/NUM_HEADS={head_dim} must be even for rotary embeddings.")
-        require(self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0,
-                f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}.")
-        require(0 <= self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
+        require(self.num_heads % self.num_kv_heads == 0, f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}.")
+        require(self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
                 f"ROPE_DIMS={self.rope_dims} must be even and at most the head dimension {head_dim}.")
-        require(self.num_layers >= 1, f"NUM_LAYERS={self.num_layers} must be at least 1.")
-        require(self.num_loops >= 0, f"NUM_LOOPS={self.num_loops} must be 0 or more.")
+        require(int(self.mlp_mult * self.model_dim) >= 1, f"MLP_MULT={self.mlp_mult} leaves the MLP without a hidden unit at MODEL_DIM={self.model_dim}.")
+        require(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window} must be at most MODEL_DIM={self.model_dim}.")
         if self.num_loops > 0:
-            require(0 <= self.loop_start <= self.loop_end < self.num_layers,
+            require(self.loop_start <= self.loop_end < self.num_layers,
                     f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} layers (0..{self.num_layers - 1}).")
-        require(self.pass_lora_rank in (0, 1, 2), f"PASS_LORA_RANK={self.pass_lora_rank} must be 0 (off), 1 or 2.")
         unknown = set(self.lora_targets()) - set(LORA_TARGETS)
         require(not unknown, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown)}; choose from {','.join(LORA_TARGETS)}.")
-        require(0.0 <= self.enable_looping_at <= 1.0, f"ENABLE_LOOPING_AT={self.enable_looping_at} must be a fraction in [0, 1].")
-        require(self.vocab_size <= 65536, f"VOCAB_SIZE={self.vocab_size} does not fit the uint16 shard format (at most 65536).")
         seqs, rem = divmod(self.train_batch_tokens, self.train_seq_len)
-        require(rem == 0, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}.")
+        require(rem == 0 and seqs >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}.")
         require(seqs % world_size == 0,
                 f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {seqs} sequences, which do not split over {world_size} processes; use a multiple of {self.train_seq_len * world_size}.")
-        per_rank = seqs // world_size
-        micro = min(self.micro_batch_seqs, per_rank)
-        require(micro > 0 and per_rank % micro == 0,
-                f"MICRO_BATCH_SEQS={self.micro_batch_seqs} must divide the {per_rank} sequences each process gets per step.")
-        require(0.0 <= self.warmdown_frac <= 1.0, f"WARMDOWN_FRAC={self.warmdown_frac} must be a fraction in [0, 1].")
         require(self.max_wallclock_seconds == 0 or self.max_wallclock_seconds > self.gptq_reserve_seconds,
                 f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} (or be 0 for no clock).")
-        require(self.quant_method in ("gptq", "rtn"), f"QUANT_METHOD={self.quant_method!r} must be gptq or rtn.")
-        require(2 <= self.matrix_bits <= 8 and 2 <= self.embed_bits <= 8, "MATRIX_BITS and EMBED_BITS must be between 2 and 8.")
-        require(self.compressor in COMPRESSORS, f"COMPRESSOR={self.compressor!r} must be one of {', '.join(COMPRESSORS)}.")
-        require(self.eval_stride > 0 and self.eval_stride <= self.eval_seq_len,
-                f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}.")
-        require(self.ttt_optimizer in ("sgd", "adamw"), f"TTT_OPTIMIZER={self.ttt_optimizer!r} must be sgd or adamw.")
-        require(self.ttt_params in ("all", "adapters"), f"TTT_PARAMS={self.ttt_params!r} must be all or adapters.")
-        require(self.ttt_chunk_tokens > 0, f"TTT_CHUNK_TOKENS={self.ttt_chunk_tokens} must be positive.")
-        require(self.ttt_mode in TTT_MODES, f"TTT_MODE={self.ttt_mode!r} must be one of {', '.join(TTT_MODES)}.")
-        require(self.ttt_lora_rank >= 1, f"TTT_LORA_RANK={self.ttt_lora_rank} must be at least 1.")
-        require(1 <= self.ttt_doc_chunk_tokens <= self.eval_seq_len,
-                f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored with its context inside one window).")
-        require(self.ttt_doc_batch >= 1, f"TTT_DOC_BATCH={self.ttt_doc_batch} must be at least 1.")
-        require(1 <= self.phased_ttt_phases <= max(self.phased_ttt_prefix_docs, 1),
-                f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be between 1 and PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}.")
+        require(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}.")
+        require(self.ttt_doc_chunk_tokens <= self.eval_seq_len,
+                f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be at most EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored inside one window of context).")
+        require(self.phased_ttt_phases <= self.phased_ttt_prefix_docs,
+                f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be at most PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}.")
         require(self.global_ttt_chunk_tokens >= self.eval_seq_len,
                 f"GLOBAL_TTT_CHUNK_TOKENS={self.global_ttt_chunk_tokens} must hold at least one EVAL_SEQ_LEN={self.eval_seq_len} sequence.")
-        require(self.val_tokens_limit == 0 or self.val_tokens_limit >= 2, f"VAL_TOKENS_LIMIT={self.val_tokens_limit} must be 0 (whole split) or at least 2.")
+        require(self.val_tokens_limit != 1, "VAL_TOKENS_LIMIT=1 leaves nothing to score; use 0 (whole split) or at least 2.")
         require(not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both.")
 
-    def grad_accum_steps(self, world_size: int) -> int:
+    def micro_batch(self, world_size: int) -> int:
+        """MICRO_BATCH_SEQS, or the largest divisor of each process's sequences below it."""
         per_rank = self.train_batch_tokens // self.train_seq_len // world_size
-        return per_rank // min(self.micro_batch_seqs, per_rank)
+        return max(d for d in range(1, min(self.micro_batch_seqs, per_rank) + 1) if per_rank % d == 0)
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        return self.train_batch_tokens // self.train_seq_len // world_size // self.micro_batch(world_size)
 
     def model_config(self) -> "ModelConfig":
         return ModelConfig(
@@ -309,23 +358,23 @@ def load_data_shard(path: str | Path) -> np.ndarray:
     path = Path(path)
     size = path.stat().st_size
     if size < SHARD_HEADER_BYTES:
-        raise ValueError(f"{path}: truncated shard ({size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header); re-download or rebuild it.")
+        raise InputError(f"{path}: truncated shard ({size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header); re-download or rebuild it.")
     header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_WORDS)
     if header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: wrong magic {int(header[0])} (expected {SHARD_MAGIC}); this is not a challenge shard.")
+        raise InputError(f"{path}: wrong magic {int(header[0])} (expected {SHARD_MAGIC}); this is not a challenge shard.")
     if header[1] != SHARD_VERSION:
-        raise ValueError(f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION}).")
+        raise InputError(f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION}).")
     num_tokens = int(header[2])
     expected = SHARD_HEADER_BYTES + 2 * num_tokens
     if num_tokens < 0 or size != expected:
-        raise ValueError(f"{path}: size mismatch: header says {num_tokens} tokens ({expected} bytes) but the file has {size} bytes; the shard is truncated or corrupt, re-download or rebuild it.")
+        raise InputError(f"{path}: size mismatch: header says {num_tokens} tokens ({expected} bytes) but the file has {size} bytes; the shard is truncated or corrupt, re-download or rebuild it.")
     return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(num_tokens,))
 
 
 def shard_files(data_path: str, split: str) -> list[Path]:
     files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
     if not files:
-        raise FileNotFoundError(
+        raise InputError(
             f"No {split} shards (fineweb_{split}_*.bin) in DATA_PATH={data_path}. Download them with "
             f"'python3 data/cached_challenge_fineweb.py --variant sp8192' or build a local set with "
             f"'python3 data/make_local_dataset.py', then set DATA_PATH to the folder it prints.")
@@ -349,7 +398,7 @@ class TrainLoader:
         self.window_starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts, dtype=np.int64)])
         self.num_windows = int(self.window_starts[-1])
         if self.num_windows < global_seqs:
-            raise ValueError(f"Training shards in {data_path} hold {self.num_windows} sequences of {seq_len + 1} tokens, fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
+            raise InputError(f"Training shards in {data_path} hold {self.num_windows} sequences of {seq_len + 1} tokens, fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
         self.reset()
 
     def reset(self) -> None:
@@ -388,7 +437,7 @@ def load_validation_tokens(data_path: str, limit: int = 0) -> torch.Tensor:
     if limit:
         tokens = tokens[:limit]
     if len(tokens) < 2:
-        raise ValueError(f"The validation shards in {data_path} hold fewer than 2 tokens; nothing can be scored.")
+        raise InputError(f"The validation shards in {data_path} hold fewer than 2 tokens; nothing can be scored.")
     return torch.from_numpy(tokens.astype(np.int64))
 
 
@@ -396,7 +445,7 @@ def load_tokenizer(tokenizer_path: str, vocab_size: int):
     import sentencepiece as spm
 
     if not Path(tokenizer_path).is_file():
-        raise FileNotFoundError(f"TOKENIZER_PATH={tokenizer_path} does not exist; download or build the dataset first (see README).")
+        raise InputError(f"TOKENIZER_PATH={tokenizer_path} does not exist; download or build the dataset first (see README).")
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     if sp.vocab_size() != vocab_size:
         raise ConfigError(f"Tokenizer {tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; set VOCAB_SIZE={sp.vocab_size()} or point TOKENIZER_PATH at the matching tokenizer.")
@@ -405,7 +454,8 @@ def load_tokenizer(tokenizer_path: str, vocab_size: int):
 
 @dataclass
 class ByteTables:
-    """Per-token byte counts for bits-per-byte (COMPETITION.md, 'Bits per byte')."""
+    """Per-token byte counts for bits-per-byte: the piece's UTF-8 bytes without its leading "▁",
+    plus one for the space unless the previous token is a boundary; byte-fallback pieces count 1."""
 
     base_bytes: torch.Tensor  # UTF-8 bytes of the piece without its leading "▁"
     leading_space: torch.Tensor  # piece starts with "▁": one more byte unless after a boundary
@@ -467,7 +517,7 @@ class BpbMeter:
 # MLP down), indexed by layer, so Muon orthogonalises them in batches. A span of layers runs
 # 1 + NUM_LOOPS times; each repeated pass gets its own low-rank LoRA delta on the chosen
 # projections and a learned pass embedding, both starting at zero so looping begins from the
-# shared weights (seeds 000 and 002, PRs #1096 and #1552). Every projection goes through
+# shared weights (PRs #1096 and #1552). Every projection goes through
 # GPT.project() and every attention through GPT.attention(), so training, evaluation, TTT and
 # GPTQ calibration run the same forward path.
 # ---------------------------------------------------------------------------------------------
@@ -557,11 +607,11 @@ def flash_attention_3():
     return flash_attn_func
 
 
-def flex_attention_active() -> bool:
-    """Document masks go to flex_attention only inside torch.compile: compiled, it skips the
-    masked blocks; eager, it is a slow reference, so eager code (GPTQ calibration, tests,
-    PRESET=cpu) uses SDPA with an explicit mask instead."""
-    return torch.compiler.is_compiling()
+def flex_attention_active(device: torch.device) -> bool:
+    """Document masks go to flex_attention only on CUDA inside torch.compile: compiled, it skips
+    the masked blocks; eager, it is a slow reference, and on the CPU it has no backward, so
+    everything else uses SDPA with an explicit mask."""
+    return device.type == "cuda" and torch.compiler.is_compiling()
 
 
 def attention_kernel_name(device_type: str, doc_attention: bool, compiled: bool) -> str:
@@ -569,7 +619,7 @@ def attention_kernel_name(device_type: str, doc_attention: bool, compiled: bool)
     causal attention only), flex_attention for document masks under torch.compile, else
     PyTorch's scaled_dot_product_attention."""
     if doc_attention:
-        return "flex_attention(document block mask)" if compiled else "sdpa(document mask)"
+        return "flex_attention(document block mask)" if compiled and device_type == "cuda" else "sdpa(document mask)"
     if device_type == "cuda" and flash_attention_3() is not None:
         return "flash_attn_3(causal)"
     return "sdpa(causal)"
@@ -582,6 +632,9 @@ class GPT(nn.Module):
         L, D, H = cfg.num_layers, cfg.model_dim, cfg.num_heads
         self.looping = False
         self.use_fa3 = False  # set by prepare_model() on CUDA when FlashAttention-3 imports
+        # Per-document TTT reads one document per row, where document attention is plain causal
+        # attention: it then skips the mask and runs the dense causal kernel (FlashAttention-3).
+        self.rows_are_documents = False
         self.hessians: dict | None = None  # set by GPTQ calibration to collect input statistics
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
         # Banks: [out, in] matrices stacked by layer. q/o and k/v share a bank per kind of
@@ -630,6 +683,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        if self.tok_emb.weight.is_meta:  # shapes only (checking an artifact before building it)
+            return
         L = self.cfg.num_layers
         nn.init.normal_(self.tok_emb.weight, std=self.cfg.tied_embed_init_std)
         for bank in (self.qo_bank, self.kv_bank, self.up_bank):
@@ -647,11 +702,18 @@ class GPT(nn.Module):
         c = self.cfg
         return virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, self.looping)
 
+    def hessian_buffers(self) -> dict[tuple[str, int], torch.Tensor]:
+        """Zeroed X^T X accumulators for every quantized matrix's input; set as self.hessians,
+        the forward adds to them in place (allocated up front, so calibration compiles whole)."""
+        c, device = self.cfg, self.tok_emb.weight.device
+        dims = {"attn_in": c.model_dim, "attn_out": c.model_dim, "mlp_in": c.model_dim, "mlp_act": c.mlp_dim}
+        buffers = {(kind, layer): torch.zeros(d, d, device=device) for kind, d in dims.items() for layer in range(c.num_layers)}
+        buffers[("final", 0)] = torch.zeros(c.model_dim, c.model_dim, device=device)
+        return buffers
+
     def _record(self, key: tuple[str, int], x: torch.Tensor) -> None:
         if self.hessians is not None:
             rows = x.detach().reshape(-1, x.size(-1)).float()
-            if key not in self.hessians:
-                self.hessians[key] = torch.zeros(rows.size(1), rows.size(1), device=rows.device)
             self.hessians[key].addmm_(rows.T, rows)
 
     def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int, slot: int) -> torch.Tensor:
@@ -681,11 +743,11 @@ class GPT(nn.Module):
         """What attend() needs to keep tokens inside their document: a flex_attention block
         mask (compiled), a boolean (B, 1, T, T) mask for SDPA (eager), or None for plain causal
         attention."""
-        if not self.cfg.doc_attention:
+        if not self.cfg.doc_attention or self.rows_are_documents:
             return None
         docs = document_ids(input_ids, self.cfg.bos_id)
         B, T = input_ids.shape
-        if flex_attention_active():
+        if flex_attention_active(input_ids.device):
             from torch.nn.attention.flex_attention import create_block_mask
 
             def same_document_causal(b, h, q_idx, kv_idx):
@@ -828,9 +890,9 @@ class GPT(nn.Module):
 # Parallel Muon on the four banks: each rank reduce-scatters a bank's gradient so it holds the
 # averaged gradient of its own slice of layers, runs Nesterov momentum, optional row
 # normalisation and a batched Newton-Schulz orthogonalisation on that slice only, then
-# all-gathers the updates (seed 004, PR #1517). AdamW takes everything else; its gradients are
+# all-gathers the updates (PR #1517). AdamW takes everything else; its gradients are
 # averaged with one flat all-reduce, so no DDP wrapper is needed. LoRA factors and pass
-# embeddings have their own AdamW group: Muon's shape scaling made rank-1 LoRA diverge (seed 000).
+# embeddings have their own AdamW group: Muon's shape scaling made rank-1 LoRA diverge (PR #1096).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1023,6 +1085,8 @@ class Runtime:
     local_rank: int
     device: torch.device
     log_path: Path | None = None
+    activity: str = "starting"
+    activity_since: float = field(default_factory=time.monotonic)
 
     @property
     def is_main(self) -> bool:
@@ -1037,12 +1101,20 @@ class Runtime:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
+    def doing(self, activity: str) -> None:
+        """Record what this process is doing; StallMonitor names it if the run hangs."""
+        self.activity, self.activity_since = activity, time.monotonic()
+
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss or weights stopped being finite: the run ends without an artifact."""
 
 
 def lr_multiplier(progress: float, warmdown_frac: float, min_lr: float = 0.0) -> float:
@@ -1058,7 +1130,7 @@ class WeightEMA:
 
     decay = 1 - 1 / (EMA_HORIZON_FRAC * expected_steps): the 2026-04-09 record's 0.9965 over
     ~4,550 steps is a horizon of about 6% of the run; a fixed 0.9965 on a 300-step run kept
-    early weights and scored 2.59 bpb instead of ~1.9 (DESIGN.md, pitfalls).
+    early weights and scored 2.59 bpb instead of ~1.9 on a small CPU run.
     """
 
     def __init__(self, model: nn.Module, horizon_frac: float):
@@ -1078,25 +1150,56 @@ class WeightEMA:
 
 
 def compiles(h: Hyperparameters, rt: Runtime) -> bool:
-    return h.compile and rt.device.type == "cuda"
+    """COMPILE=1 compiles on any device: on the CPU too, so the compiled path is tested without a GPU."""
+    return h.compile
 
 
-def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime):
-    """Pick the attention kernel for this device and return the callable to run: the model
-    compiled whole (fullgraph, static shapes) or the model itself."""
+@dataclass
+class Runners:
+    """The callables that run one model: compiled whole (fullgraph: a graph break is an error,
+    never a silent slowdown) under COMPILE=1, else the model's own methods."""
+    model: object  # training steps, evaluation windows, chunked TTT, global phases: static shapes
+    calibrate: object  # GPTQ calibration: forward_logits, adding to model.hessians
+    documents: object  # per-document TTT: one graph for every window width (dynamic shapes)
+
+
+    @staticmethod
+    def eager(model: "GPT") -> "Runners":
+        return Runners(model, model.forward_logits, model)
+
+
+def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
+    """Pick the attention kernel for this device and build the model's Runners."""
     model.use_fa3 = rt.device.type == "cuda" and flash_attention_3() is not None
-    return torch.compile(model, fullgraph=True, dynamic=False) if compiles(h, rt) else model
+    if not compiles(h, rt):
+        return Runners.eager(model)
+    # Each graph is compiled once per shape; the default limit (8) would silently fall back to eager.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return Runners(torch.compile(model, fullgraph=True, dynamic=False),
+                   torch.compile(model.forward_logits, fullgraph=True, dynamic=False),
+                   torch.compile(model, fullgraph=True, dynamic=True))
 
 
-def train_model(h: Hyperparameters, model: GPT, compiled, rt: Runtime, evaluate) -> dict:
-    """Train in place (steps run through `compiled`, see prepare_model); returns timing facts.
-    `evaluate()` gives (val_loss, val_bpb)."""
+def graphs_compiled() -> int:
+    """Graphs torch.compile has built in this process so far (each compile costs seconds to minutes)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def log_compiles(rt: Runtime, stage: str, before: int) -> None:
+    rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
+
+
+def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, evaluate) -> dict:
+    """Train in place (steps run through runners.model); returns timing facts. `evaluate()`
+    gives (val_loss, val_bpb)."""
+    compiled = runners.model
     opt = Optimizers(model, h, rt.rank, rt.world_size)
     global_seqs = h.train_batch_tokens // h.train_seq_len
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed)
-    accum = h.grad_accum_steps(rt.world_size)
-    rt.log(f"train_setup global_seqs:{global_seqs} grad_accum:{accum} micro_batch_seqs:{global_seqs // rt.world_size // accum} "
-           f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}")
+    accum, micro = h.grad_accum_steps(rt.world_size), h.micro_batch(rt.world_size)
+    adapted = "" if micro == h.micro_batch_seqs else f" (MICRO_BATCH_SEQS={h.micro_batch_seqs} adapted: the largest divisor of {micro * accum} sequences per process not above it)"
+    rt.log(f"train_setup global_seqs:{global_seqs} grad_accum:{accum} micro_batch_seqs:{micro} "
+           f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}{adapted}")
 
     def run_step(lr_mult: float, momentum: float) -> torch.Tensor:
         batch = loader.next_batch(rt.device)
@@ -1113,16 +1216,21 @@ def train_model(h: Hyperparameters, model: GPT, compiled, rt: Runtime, evaluate)
 
     loop_later = h.num_loops > 0 and h.enable_looping_at > 0
     if h.warmup_steps > 0:
-        t0 = time.perf_counter()
+        t0, graphs = time.perf_counter(), graphs_compiled()
         initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
         for i in range(h.warmup_steps):
+            rt.doing(f"compile warm-up step {i + 1}")
             model.looping = h.num_loops > 0 and (not loop_later or i >= h.warmup_steps // 2)
             run_step(1.0, h.muon_momentum_warmup_start)
         model.load_state_dict(initial_model)
         opt.load_state_dict(initial_opt)
         loader.reset()
+        if h.quant_method == "gptq" and compiles(h, rt):
+            warm_up_calibration(model, runners, h, rt, micro)
         rt.synchronize()
         rt.log(f"warmup_done steps:{h.warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
+        log_compiles(rt, "warmup", graphs)
+    graphs = graphs_compiled()
 
     model.looping = h.num_loops > 0 and not loop_later
     budget_ms = 1000.0 * (h.max_wallclock_seconds - h.gptq_reserve_seconds) if h.max_wallclock_seconds > 0 else 0.0
@@ -1148,6 +1256,7 @@ def train_model(h: Hyperparameters, model: GPT, compiled, rt: Runtime, evaluate)
             rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
         frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
         momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+        rt.doing(f"training step {step + 1}")
         loss = run_step(lr_multiplier(progress, h.warmdown_frac, h.min_lr), momentum)
         step += 1
         rt.synchronize()
@@ -1159,20 +1268,48 @@ def train_model(h: Hyperparameters, model: GPT, compiled, rt: Runtime, evaluate)
         if ema is not None:
             expected = step / (elapsed_ms / budget_ms) if budget_ms else h.iterations
             ema.update(expected)
-        if step <= 10 or step % h.train_log_every == 0 or step == h.iterations:
+        stopped_by_clock = bool(budget_ms) and elapsed_ms >= budget_ms
+        if step <= 10 or step % h.train_log_every == 0 or step == h.iterations or stopped_by_clock:
             if rt.world_size > 1:  # the global batch's loss, not rank 0's share (every rank logs on the same steps)
                 dist.all_reduce(loss)
                 loss /= rt.world_size
+            # Checked where the loss is read anyway (no extra host sync), and at the last step.
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"the training loss is {loss.item()} at step {step}: training diverged, so no artifact "
+                                       f"or score is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR) or "
+                                       f"keep GRAD_CLIP_NORM > 0.")
             rt.log(f"step:{step}/{h.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
                    f"step_avg:{elapsed_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / (elapsed_ms / 1000))}")
-        if budget_ms and elapsed_ms >= budget_ms:
-            stopped_by_clock = True
+        if stopped_by_clock:
             rt.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{h.iterations}")
         train_ms, t_start = elapsed_ms, time.perf_counter()
     if ema is not None:
         ema.copy_to_model()
         rt.log(f"ema_applied horizon_frac:{h.ema_horizon_frac}")
+    log_compiles(rt, "training", graphs)
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise TrainingDiverged(f"after {step} steps these weights are not finite: {', '.join(broken)}; no artifact or score "
+                               f"is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR).")
     return {"train_ms": train_ms, "steps": step, "loader": loader}
+
+
+@torch.no_grad()
+def warm_up_calibration(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime, micro: int) -> None:
+    """Compile the GPTQ calibration graph before the clock starts, so the GPTQ reserve holds only
+    the work: one forward of random tokens in calibration's shape, its statistics discarded."""
+    was_training, was_looping = model.training, model.looping
+    model.eval()
+    model.looping = h.num_loops > 0
+    model.hessians = model.hessian_buffers()
+    try:
+        tokens = torch.randint(0, h.vocab_size, (micro, h.train_seq_len + 1), device=rt.device)
+        with rt.autocast():
+            runners.calibrate(tokens[:, :-1])  # a slice, as calibration's are: the same strides, the same graph
+    finally:
+        model.hessians = None
+        model.train(was_training)
+        model.looping = was_looping
 
 
 def log_peak_memory(rt: Runtime) -> None:
@@ -1197,7 +1334,11 @@ def log_peak_memory(rt: Runtime) -> None:
 # ---------------------------------------------------------------------------------------------
 
 COMPRESSORS = ("brotli", "zstd", "lzma")
-ARTIFACT_MAGIC = b"PGA1"
+CHALLENGE_LIMIT_BYTES = 16_000_000  # code + model; also bounds what an artifact may ask the loader to build
+ARTIFACT_MAGIC = b"PGA2"
+# Header: magic, compressor id, CRC-32 of the compressor id and the compressed stream (9 bytes).
+ARTIFACT_PREFIX_BYTES = 9
+MAX_HEADER_BYTES = 1 << 20
 
 
 def compress(data: bytes, method: str) -> bytes:
@@ -1211,15 +1352,49 @@ def compress(data: bytes, method: str) -> bytes:
     return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 
-def decompress(data: bytes, method: str) -> bytes:
-    if method == "brotli":
-        import brotli
-        return brotli.decompress(data)
-    if method == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().decompress(data)
-    import lzma
-    return lzma.decompress(data)
+class BoundedDecompressor:
+    """Decompresses a stream a piece at a time, never producing much more than asked for, so a
+    crafted artifact (a few KB that inflate to GBs) is refused before it fills memory."""
+
+    def __init__(self, data: bytes, method: str):
+        self.pending = b""
+        if method == "brotli":
+            import brotli
+            decoder, fed = brotli.Decompressor(), [False]
+
+            def pull(n: int) -> bytes:  # output_buffer_limit needs brotli >= 1.2 (requirements.txt)
+                if decoder.is_finished():
+                    return b""
+                chunk = decoder.process(b"" if fed[0] else data, output_buffer_limit=n)
+                fed[0] = True
+                return chunk
+        elif method == "zstd":
+            import zstandard
+            pull = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read
+        else:
+            import lzma
+            decoder, fed = lzma.LZMADecompressor(), [False]
+
+            def pull(n: int) -> bytes:
+                if decoder.eof:
+                    return b""
+                chunk = decoder.decompress(b"" if fed[0] else data, max_length=n)
+                fed[0] = True
+                return chunk
+        self.pull = pull
+
+    def read(self, n: int) -> bytes:
+        """The next n bytes of output, or fewer where the stream ends."""
+        parts, have = [self.pending], len(self.pending)
+        while have < n:
+            chunk = self.pull(min(n - have, 1 << 24))
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        out = b"".join(parts)
+        self.pending = out[n:]
+        return out[:n]
 
 
 def quant_units(model: GPT) -> list[tuple[str, int, str]]:
@@ -1234,8 +1409,9 @@ def quant_units(model: GPT) -> list[tuple[str, int, str]]:
 
 
 def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
-    """(bits, SDClip k) by role: the tied embedding at int7 with k = 14, attention matrices at
-    k = 13 and MLP matrices at k = 11.5, both int6 (PRs #1586, #1626, #1855)."""
+    """(bits, SDClip k) by role: the tied embedding at int7 with k = 14 and attention matrices
+    at k = 13, int6 (PRs #1586, #1626, #1855); MLP matrices at int6 with k = 12.5, not PR #1855's
+    11.5, which fits 16 MB only with its stronger compressor (README, size planning)."""
     if name == "tok_emb.weight":
         return h.embed_bits, h.embed_clip_sigmas
     if name in ("qo_bank", "kv_bank"):
@@ -1262,21 +1438,23 @@ def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
 
 
 @torch.no_grad()
-def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime) -> dict[str, torch.Tensor]:
+def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime, calibrate=None) -> dict[str, torch.Tensor]:
     """Average X^T X per matrix input over GPTQ_CALIB_BATCHES training batches (each one
-    step's global batch, split over ranks as in training: PR #1855 used 16)."""
+    step's global batch, split over ranks as in training: PR #1855 used 16). `calibrate` runs
+    the forward (Runners.calibrate; default: model.forward_logits)."""
+    calibrate = calibrate or model.forward_logits
     global_seqs = h.train_batch_tokens // h.train_seq_len
     # A seed of its own: calibration reads training shards only, never the validation split.
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed + 1)
     micro_seqs = global_seqs // rt.world_size // h.grad_accum_steps(rt.world_size)
     was_training = model.training
     model.eval()
-    model.hessians = {}
+    model.hessians = model.hessian_buffers()
     try:
         for _ in range(h.gptq_calib_batches):
             for micro in loader.next_batch(rt.device).split(micro_seqs):
                 with rt.autocast():
-                    model.forward_logits(micro[:, :-1])
+                    calibrate(micro[:, :-1])
     finally:
         collected, model.hessians = model.hessians, None
         model.train(was_training)
@@ -1421,42 +1599,130 @@ def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str) -> bytes:
             entries[name] = {"kind": "int", "bits": bits, "q": add(q.numpy()), "scale": add(scale.numpy())}
         else:
             entries[name] = {"kind": "fp16", "data": add(item[1].numpy())}
-    header = json.dumps({"format": 1, "config": asdict(cfg), "tensors": entries}).encode()
+    header = json.dumps({"format": 2, "config": asdict(cfg), "tensors": entries}).encode()
     payload = len(header).to_bytes(4, "little") + header + b"".join(arrays)
-    return ARTIFACT_MAGIC + bytes([COMPRESSORS.index(method)]) + compress(payload, method)
+    return seal_artifact(method, compress(payload, method))
 
 
-def deserialize_artifact(blob: bytes) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Parse an artifact into a config and dequantized float32 tensors. Only JSON and raw
-    arrays are read, so a file crafted to run code when unpickled is refused, never run."""
-    if blob[:4] != ARTIFACT_MAGIC or len(blob) < 6 or blob[4] >= len(COMPRESSORS):
-        raise ValueError("Not a train_gpt.py artifact (bad magic); refusing to load it. Only files written by this script's export can be evaluated.")
+def seal_artifact(method: str, stream: bytes) -> bytes:
+    """Magic, compressor id and the CRC-32 of both the id and the compressed stream, then the stream."""
+    body = bytes([COMPRESSORS.index(method)]) + stream
+    return ARTIFACT_MAGIC + body[:1] + zlib.crc32(body).to_bytes(4, "little") + body[1:]
+
+
+def checked_config(raw: dict, vocab_size: int) -> ModelConfig:
+    """The artifact's model settings, refused before anything is built if they are not a model
+    this script could have written for this data: unknown fields, another vocabulary, or more
+    parameters than a 16,000,000-byte artifact could hold at 1 bit each."""
+    known = {f.name for f in fields(ModelConfig)}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise InputError(f"the artifact's model config has unknown fields {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}")
+    cfg = ModelConfig(**raw)
+    if cfg.vocab_size != vocab_size:
+        raise InputError(f"the artifact's model has a {cfg.vocab_size}-token vocabulary but the data and tokenizer have "
+                         f"{vocab_size}; evaluate it with the VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH it was trained on")
+    env = {"VOCAB_SIZE": str(cfg.vocab_size), "NUM_LAYERS": str(cfg.num_layers), "MODEL_DIM": str(cfg.model_dim),
+           "NUM_HEADS": str(cfg.num_heads), "NUM_KV_HEADS": str(cfg.num_kv_heads), "MLP_MULT": str(cfg.mlp_mult),
+           "ROPE_DIMS": str(cfg.rope_dims), "LOOP_START": str(cfg.loop_start), "LOOP_END": str(cfg.loop_end),
+           "NUM_LOOPS": str(cfg.num_loops), "PASS_LORA_RANK": str(cfg.pass_lora_rank), "GATE_WINDOW": str(cfg.gate_window),
+           "PASS_LORA_TARGETS": ",".join(cfg.pass_lora_targets), "TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048"}
     try:
-        payload = decompress(blob[5:], COMPRESSORS[blob[4]])
-        header_len = int.from_bytes(payload[:4], "little")
-        header = json.loads(payload[4:4 + header_len])
-        data = payload[4 + header_len:]
+        Hyperparameters(environ=env).validate(1)
+    except (ConfigError, TypeError) as exc:
+        raise InputError(f"the artifact's model config is invalid ({exc})") from None
+    with torch.device("meta"):
+        params = sum(p.numel() for p in GPT(cfg).parameters())
+    if params > 8 * CHALLENGE_LIMIT_BYTES:
+        raise InputError(f"the artifact's model config asks for {params:,} parameters, more than a "
+                         f"{CHALLENGE_LIMIT_BYTES:,}-byte artifact can hold")
+    return cfg
+
+
+def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Parse an artifact into a config and dequantized float32 tensors. Checked in order, each
+    before any work that trusts it: magic, checksum, config (against the data's vocabulary),
+    every tensor's name, kind and shape; decompression stops where the config says the payload
+    ends. Only JSON and raw arrays are read, so a file crafted to run code when unpickled is
+    refused, never run."""
+    if blob[:4] != ARTIFACT_MAGIC or len(blob) < ARTIFACT_PREFIX_BYTES or blob[4] >= len(COMPRESSORS):
+        raise InputError("not a train_gpt.py artifact (bad magic); refusing to load it. Only files written by this "
+                         "script's export can be evaluated")
+    body = blob[4:5] + blob[ARTIFACT_PREFIX_BYTES:]
+    if zlib.crc32(body) != int.from_bytes(blob[5:9], "little"):
+        raise InputError("the artifact's checksum does not match its contents: the file is corrupt (even one changed "
+                         "bit is refused). Copy it again or re-export it with EXPORT_ONLY=<checkpoint>")
+    stream = BoundedDecompressor(blob[ARTIFACT_PREFIX_BYTES:], COMPRESSORS[blob[4]])
+
+    def corrupt(reason: str) -> InputError:
+        return InputError(f"the artifact is corrupt or truncated ({reason}); refusing to load it. Copy it again or "
+                          f"re-export it with EXPORT_ONLY=<checkpoint>")
+
+    try:
+        header_len = int.from_bytes(stream.read(4), "little")
+        if header_len > MAX_HEADER_BYTES:
+            raise corrupt(f"a {header_len:,}-byte header")
+        header = json.loads(stream.read(header_len))
+        cfg = checked_config(header.get("config"), vocab_size)
+        with torch.device("meta"):
+            shapes = {n: tuple(p.shape) for n, p in GPT(cfg).named_parameters()}
+        entries = header["tensors"]
+        if set(entries) != set(shapes):
+            raise corrupt(f"tensors {sorted(set(entries) ^ set(shapes))} do not match the model")
+        expected = []
+        for name, entry in entries.items():
+            rows = math.prod(shapes[name][:-1])
+            refs = {"q": ("|i1", shapes[name]), "scale": ("<f2", shapes[name][:-1])} if entry["kind"] == "int" \
+                else {"data": ("<f2", shapes[name])}
+            for key, (dtype, shape) in refs.items():
+                ref = entry[key]
+                if ref["dtype"] != dtype or tuple(ref["shape"]) != tuple(shape):
+                    raise corrupt(f"{name}.{key} is {ref['dtype']}{ref['shape']}, expected {dtype}{list(shape)} ({rows} rows)")
+                expected.append(ref)
+        total = sum(math.prod(r["shape"]) * np.dtype(r["dtype"]).itemsize for r in expected)
+        data = stream.read(total)
+        if len(data) < total:
+            raise corrupt(f"the payload ends after {len(data):,} of {total:,} bytes")
+        if stream.read(1):
+            raise corrupt(f"more data follows the {total:,} bytes the config needs")
 
         def read(ref: dict) -> torch.Tensor:
-            chunk = data[ref["offset"]: ref["offset"] + ref["nbytes"]]
+            size = math.prod(ref["shape"]) * np.dtype(ref["dtype"]).itemsize
+            if ref["offset"] < 0 or ref["offset"] + size > total or ref["nbytes"] != size:
+                raise corrupt(f"an array at offset {ref['offset']} lies outside the payload")
+            chunk = data[ref["offset"]: ref["offset"] + size]
             return torch.from_numpy(_unshuffled(chunk, ref["dtype"], ref["shape"]).copy())
 
         state = {}
-        for name, entry in header["tensors"].items():
+        for name, entry in entries.items():
             if entry["kind"] == "int":
-                q, scale = read(entry["q"]).float(), read(entry["scale"]).float()
-                state[name] = q * scale.unsqueeze(-1)
+                state[name] = read(entry["q"]).float() * read(entry["scale"]).float().view(*shapes[name][:-1], 1)
             else:
                 state[name] = read(entry["data"]).float()
-        cfg = ModelConfig(**header["config"])
-    except Exception as exc:  # brotli/zstd/lzma, JSON, numpy and config errors alike
-        raise ValueError(f"The artifact is corrupt or truncated ({type(exc).__name__}: {exc}); refusing to load it. "
-                         f"Copy the file again or re-export it with EXPORT_ONLY=<checkpoint>.") from exc
+    except InputError:
+        raise
+    except Exception as exc:  # brotli/zstd/lzma, JSON, numpy and key errors alike
+        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
     return cfg, state
 
 
-def model_from_artifact(blob: bytes, device: torch.device) -> GPT:
-    cfg, state = deserialize_artifact(blob)
+def read_artifact_file(path: str) -> bytes:
+    """The artifact's bytes, its magic checked first; a file far over the limit is refused unread."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ARTIFACT_PATH={path} does not exist; point it at the .ptz file a training run wrote")
+    with open(path, "rb") as f:
+        if f.read(4) != ARTIFACT_MAGIC:
+            raise InputError(f"{path} is not a train_gpt.py artifact (bad magic); refusing to load it. Only files written "
+                             f"by this script's export can be evaluated")
+    size = path.stat().st_size
+    if size > 4 * CHALLENGE_LIMIT_BYTES:
+        raise InputError(f"{path} has {size:,} bytes, over 4x the challenge's {CHALLENGE_LIMIT_BYTES:,}-byte limit; "
+                         f"refusing to read it")
+    return path.read_bytes()
+
+
+def model_from_artifact(blob: bytes, device: torch.device, vocab_size: int) -> GPT:
+    cfg, state = deserialize_artifact(blob, vocab_size)
     model = GPT(cfg).to(device)
     model.load_state_dict(state, strict=True)
     model.looping = cfg.num_loops > 0  # looping stays on for export and evaluation
@@ -1479,9 +1745,11 @@ def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
 # Every stage scores windows of the validation stream: window k covers inputs [start, end)
 # and scores only the targets after the previous window's end, so each target is scored
 # exactly once and, after the first window, with at least EVAL_SEQ_LEN - EVAL_STRIDE tokens
-# of context. The plain evaluation is the same with stride = EVAL_SEQ_LEN. Score-first TTT
-# (COMPETITION.md, the four conditions) scores each chunk's windows under no_grad, then trains
-# on that chunk's already-scored tokens; the last chunk is never trained on.
+# of context. The plain evaluation is the same with stride = EVAL_SEQ_LEN. Test-time training
+# is legal only if it is causal, scores a normalised distribution, scores every token before any
+# update that used it, and scores each token once (challenge issues #402, #677, #1017): chunked
+# TTT scores each chunk's windows under no_grad, then trains on that chunk's already-scored
+# tokens; the last chunk is never trained on.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1560,6 +1828,7 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
     offsets = torch.arange(length + 1, device=val.device)
     rel = torch.arange(length, device=val.device)[None, :]
     for b in range(0, len(windows), batch_seqs):
+        rt.doing(f"scoring windows {b}..{b + batch_seqs} of {len(windows)}")
         real = min(batch_seqs, len(windows) - b)
         idx = np.arange(b, b + batch_seqs).clip(max=len(windows) - 1)
         starts = torch.from_numpy(windows.starts[idx]).to(val.device)
@@ -1633,6 +1902,7 @@ def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters,
         opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(0.9, 0.99), weight_decay=0.0)
     meter = BpbMeter(rt.device)
     for chunk in range(num_chunks):
+        rt.doing(f"chunked TTT, chunk {chunk + 1} of {num_chunks}")
         mine = windows.subset(np.nonzero(chunk_of_window == chunk)[0])
         model.eval()
         score_windows(score_fn, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
@@ -1710,7 +1980,7 @@ class TTTLoRA(nn.Module):
                   "o": (c.model_dim, c.model_dim), "mlp": (c.model_dim, c.model_dim), "head": (c.vocab_size, c.model_dim)}
         device = model.tok_emb.weight.device
         self.scale = alpha / rank
-        self.A = nn.ParameterDict({t: nn.Parameter(torch.empty(1 if t == "head" else slots, docs, rank, i, device=device))
+        self.A = nn.ParameterDict({t: nn.Parameter(torch.zeros(1 if t == "head" else slots, docs, rank, i, device=device))
                                    for t, (o, i) in shapes.items()})
         self.B = nn.ParameterDict({t: nn.Parameter(torch.zeros(1 if t == "head" else slots, docs, o, rank, device=device))
                                    for t, (o, i) in shapes.items()})
@@ -1842,8 +2112,8 @@ def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[i
     return len(stream)
 
 
-def score_documents_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters, tables: ByteTables, rt: Runtime,
-                        recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
+def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
+                        rt: Runtime, recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
     """TTT_MODE=docs or phased: per-document LoRA TTT, plus global SGD phases for phased."""
     docs = split_documents(val.cpu(), model.cfg.bos_id)
     phases = h.phased_ttt_phases if h.ttt_mode == "phased" else 0
@@ -1860,38 +2130,138 @@ def score_documents_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparamet
     t0 = time.perf_counter()
     for b, batch in enumerate(plan.batches):
         if b in plan.phase_ends:
+            rt.doing(f"per-document TTT, global SGD phase after batch {b}")
             done = [docs[d] for prior in plan.batches[:b] for d in prior]
-            tokens = global_sgd_phase(model, score_fn, val, done, h, rt, audit)
+            tokens = global_sgd_phase(model, runners.model, val, done, h, rt, audit)
             lora.reset(True, generator)  # A restarts after each phase (PR #1855)
             rt.log(f"ttt_phase after_batch:{b} documents:{len(done)} tokens:{tokens} time:{1000 * (time.perf_counter() - t0):.0f}ms")
         if plan.owner[b] != rt.rank:
             continue
+        rt.doing(f"per-document TTT, batch {b + 1} of {len(plan.batches)}")
         if not h.ttt_warm_start_a:
             generator = torch.Generator(rt.device).manual_seed(h.seed + 1 + b)  # per batch: no rank history
         lora.reset(not h.ttt_warm_start_a, generator)
         opt = torch.optim.AdamW(lora.parameters(), lr=h.ttt_lora_lr, betas=(h.ttt_beta1, h.ttt_beta2),
                                 eps=1e-10, weight_decay=h.ttt_weight_decay)
-        model.ttt_lora = lora
+        model.ttt_lora, model.rows_are_documents = lora, True
         try:
-            score_document_batch(score_fn, val, [docs[d] for d in batch], lora, opt, h, tables, meter, rt,
+            score_document_batch(runners.documents, val, [docs[d] for d in batch], lora, opt, h, tables, meter, rt,
                                  b << 32, recorder, audit)
         finally:
-            model.ttt_lora = None
+            model.ttt_lora, model.rows_are_documents = None, False
     for p in model.parameters():
         p.requires_grad_(True)
     return meter.result()
 
 
+def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> None:
+    """Compile the TTT stage's graphs before its timer (PR #1855 does the same): forward and
+    backward on random tokens, never validation tokens, in every shape the stage uses; no
+    optimizer steps, so no weight changes."""
+    t0, graphs = time.perf_counter(), graphs_compiled()
+    rt.doing("compiling the TTT graphs on random tokens")
+
+    def forward_backward(run, rows: int, width: int, train: bool, sliced: bool = True) -> None:
+        # Inputs laid out as the stage's are (slices of one token tensor, or fresh tensors for
+        # per-document rows): a compiled graph is specialised to its inputs' strides.
+        tokens = torch.randint(2, h.vocab_size, (rows, width + 1), device=rt.device)
+        inputs, targets = (tokens[:, :-1], tokens[:, 1:]) if sliced else (tokens[:, :-1].clone(), tokens[:, 1:].clone())
+        with torch.set_grad_enabled(train), rt.autocast():
+            nll = run(inputs, targets, reduction="none")
+        if train:
+            nll.float().mean().backward()
+
+    model.train()
+    if h.ttt_mode == "chunked":
+        forward_backward(runners.model, math.ceil(h.ttt_batch_seqs / rt.world_size), h.eval_seq_len, True)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.ttt_lora, model.rows_are_documents = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha), True
+        try:
+            for width in (h.ttt_doc_chunk_tokens, h.eval_seq_len):
+                for train in (True, False):
+                    forward_backward(runners.documents, h.ttt_doc_batch, width, train, sliced=False)
+        finally:
+            model.ttt_lora, model.rows_are_documents = None, False
+            for p in model.parameters():
+                p.requires_grad_(True)
+        if h.ttt_mode == "phased":
+            rows = math.ceil(math.ceil(h.global_ttt_chunk_tokens / h.eval_seq_len) / rt.world_size)
+            forward_backward(runners.model, rows, h.eval_seq_len, True)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    rt.log(f"ttt_warmup mode:{h.ttt_mode} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile on random tokens, before the timed stage)")
+    log_compiles(rt, "ttt_warmup", graphs)
+
+
 # ---------------------------------------------------------------------------------------------
 # MAIN
 # One process per device under torchrun (CUDA + NCCL when there is a GPU, else CPU + gloo), or
-# a single plain process. Train (or load a checkpoint with EXPORT_ONLY, or an artifact with
-# EVAL_ONLY), export, then evaluate the round-tripped artifact: plain, sliding, score-first TTT.
-# The score of a run is its last stage, never the best one.
+# a single plain process. Check every setting and input first; then train (or load a checkpoint
+# with EXPORT_ONLY, or an artifact with EVAL_ONLY), export, and evaluate the round-tripped
+# artifact: plain, sliding, test-time training. The score of a run is its last stage, never the
+# best one. A bad setting or file ends the run with one line and its own exit status.
 # ---------------------------------------------------------------------------------------------
 
+EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED = 2, 3, 4, 5
 
-def setup_runtime() -> Runtime:
+
+class StallMonitor(threading.Thread):
+    """Ends a multi-process run that stopped progressing. Each process publishes a heartbeat
+    with what it is doing (Runtime.doing) to the rendezvous store every few seconds; when this
+    process has spent DIST_TIMEOUT_SECONDS on one activity (a collective waiting for a peer),
+    it names the ranks whose heartbeat went silent and what they last did, and exits."""
+
+    def __init__(self, rt: Runtime, timeout: float):
+        super().__init__(daemon=True, name="stall-monitor")
+        self.rt, self.timeout = rt, timeout
+        self.interval = max(0.5, min(5.0, timeout / 10))
+        self.store = dist.distributed_c10d._get_default_store()
+        self.store.set_timeout(datetime.timedelta(seconds=max(2.0, 2 * self.interval)))
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.store.set(f"heartbeat/{self.rt.rank}", f"{time.time():.3f} {self.rt.activity}")
+            except Exception:
+                pass  # the store lives in rank 0: if it is gone, the report below says so
+            waited = time.monotonic() - self.rt.activity_since
+            if waited > self.timeout:
+                self.fail(waited)
+            time.sleep(self.interval)
+
+    def peers(self) -> str:
+        silent, alive = [], []
+        for rank in range(self.rt.world_size):
+            if rank == self.rt.rank:
+                continue
+            key = f"heartbeat/{rank}"
+            if not self.store.check([key]):
+                silent.append(f"rank {rank} never reported")
+                continue
+            stamp, _, activity = self.store.get(key).decode().partition(" ")
+            age = time.time() - float(stamp)
+            if age > 3 * self.interval:
+                silent.append(f"rank {rank} has not answered for {age:.0f} s (last: {activity})")
+            else:
+                alive.append(f"rank {rank} is {activity}")
+        return "; ".join(silent + alive) or "every other rank still answers"
+
+    def fail(self, waited: float) -> None:
+        try:
+            peers = self.peers()
+        except Exception:
+            peers = "the rendezvous store on rank 0 does not answer, so rank 0 is stopped or gone"
+        message = (f"error: rank {self.rt.rank} waited {waited:.0f} s (DIST_TIMEOUT_SECONDS={self.timeout:g}) while "
+                   f"{self.rt.activity}; {peers}. A stopped, crashed or hung process holds up every collective: check its "
+                   f"output, its memory and its GPU; raise DIST_TIMEOUT_SECONDS only if a step legitimately takes longer.")
+        print(message, file=sys.stderr, flush=True)
+        self.rt.log(message, console=False)
+        os._exit(EXIT_STALLED)
+
+
+def setup_runtime(h: Hyperparameters) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -1902,12 +2272,87 @@ def setup_runtime() -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
+    rt = Runtime(rank, world_size, local_rank, device)
     if world_size > 1:
+        # The backend's own timeout is a backstop a minute after the stall monitor's report.
+        timeout = datetime.timedelta(seconds=h.dist_timeout_seconds + 60)
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, timeout=timeout)
         else:
-            dist.init_process_group("gloo")
-    return Runtime(rank, world_size, local_rank, device)
+            dist.init_process_group("gloo", timeout=timeout)
+        StallMonitor(rt, h.dist_timeout_seconds).start()
+    return rt
+
+
+def agree(rt: Runtime, problem: str | None, error=ConfigError) -> None:
+    """Raise `error` on every rank if any rank found a problem (checks made on one rank only)."""
+    if rt.world_size > 1:
+        found = [None] * rt.world_size
+        dist.all_gather_object(found, problem)
+        problem = next((p for p in found if p), None)
+    if problem:
+        raise error(problem)
+
+
+def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
+    """Every file the run will write or read, checked before any work (rank 0 writes them)."""
+    problem = None
+    if rt.is_main:
+        writes = [("logs/RUN_ID", Path("logs") / f"{h.run_id}.txt")]
+        if not h.eval_only:
+            writes.append(("ARTIFACT_PATH", Path(h.artifact_path)))
+        if h.checkpoint_path and not h.eval_only and not h.export_only:
+            writes.append(("CHECKPOINT_PATH", Path(h.checkpoint_path)))
+        if h.nll_dump_path:
+            writes.append(("NLL_DUMP_PATH", Path(h.nll_dump_path)))
+        for name, path in writes:
+            folder = path.parent if path.parent != Path("") else Path(".")
+            if name == "logs/RUN_ID":
+                folder = folder if folder.exists() else Path(".")
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                problem = f"{name}={path}: the folder {folder} does not exist or is not writable; create it or choose another path."
+                break
+        if problem is None and writes[0][1].exists():
+            problem = f"RUN_ID={h.run_id}: logs/{h.run_id}.txt already exists; choose another RUN_ID (or remove that log) so no run is overwritten."
+        if problem is None and h.export_only and not Path(h.export_only).is_file():
+            problem = f"EXPORT_ONLY={h.export_only} does not exist; point it at the final_model.pt a training run saved."
+        if problem is None and h.eval_only and not Path(h.artifact_path).is_file():
+            problem = f"EVAL_ONLY=1 but ARTIFACT_PATH={h.artifact_path} does not exist."
+    agree(rt, problem)
+
+
+def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
+    """Settings that only the validation set can check: TTT that could never train is refused,
+    so a stage labelled ttt is never plain sliding evaluation in disguise."""
+    if not h.ttt_enabled:
+        return
+    if h.ttt_mode == "chunked" and h.ttt_chunk_tokens >= len(val) - 1:
+        raise ConfigError(f"TTT_CHUNK_TOKENS={h.ttt_chunk_tokens} covers all {len(val) - 1} validation targets: with one "
+                          f"chunk, TTT never trains; use at most {(len(val) - 1) // 2}.")
+    if h.ttt_mode != "chunked":
+        documents = split_documents(val.cpu(), BOS_ID)
+        if max(n for _, n in documents) <= h.ttt_doc_chunk_tokens:
+            raise ConfigError(f"TTT_DOC_CHUNK_TOKENS={h.ttt_doc_chunk_tokens} holds every validation document in one chunk: "
+                              f"per-document TTT would never train; lower it.")
+        if h.ttt_mode == "phased" and h.phased_ttt_phases > len(documents):
+            raise ConfigError(f"PHASED_TTT_PHASES={h.phased_ttt_phases} is more than the {len(documents)} validation "
+                              f"documents; use at most {len(documents)} phases.")
+
+
+def check_train_tokens(h: Hyperparameters, rt: Runtime) -> None:
+    """Every training token id below VOCAB_SIZE, read once before training: each rank scans a
+    share of the shards (memory-mapped, a fraction of a second per shard)."""
+    problem = None
+    for i, path in enumerate(shard_files(h.data_path, "train")):
+        if i % rt.world_size != rt.rank:
+            continue
+        tokens = load_data_shard(path)
+        if len(tokens) and int(tokens.max()) >= h.vocab_size:
+            at = int(np.argmax(tokens >= h.vocab_size))
+            problem = (f"{path}: token id {int(tokens[at])} at position {at} is outside VOCAB_SIZE={h.vocab_size}; the "
+                       f"training shards and the tokenizer do not match (set VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH together).")
+            break
+    agree(rt, problem, InputError)
 
 
 def script_source() -> tuple[str, int]:
@@ -1936,7 +2381,7 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str) -> None:
 def load_checkpoint(path: str, device: torch.device) -> GPT:
     """A full-precision checkpoint written by a training run (weights only: nothing executes)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"EXPORT_ONLY={path} does not exist; point it at the final_model.pt a training run saved.")
+        raise InputError(f"EXPORT_ONLY={path} does not exist; point it at the final_model.pt a training run saved.")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = GPT(ModelConfig(**saved["config"])).to(device)
     model.load_state_dict(saved["state_dict"], strict=True)
@@ -1944,17 +2389,32 @@ def load_checkpoint(path: str, device: torch.device) -> GPT:
     return model
 
 
-def export_model(model: GPT, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
+def save_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime) -> None:
+    """The full-precision weights, for EXPORT_ONLY. Written after the artifact, and a failure
+    (a full disk, say) is reported without ending the run: the artifact is what scores."""
+    if not (rt.is_main and h.checkpoint_path):
+        return
+    try:
+        torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, h.checkpoint_path)
+    except (OSError, RuntimeError) as exc:
+        rt.log(f"checkpoint_failed path:{h.checkpoint_path} error:{type(exc).__name__}: {exc} (the artifact is written; the run goes on)")
+
+
+def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
     """Calibrate and quantize (timed: this counts against the training budget), then
     serialize and compress on rank 0. Returns the artifact bytes (on every rank) and the ms."""
     model.looping = model.cfg.num_loops > 0
     rt.synchronize()
-    t0 = time.perf_counter()
-    hessians = collect_hessians(model, h, rt) if h.quant_method == "gptq" else None
+    t0, graphs = time.perf_counter(), graphs_compiled()
+    rt.doing("collecting GPTQ Hessians")
+    hessians = collect_hessians(model, h, rt, runners.calibrate) if h.quant_method == "gptq" else None
+    rt.doing("quantizing")
     tensors = quantize_model(model, hessians, h, rt)
     rt.synchronize()
     quant_ms = 1000 * (time.perf_counter() - t0)
+    log_compiles(rt, "gptq", graphs)
     blob = None
+    rt.doing("compressing the artifact (rank 0) / waiting for it")
     if rt.is_main:
         t1 = time.perf_counter()
         blob = serialize_artifact(tensors, model.cfg, h.compressor)
@@ -1966,10 +2426,13 @@ def export_model(model: GPT, h: Hyperparameters, rt: Runtime) -> tuple[bytes, fl
 def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[float, float]:
     """Run one evaluation stage and log its contract line (e.g. final_sliding) with its time."""
     rt.synchronize()
-    t0 = time.perf_counter()
+    rt.doing(f"evaluating ({line})")
+    t0, graphs = time.perf_counter(), graphs_compiled()
     val_loss, val_bpb = evaluate()
     rt.synchronize()
-    rt.log(f"{line} val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+    seconds = time.perf_counter() - t0
+    log_compiles(rt, line.removeprefix("final_"), graphs)
+    rt.log(f"{line} val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f} eval_time:{1000 * seconds:.0f}ms")
     if h.val_tokens_limit:
         rt.log(f"val_tokens_limit tokens:{h.val_tokens_limit} (a prefix of the validation split: not a submission score)")
     return val_loss, val_bpb
@@ -1978,21 +2441,25 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
 def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
                       total_bytes: int, over_limit: bool) -> float:
     """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
-    model = model_from_artifact(blob, rt.device)
-    score_fn = prepare_model(model, h, rt)
+    model = model_from_artifact(blob, rt.device, h.vocab_size)
+    runners = prepare_model(model, h, rt)
     rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} "
            f"attention:{attention_kernel_name(rt.device.type, model.cfg.doc_attention, compiles(h, rt))}")
     stages = [("roundtrip", "final_roundtrip",
-               lambda rec: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
+               lambda rec: evaluate_windows(runners.model, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
     if h.sliding_enabled:
         stages.append(("sliding", "final_sliding",
-                       lambda rec: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
+                       lambda rec: evaluate_windows(runners.model, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
     if h.ttt_enabled:  # TTT changes the weights: it runs last, on the round-tripped model itself
-        ttt = score_first_ttt if h.ttt_mode == "chunked" else score_documents_ttt
-        stages.append(("ttt", "final_ttt", lambda rec: ttt(model, score_fn, val, h, tables, rt, rec)))
+        if h.ttt_mode == "chunked":
+            stages.append(("ttt", "final_ttt", lambda rec: score_first_ttt(model, runners.model, val, h, tables, rt, rec)))
+        else:
+            stages.append(("ttt", "final_ttt", lambda rec: score_documents_ttt(model, runners, val, h, tables, rt, rec)))
     last = stages[-1][0]
     recorder = NllRecorder(len(val)) if h.nll_dump_path else None
     for stage, line, evaluate in stages:
+        if stage == "ttt" and compiles(h, rt):
+            warm_up_ttt(model, runners, h, rt)
         result = timed_stage(rt, h, line, lambda: evaluate(recorder if stage == last else None))
     if recorder is not None:
         recorder.write(h.nll_dump_path, rt)
@@ -2019,27 +2486,23 @@ def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_byt
 
 def run(h: Hyperparameters, rt: Runtime) -> None:
     h.validate(rt.world_size)
+    check_outputs(h, rt)
     source, code_bytes = script_source()
     start_log(h, rt, source)
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
+    rt.doing("loading the tokenizer and the validation tokens")
     sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
     tables = build_byte_tables(sp, h.vocab_size).to(rt.device)
     val = load_validation_tokens(h.data_path, h.val_tokens_limit).to(rt.device)
     if int(val.max()) >= h.vocab_size:
-        raise ConfigError(f"Validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; the data and tokenizer do not match.")
+        raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; "
+                         f"the data and tokenizer do not match.")
     rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} data_path:{h.data_path}")
-    if h.ttt_enabled and h.ttt_mode == "phased":
-        documents = len(split_documents(val.cpu(), BOS_ID))
-        if h.phased_ttt_phases > documents:
-            raise ConfigError(f"PHASED_TTT_PHASES={h.phased_ttt_phases} is more than the {documents} validation documents; "
-                              f"use at most {documents} phases.")
+    check_evaluation_settings(h, val)
 
     if h.eval_only:
-        path = Path(h.artifact_path)
-        if rt.is_main and not path.is_file():
-            raise FileNotFoundError(f"EVAL_ONLY=1 but ARTIFACT_PATH={path} does not exist.")
-        blob = share_bytes(path.read_bytes() if rt.is_main else None, rt)
+        blob = share_bytes(read_artifact_file(h.artifact_path) if rt.is_main else None, rt)
         total, over = account_artifact(h, rt, code_bytes, len(blob))
         evaluate_artifact(blob, h, rt, val, tables, total, over)
         return
@@ -2049,48 +2512,62 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
 
     if h.export_only:
         model = load_checkpoint(h.export_only, rt.device)
-        compiled = prepare_model(model, h, rt)
+        runners = prepare_model(model, h, rt)
         rt.log(f"export_only checkpoint:{h.export_only}")
-        blob, quant_ms = export_model(model, h, rt)
+        blob, quant_ms = export_model(model, runners, h, rt)
         rt.log(f"export gptq_time:{quant_ms:.0f}ms")
     else:
+        t0 = time.perf_counter()
+        rt.doing("checking the training shards' token ids")
+        check_train_tokens(h, rt)
+        rt.log(f"train_tokens_checked time:{1000 * (time.perf_counter() - t0):.0f}ms")
         model = GPT(h.model_config()).to(rt.device)
-        compiled = prepare_model(model, h, rt)
+        runners = prepare_model(model, h, rt)
         predicted = predicted_model_bytes(model, h)
         rt.log(f"artifact_plan predicted_model_bytes:{predicted} code_bytes:{code_bytes} predicted_total_bytes:{predicted + code_bytes} "
-               f"limit_bytes:{h.artifact_limit_bytes} (rounded-Gaussian estimate; trained weights usually compress a little better)")
-        stats = train_model(h, model, compiled, rt, lambda: full_eval(compiled))
+               f"limit_bytes:{h.artifact_limit_bytes} (rounded-Gaussian estimate, see the README's size planning)")
+        stats = train_model(h, model, runners, rt, lambda: full_eval(runners.model))
         log_peak_memory(rt)
-        if rt.is_main and h.checkpoint_path:
-            torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, h.checkpoint_path)
-        blob, quant_ms = export_model(model, h, rt)
+        blob, quant_ms = export_model(model, runners, h, rt)
         limit_ms = 1000 * h.max_wallclock_seconds
         rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
                f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
-    timed_stage(rt, h, "final_prequant", lambda: full_eval(compiled))
-    del model, compiled
+        save_checkpoint(model, h, rt)
+    timed_stage(rt, h, "final_prequant", lambda: full_eval(runners.model))
+    del model, runners
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
     total, over = account_artifact(h, rt, code_bytes, model_bytes)
     evaluate_artifact(blob, h, rt, val, tables, total, over)
 
 
 def main() -> None:
-    h = Hyperparameters()
-    rt = setup_runtime()
+    rt, code = None, 0
     try:
+        h = Hyperparameters()
+        rt = setup_runtime(h)
         run(h, rt)
+        rt.doing("finishing (waiting for every rank)")
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # tear down together: no rank leaves while another still communicates
+    except (ConfigError, InputError, TrainingDiverged) as exc:
+        code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_INPUT if isinstance(exc, InputError) else EXIT_DIVERGED
+        # Settings are the same on every rank: one line from rank 0 is enough.
+        if rt is None or rt.is_main or not isinstance(exc, ConfigError):
+            prefix = f"rank {rt.rank}: " if rt is not None and rt.world_size > 1 and not rt.is_main else ""
+            print(f"error: {prefix}{exc}", file=sys.stderr, flush=True)
+        if rt is not None:
+            rt.log(f"error: {exc}", console=False)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if rt.world_size > 1:
+    if rt is not None and rt.world_size > 1:
         # About 1 run in 30 of two gloo processes aborted during interpreter shutdown ("terminate
         # called without an active exception") after finishing its work: gloo threads releasing
         # tensors at finalization (pytorch PR #179291). Everything is written; skip finalization.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

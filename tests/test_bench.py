@@ -1,6 +1,7 @@
 """tests/bench_pipeline.py at a tiny scale, so the GPU benchmark harness cannot rot."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ def test_harness_runs_the_whole_pipeline_and_prints_its_table(tiny_data, tmp_pat
          "--val-tokens", "2000", "--vocab", tiny_data["VOCAB_SIZE"], "--data-path", tiny_data["DATA_PATH"],
          "--tokenizer-path", tiny_data["TOKENIZER_PATH"], "--workdir", str(tmp_path),
          "--env", "ENABLE_LOOPING_AT=0.3", "TTT_EPOCHS=1", "--json", str(json_path)],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # shared cores
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("\n| tiny preset"):]
     for row in ("step time, before looping", "tokens/s per device, after looping", "peak memory",

@@ -58,7 +58,7 @@ def test_bad_shard_fails_naming_file_and_problem(tmp_path, damage, problem):
 
 
 def test_missing_shards_say_how_to_get_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make_local_dataset.py"):
+    with pytest.raises(tg.InputError, match="make_local_dataset.py"):
         tg.shard_files(str(tmp_path), "train")
 
 
@@ -226,7 +226,7 @@ def test_vocab_mismatch_is_a_clear_error(tiny_data):
 def test_script_refuses_vocab_mismatch_and_missing_data(tiny_env, tmp_path):
     proc = run_script({**tiny_env, "VOCAB_SIZE": "1024"}, tmp_path, check=False)
     assert proc.returncode != 0 and "set VOCAB_SIZE=512" in proc.stderr
-    proc = run_script({**tiny_env, "DATA_PATH": str(tmp_path / "nowhere")}, tmp_path, check=False)
+    proc = run_script({**tiny_env, "RUN_ID": "nodata", "DATA_PATH": str(tmp_path / "nowhere")}, tmp_path, check=False)
     assert proc.returncode != 0 and "No val shards" in proc.stderr
 
 

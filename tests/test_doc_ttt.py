@@ -50,9 +50,11 @@ def run_ttt(mode: str, val: torch.Tensor, model_seed: int = 1, audit: list | Non
     model = eval_model(model_seed)
     h = doc_hparams(mode, **overrides)
     recorder = tg.NllRecorder(len(val))
-    ttt = tg.score_first_ttt if mode == "chunked" else tg.score_documents_ttt
     kwargs = {"audit": audit} if audit is not None else {}
-    _, bpb = ttt(model, model, val, h, tables(), RT, recorder, **kwargs)
+    if mode == "chunked":
+        _, bpb = tg.score_first_ttt(model, model, val, h, tables(), RT, recorder, **kwargs)
+    else:
+        _, bpb = tg.score_documents_ttt(model, tg.Runners.eager(model), val, h, tables(), RT, recorder, **kwargs)
     return bpb, recorder
 
 

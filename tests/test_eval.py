@@ -1,5 +1,5 @@
 """The EVALUATION section of train_gpt.py against the four conditions for legal evaluation and
-test-time training (COMPETITION.md): causality, single pass, score before update, and the
+test-time training (challenge issues #402, #677, #1017): causality, single pass, score before update, and the
 same score for any number of processes.
 
 Most tests run in-process on a small model with random (non-trivial) weights over the tiny

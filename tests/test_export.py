@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import pickle
 import shutil
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_gptq_output_error_is_well_below_rtn_on_real_activations(trained, quanti
     # Held-out inputs: every quantized matrix's activations on validation text, which
     # calibration (training shards only) never saw.
     val = tg.load_validation_tokens(h.data_path, 2049)
-    model.hessians = {}
+    model.hessians = model.hessian_buffers()
     with torch.no_grad():
         model.forward_logits(val[:2048].view(32, 64))
     held_out, model.hessians = {f"{k}:{i}": m for (k, i), m in model.hessians.items()}, None
@@ -130,7 +131,7 @@ def test_roles_decide_the_path_even_when_every_tensor_is_small(trained, quantize
     model, tensors = quantized.model, quantized.tensors
     state = model.state_dict()
     # At this width every tensor is under the records' 65,536-element fp16 threshold, so a
-    # size rule would quantize nothing (DESIGN.md pitfalls); roles must still apply.
+    # size rule would quantize nothing; roles must still apply.
     assert max(t.numel() for t in state.values()) <= 65_536
     assert {n for n, item in tensors.items() if item[0] == "int"} == QUANTIZED
     passthrough = {n for n, item in tensors.items() if item[0] == "fp16"}
@@ -158,7 +159,7 @@ def test_artifact_round_trip_matches_names_shapes_and_values(trained, quantized)
     blob = tg.serialize_artifact(tensors, model.cfg, "brotli")
     # The script's export of this checkpoint wrote exactly these bytes.
     assert blob == trained.artifact.read_bytes()
-    cfg, state = tg.deserialize_artifact(blob)
+    cfg, state = tg.deserialize_artifact(blob, 512)
     assert cfg == model.cfg
     reference = model.state_dict()
     assert list(state) == list(reference)
@@ -175,7 +176,7 @@ def test_artifact_round_trip_matches_names_shapes_and_values(trained, quantized)
 
 def test_model_from_artifact_gives_bit_identical_logits(trained, quantized):
     blob = trained.artifact.read_bytes()
-    loaded = tg.model_from_artifact(blob, CPU)
+    loaded = tg.model_from_artifact(blob, CPU, 512)
     assert loaded.looping, "looping stays on for evaluation"
     in_memory = copy.deepcopy(quantized.model)
     in_memory.load_state_dict(dequantized(quantized.tensors))
@@ -191,7 +192,7 @@ def test_model_from_artifact_gives_bit_identical_logits(trained, quantized):
 def test_every_compressor_round_trips(quantized, method):
     blob = tg.serialize_artifact(quantized.tensors, quantized.model.cfg, method)
     assert blob[:4] == tg.ARTIFACT_MAGIC and tg.COMPRESSORS[blob[4]] == method
-    cfg, state = tg.deserialize_artifact(blob)
+    cfg, state = tg.deserialize_artifact(blob, 512)
     assert cfg == quantized.model.cfg
     expected = dequantized(quantized.tensors)
     assert list(state) == list(expected)
@@ -217,8 +218,8 @@ def malicious_files(tmp_path: Path, marker: Path) -> dict[str, bytes]:
     return {
         "torch.save": (tmp_path / "evil.pt").read_bytes(),
         "pickle": payload,
-        # Right magic and compressor, but the payload is a pickle: it must fail as corrupt, unrun.
-        "magic+pickle": tg.ARTIFACT_MAGIC + bytes([0]) + brotli.compress(payload),
+        # Right magic, compressor and checksum, but the payload is a pickle: it must fail as corrupt, unrun.
+        "magic+pickle": tg.seal_artifact("brotli", brotli.compress(payload)),
     }
 
 
@@ -227,9 +228,9 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     files = malicious_files(tmp_path, marker)
     for kind, blob in files.items():
         with pytest.raises(ValueError, match="refusing to load it"):
-            tg.deserialize_artifact(blob)
+            tg.deserialize_artifact(blob, 512)
         with pytest.raises(ValueError, match="refusing to load it"):
-            tg.model_from_artifact(blob, CPU)
+            tg.model_from_artifact(blob, CPU, 512)
         assert not marker.exists(), kind
     # The files are live: an unsafe loader would have run them.
     pickle.loads(files["pickle"])
@@ -243,7 +244,7 @@ def test_script_refuses_a_pickle_artifact_in_eval_only_mode(trained, tmp_path):
     env = {**trained.env, "RUN_ID": "evil", "EVAL_ONLY": "1", "ARTIFACT_PATH": str(evil)}
     proc = run_script(env, tmp_path, script=trained.script, check=False)
     assert proc.returncode != 0
-    assert "Not a train_gpt.py artifact (bad magic); refusing to load it" in proc.stderr
+    assert "not a train_gpt.py artifact (bad magic); refusing to load it" in proc.stderr
     assert not marker.exists()
     assert not log_lines(tmp_path, "evil", "final_")
 
@@ -252,31 +253,33 @@ def test_corrupt_payload_behind_a_valid_magic_is_a_clear_error(trained):
     import brotli
 
     blob = trained.artifact.read_bytes()
-    payload = brotli.decompress(blob[5:])
+    payload = brotli.decompress(blob[tg.ARTIFACT_PREFIX_BYTES:])
     header_len = int.from_bytes(payload[:4], "little")
     header = json.loads(payload[4:4 + header_len])
 
     def repack(head: dict, data: bytes = payload[4 + header_len:]) -> bytes:
+        """A correctly sealed artifact (checksum included) around a doctored payload."""
         raw = json.dumps(head).encode()
-        return blob[:5] + brotli.compress(len(raw).to_bytes(4, "little") + raw + data)
+        return tg.seal_artifact("brotli", brotli.compress(len(raw).to_bytes(4, "little") + raw + data))
 
     object_dtype = copy.deepcopy(header)
     object_dtype["tensors"]["qo_bank"]["q"]["dtype"] = "|O"
     unknown_field = copy.deepcopy(header)
     unknown_field["config"]["surprise"] = 1
-    cases = {
-        "truncated by half": blob[: len(blob) // 2],
-        "last byte missing": blob[:-1],
-        "trailing bytes": blob + b"\x00\x01",
-        "header not JSON": blob[:5] + brotli.compress(b"\x05\x00\x00\x00{{{{{"),
-        "arrays cut short": repack(header, payload[4 + header_len:][:1000]),
-        "object dtype": repack(object_dtype),
-        "unknown config field": repack(unknown_field),
+    cases = {  # the damaged file, and what the refusal says
+        "truncated by half": (blob[: len(blob) // 2], "checksum does not match"),
+        "last byte missing": (blob[:-1], "checksum does not match"),
+        "trailing bytes": (blob + b"\x00\x01", "checksum does not match"),
+        "header not JSON": (tg.seal_artifact("brotli", brotli.compress(b"\x05\x00\x00\x00{{{{{")), "corrupt or truncated"),
+        "arrays cut short": (repack(header, payload[4 + header_len:][:1000]), "corrupt or truncated"),
+        "arrays run on": (repack(header, payload[4 + header_len:] + b"\x00" * 10), "more data follows"),
+        "object dtype": (repack(object_dtype), "corrupt or truncated"),
+        "unknown config field": (repack(unknown_field), "unknown fields ['surprise']"),
     }
-    assert tg.deserialize_artifact(repack(header))[0] == tg.ModelConfig(**header["config"])  # repack itself is sound
-    for case, bad in cases.items():
-        with pytest.raises(ValueError, match="artifact is corrupt or truncated"):
-            tg.deserialize_artifact(bad)
+    assert tg.deserialize_artifact(repack(header), 512)[0] == tg.ModelConfig(**header["config"])  # repack itself is sound
+    for case, (bad, message) in cases.items():
+        with pytest.raises(tg.InputError, match=re.escape(message)):
+            tg.deserialize_artifact(bad, 512)
 
 
 # ---- size accounting and scoring ----
@@ -309,7 +312,7 @@ def test_over_limit_artifact_is_written_but_gets_no_score(trained, reexported):
 def test_int6_gptq_round_trip_stays_within_0_05_bpb_of_prequant(trained):
     prequant = float(final(trained.dir, "train", "prequant")["val_bpb"])
     roundtrip = float(final(trained.dir, "train", "roundtrip")["val_bpb"])
-    # Public int6 records lose 0.008-0.024 bpb (0.043 with a poor clip, COMPETITION.md); a broken
+    # Public int6 records lose 0.008-0.024 bpb (0.043 with a poor clip, PR #1517); a broken
     # export (wrong scale, transposed or missing tensor) costs whole bits. Observed here: ~0.003.
     assert roundtrip != prequant, "the round-trip must evaluate the quantized model"
     assert abs(roundtrip - prequant) < 0.05

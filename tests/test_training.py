@@ -52,10 +52,9 @@ def train_losses(cwd: Path, run_id: str) -> list[tuple[str, float]]:
     ({"PASS_LORA_TARGETS": "q,gate"}, 1, ["PASS_LORA_TARGETS", "gate"]),
     ({"TRAIN_BATCH_TOKENS": "1000"}, 1, ["TRAIN_BATCH_TOKENS", "TRAIN_SEQ_LEN"]),
     ({}, 5, ["TRAIN_BATCH_TOKENS"]),  # 384 sequences do not split over 5 processes
-    ({"MICRO_BATCH_SEQS": "50"}, 1, ["MICRO_BATCH_SEQS"]),
 ], ids=["width-vs-heads", "heads-vs-kv-heads", "loop-end-past-last-layer", "loop-start-after-end",
         "span-outside-fewer-layers", "lora-rank-3", "unknown-lora-target", "batch-not-whole-sequences",
-        "sequences-not-divisible-by-ranks", "micro-batch-not-dividing"])
+        "sequences-not-divisible-by-ranks"])
 def test_invalid_configuration_fails_naming_the_variable(env, world_size, names):
     h = tg.Hyperparameters(environ=env)
     with pytest.raises(tg.ConfigError) as err:
@@ -90,10 +89,11 @@ def test_training_switches_looping_on_and_trains_every_adapter(tiny_env, tmp_pat
     cfg, trained = load_checkpoint(Path(env["CHECKPOINT_PATH"]))
 
     # The comparison rests on torch.manual_seed(SEED); GPT(cfg) reproducing the script's
-    # initial model: a run with no steps must save exactly that.
+    # initial model: a run whose one step moves nothing (every learning rate 0) must save exactly that.
     untrained_dir = tmp_path / "untrained"
     untrained_dir.mkdir()
-    run_script({**env, "ITERATIONS": "0", "CHECKPOINT_PATH": str(untrained_dir / "model.pt"),
+    frozen = {name: "0" for name in ("MATRIX_LR", "EMBED_LR", "SCALAR_LR", "ADAPTER_LR")}
+    run_script({**env, **frozen, "ITERATIONS": "1", "CHECKPOINT_PATH": str(untrained_dir / "model.pt"),
                 "ARTIFACT_PATH": str(untrained_dir / "model.ptz")}, untrained_dir)
     _, untrained = load_checkpoint(untrained_dir / "model.pt")
     init = fresh_init(cfg, int(env["SEED"]))
@@ -209,7 +209,7 @@ def test_tiny_gpt_learns_a_markov_source_to_its_entropy_rate(tmp_path):
     model = tg.GPT(h.model_config())
     def no_validation():
         raise AssertionError("VAL_LOSS_EVERY=0: train_model must not evaluate")
-    stats = tg.train_model(h, model, model, tg.Runtime(0, 1, 0, torch.device("cpu")), no_validation)
+    stats = tg.train_model(h, model, tg.Runners.eager(model), tg.Runtime(0, 1, 0, torch.device("cpu")), no_validation)
     assert stats["steps"] == 200 and model.looping
 
     held_out = torch.from_numpy(sample_chain(transition, stationary, 128 * 257, seed=99)).view(128, 257)

@@ -1,0 +1,349 @@
+"""Bad settings and bad files, as a hostile reviewer would try them: each is refused before any
+work it would waste, with one line that names the variable or file and what to do, a distinct
+exit status, and no artifact or score. The README's troubleshooting table is this file's table.
+
+Settings are checked in-process (Hyperparameters.validate), checks that need the data or the
+file system run `run()` in-process, and a few rows go through the script itself to show the
+one-line message and the exit status."""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt as tg
+from conftest import ROOT, TINY_RUN_ENV, run_script
+from test_data_metric import write_shard
+from test_eval import randomize
+
+CPU = torch.device("cpu")
+RT = tg.Runtime(0, 1, 0, CPU)
+
+# (settings, fragment of the one-line message). Every row fails at start, naming the variable.
+BAD_SETTINGS = [
+    ({"NUM_HEADS": "0"}, "NUM_HEADS=0 must be at least 1"),
+    ({"TRAIN_SEQ_LEN": "0"}, "TRAIN_SEQ_LEN=0 must be at least 1"),
+    ({"MLP_MULT": "0"}, "MLP_MULT=0.0 must be greater than 0"),
+    ({"MLP_MULT": "nan"}, "MLP_MULT=nan must be a finite number"),
+    ({"MLP_MULT": "-1"}, "MLP_MULT=-1.0 must be greater than 0"),
+    ({"MLP_CLIP_SIGMAS": "0"}, "MLP_CLIP_SIGMAS=0.0 must be greater than 0"),
+    ({"ATTN_CLIP_SIGMAS": "inf"}, "ATTN_CLIP_SIGMAS=inf must be a finite number"),
+    ({"MATRIX_CLIP_SIGMAS": "12"}, "MATRIX_CLIP_SIGMAS is not a setting of train_gpt.py"),
+    ({"SEED": "-1"}, "SEED=-1 must be between 0 and"),
+    ({"MODEL_DIM": "0"}, "MODEL_DIM=0 must be between 2 and 16384"),
+    ({"TRAIN_BATCH_TOKENS": "0"}, "TRAIN_BATCH_TOKENS=0 must be at least 1"),
+    ({"TRAIN_LOG_EVERY": "0"}, "TRAIN_LOG_EVERY=0 must be at least 1"),
+    ({"GPTQ_BLOCK": "0"}, "GPTQ_BLOCK=0 must be at least 1"),
+    ({"EVAL_BATCH_SEQS": "0"}, "EVAL_BATCH_SEQS=0 must be at least 1"),
+    ({"TTT_BATCH_SEQS": "0"}, "TTT_BATCH_SEQS=0 must be at least 1"),
+    ({"ITERATIONS": "-5"}, "ITERATIONS=-5 must be at least 1"),
+    ({"MATRIX_LR": "nan"}, "MATRIX_LR=nan must be a finite number"),
+    ({"EMBED_LR": "-0.1"}, "EMBED_LR=-0.1 must be at least 0"),
+    ({"BETA2": "1"}, "BETA2=1.0 must be between 0 and 0.9999"),
+    ({"TTT_LRR": "0.1"}, "TTT_LRR is not a setting of train_gpt.py; did you mean TTT_LR?"),
+    ({"EVAL_SEQ_LENGTH": "512"}, "EVAL_SEQ_LENGTH is not a setting of train_gpt.py; did you mean EVAL_SEQ_LEN?"),
+    ({"ITERATONS": "5"}, "ITERATONS is not a setting of train_gpt.py; did you mean ITERATIONS?"),
+    ({"NUM_LAYERS": "abc"}, "NUM_LAYERS='abc' is not a valid int"),
+    ({"TTT_MODE": "perdoc"}, "TTT_MODE=perdoc must be one of chunked, docs, phased"),
+    ({"TTT_LORA_RANK": "0"}, "TTT_LORA_RANK=0 must be at least 1"),
+    ({"TTT_DOC_CHUNK_TOKENS": "4096"}, "TTT_DOC_CHUNK_TOKENS=4096 must be at most EVAL_SEQ_LEN=2048"),
+    ({"PHASED_TTT_PHASES": "9", "PHASED_TTT_PREFIX_DOCS": "4"}, "PHASED_TTT_PHASES=9 must be at most PHASED_TTT_PREFIX_DOCS=4"),
+    ({"DIST_TIMEOUT_SECONDS": "0"}, "DIST_TIMEOUT_SECONDS=0.0 must be greater than 0"),
+    ({"NEWTON_SCHULZ": "cubic"}, "NEWTON_SCHULZ=cubic must be one of quintic, polar_express"),
+    ({"GATE_WINDOW": "600"}, "GATE_WINDOW=600 must be at most MODEL_DIM=512"),
+    ({"RUN_ID": "a/b"}, "RUN_ID='a/b' must be a non-empty file name"),
+]
+
+
+@pytest.mark.parametrize("env, message", BAD_SETTINGS, ids=[next(iter(env)) for env, _ in BAD_SETTINGS])
+def test_bad_setting_fails_at_start_naming_it(env, message):
+    with pytest.raises(tg.ConfigError) as info:
+        tg.Hyperparameters(environ=env).validate(8)
+    assert message in str(info.value)
+
+
+def test_our_settings_and_the_launchers_are_never_reported_as_unknown():
+    env = {"RANK": "0", "WORLD_SIZE": "8", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1", "PATH": "/bin",
+           "HOME": "/root", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0", "MAX_JOBS": "4", "TTT_LR": "0.1"}
+    assert tg.Hyperparameters(environ=env).unknown == []
+
+
+def test_micro_batch_that_does_not_divide_adapts_instead_of_failing():
+    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": "16384", "TRAIN_SEQ_LEN": "256"})
+    h.validate(1)  # 64 sequences per process; the default 48 does not divide them
+    assert h.micro_batch(1) == 32 and h.grad_accum_steps(1) == 2
+    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": str(7 * 2048), "MICRO_BATCH_SEQS": "5"})
+    assert h.micro_batch(1) == 1 and h.grad_accum_steps(1) == 7  # 7 is prime
+
+
+# ---- checks that need the data or the file system (run() in-process) ----
+
+@pytest.fixture
+def run_in(tiny_data, tmp_path, monkeypatch):
+    """run() in a fresh folder with the tiny settings; returns (the error raised, the folder)."""
+    monkeypatch.chdir(tmp_path)
+
+    def go(**overrides: str):
+        env = {**TINY_RUN_ENV, **tiny_data, "RUN_ID": "bad", "ARTIFACT_PATH": str(tmp_path / "m.ptz"),
+               "CHECKPOINT_PATH": "", **overrides}
+        try:
+            tg.run(tg.Hyperparameters(environ=env), RT)
+        except (tg.ConfigError, tg.InputError, tg.TrainingDiverged) as exc:
+            return exc
+        return None
+    return go
+
+
+def nothing_scored(folder: Path) -> bool:
+    log = folder / "logs" / "bad.txt"
+    text = log.read_text().split("=" * 100 + "\n", 1)[1] if log.exists() else ""  # the lines after the source
+    return not (folder / "m.ptz").exists() and "final_" not in text
+
+
+@pytest.mark.parametrize("overrides, kind, message", [
+    ({"ARTIFACT_PATH": "missing/dir/m.ptz"}, tg.ConfigError, "ARTIFACT_PATH=missing/dir/m.ptz: the folder missing/dir does not exist"),
+    ({"CHECKPOINT_PATH": "nowhere/m.pt"}, tg.ConfigError, "CHECKPOINT_PATH=nowhere/m.pt: the folder nowhere does not exist"),
+    ({"NLL_DUMP_PATH": "gone/n.npz"}, tg.ConfigError, "NLL_DUMP_PATH=gone/n.npz: the folder gone does not exist"),
+    ({"EXPORT_ONLY": "no.pt"}, tg.ConfigError, "EXPORT_ONLY=no.pt does not exist"),
+    ({"EVAL_ONLY": "1", "ARTIFACT_PATH": "no.ptz"}, tg.ConfigError, "EVAL_ONLY=1 but ARTIFACT_PATH=no.ptz does not exist"),
+    ({"TTT_MODE": "chunked", "TTT_CHUNK_TOKENS": "5000"}, tg.ConfigError, "TTT_CHUNK_TOKENS=5000 covers all 2999 validation targets"),
+    ({"TTT_DOC_CHUNK_TOKENS": "64", "EVAL_SEQ_LEN": "64", "VAL_TOKENS_LIMIT": "40"}, tg.ConfigError,
+     "TTT_DOC_CHUNK_TOKENS=64 holds every validation document in one chunk"),
+    ({"PHASED_TTT_PHASES": "50", "PHASED_TTT_PREFIX_DOCS": "50"}, tg.ConfigError, "PHASED_TTT_PHASES=50 is more than the"),
+    ({"VOCAB_SIZE": "1024"}, tg.ConfigError, "set VOCAB_SIZE=512"),
+    ({"DATA_PATH": "nowhere"}, tg.InputError, "No val shards (fineweb_val_*.bin) in DATA_PATH=nowhere"),
+    ({"TOKENIZER_PATH": "none.model"}, tg.InputError, "TOKENIZER_PATH=none.model does not exist"),
+], ids=["artifact-dir", "checkpoint-dir", "nll-dump-dir", "export-only-missing", "eval-only-missing", "ttt-chunk-too-long",
+        "doc-chunk-too-long", "more-phases-than-documents", "vocab-mismatch", "no-data", "no-tokenizer"])
+def test_bad_path_or_data_setting_fails_before_training(run_in, tmp_path, overrides, kind, message):
+    error = run_in(**overrides)
+    assert isinstance(error, kind) and message in str(error), error
+    assert nothing_scored(tmp_path)
+
+
+def test_a_reused_run_id_is_refused_and_the_old_log_kept(run_in, tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "bad.txt").write_text("an earlier run")
+    error = run_in()
+    assert isinstance(error, tg.ConfigError) and "logs/bad.txt already exists; choose another RUN_ID" in str(error)
+    assert (tmp_path / "logs" / "bad.txt").read_text() == "an earlier run"
+
+
+def test_training_token_ids_outside_the_vocabulary_fail_before_training(tiny_data, run_in, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = np.random.default_rng(0).integers(2, 500, size=20_000)
+    good[::300] = 1
+    write_shard(data / "fineweb_train_000000.bin", good)
+    bad = good.copy()
+    bad[12_345] = 600  # the tokenizer has 512 pieces
+    write_shard(data / "fineweb_train_000001.bin", bad)
+    for name in Path(tiny_data["DATA_PATH"]).glob("fineweb_val_*.bin"):
+        (data / name.name).write_bytes(name.read_bytes())
+    error = run_in(DATA_PATH=str(data))
+    assert isinstance(error, tg.InputError)
+    assert "fineweb_train_000001.bin: token id 600 at position 12345 is outside VOCAB_SIZE=512" in str(error)
+    assert nothing_scored(tmp_path) and "train_setup" not in (tmp_path / "logs" / "bad.txt").read_text().split("=" * 100)[1]
+
+
+def test_diverged_training_stops_naming_the_step_and_writes_nothing(run_in, tmp_path):
+    error = run_in(EMBED_LR="1e30", SCALAR_LR="1e30", LOGIT_SOFTCAP="0", GRAD_CLIP_NORM="0", TRAIN_LOG_EVERY="1")
+    assert isinstance(error, tg.TrainingDiverged), error
+    assert "training diverged" in str(error) or "not finite" in str(error)
+    assert "at step" in str(error) or "after" in str(error)
+    assert nothing_scored(tmp_path)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_reported_and_the_run_goes_on(run_in, tmp_path):
+    assert run_in(CHECKPOINT_PATH="/dev/full", TTT_ENABLED="0", SLIDING_ENABLED="0", ITERATIONS="2") is None
+    log = (tmp_path / "logs" / "bad.txt").read_text()
+    assert "checkpoint_failed path:/dev/full" in log and "final_score" in log and (tmp_path / "m.ptz").exists()
+
+
+# ---- the script itself: one line, a distinct exit status, no traceback ----
+
+@pytest.mark.parametrize("env, status, message", [
+    ({"NUM_HEADS": "0"}, 2, "error: NUM_HEADS=0 must be at least 1."),
+    ({"TTT_LRR": "1"}, 2, "error: TTT_LRR is not a setting of train_gpt.py; did you mean TTT_LR?"),
+    ({"DATA_PATH": "nowhere"}, 3, "error: No val shards (fineweb_val_*.bin) in DATA_PATH=nowhere."),
+], ids=["setting", "typo", "missing-data"])
+def test_script_prints_one_line_and_exits_with_its_status(tiny_env, tmp_path, env, status, message):
+    proc = run_script({**tiny_env, **env}, tmp_path, check=False)
+    assert proc.returncode == status
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
+
+
+# ---- artifacts: verified before anything is built, with bounded memory ----
+
+@pytest.fixture(scope="module")
+def artifact() -> bytes:
+    h = tg.Hyperparameters(environ={**TINY_RUN_ENV, "QUANT_METHOD": "rtn"})
+    torch.manual_seed(0)
+    model = randomize(tg.GPT(h.model_config()), 0)
+    return tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli")
+
+
+def test_every_single_bit_flip_is_refused(artifact):
+    rng = np.random.default_rng(0)
+    positions = rng.integers(0, len(artifact), size=200)
+    positions[0] = 100_000 % len(artifact)
+    for pos in positions:
+        flipped = bytearray(artifact)
+        flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(tg.InputError, match="bad magic|checksum does not match"):
+            tg.deserialize_artifact(bytes(flipped), 512)
+    assert tg.deserialize_artifact(artifact, 512)[0].vocab_size == 512
+
+
+def test_an_artifact_for_another_vocabulary_is_refused(artifact):
+    with pytest.raises(tg.InputError, match="512-token vocabulary but the data and tokenizer have 1024"):
+        tg.deserialize_artifact(artifact, 1024)
+
+
+LOADER = """
+import resource, sys
+sys.path.insert(0, {root!r})
+import train_gpt as tg
+blob = open(sys.argv[1], 'rb').read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    tg.deserialize_artifact(blob, 512)
+    print('loaded', 0)
+except tg.InputError as exc:
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(str(exc).replace(chr(10), ' ')[:300])
+    print('refused', grew // 1024)
+"""
+
+
+def load_in_subprocess(tmp_path: Path, blob_path: Path) -> tuple[str, str, int]:
+    """(outcome, message, peak memory growth in MiB) of loading a file in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", LOADER.format(root=str(ROOT)), str(blob_path)],
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *message, last = proc.stdout.strip().splitlines()
+    outcome, grew = last.split()
+    return outcome, " ".join(message), int(grew)
+
+
+def payload_of(artifact: bytes) -> bytes:
+    import brotli
+    return brotli.decompress(artifact[tg.ARTIFACT_PREFIX_BYTES:])
+
+
+def test_a_decompression_bomb_is_refused_with_bounded_memory(artifact, tmp_path):
+    import brotli
+
+    # A valid payload followed by 1 GiB of zeros, compressed by streaming (a few MB of memory
+    # here); unbounded decompression would need over 1 GiB.
+    compressor = brotli.Compressor(quality=1)
+    parts = [compressor.process(payload_of(artifact))]
+    zeros = bytes(1 << 24)
+    parts += [compressor.process(zeros) for _ in range(64)]
+    parts.append(compressor.finish())
+    bomb = tmp_path / "bomb.ptz"
+    bomb.write_bytes(tg.seal_artifact("brotli", b"".join(parts)))
+    assert bomb.stat().st_size < 2_000_000
+    outcome, message, grew = load_in_subprocess(tmp_path, bomb)
+    assert outcome == "refused" and "more data follows" in message
+    assert grew < 200, f"the loader's peak memory grew by {grew} MiB"  # observed: a few MiB
+
+
+def test_a_huge_config_is_refused_before_anything_is_built(artifact, tmp_path):
+    import brotli
+
+    payload = payload_of(artifact)
+    header_len = int.from_bytes(payload[:4], "little")
+    header = json.loads(payload[4:4 + header_len])
+    header["config"]["model_dim"] = 1_000_000
+    raw = json.dumps(header).encode()
+    huge = tmp_path / "huge.ptz"
+    huge.write_bytes(tg.seal_artifact("brotli", brotli.compress(len(raw).to_bytes(4, "little") + raw)))
+    outcome, message, grew = load_in_subprocess(tmp_path, huge)
+    assert outcome == "refused" and "MODEL_DIM=1000000 must be between 2 and 16384" in message
+    assert grew < 200, f"the loader's peak memory grew by {grew} MiB"
+
+
+def test_a_huge_file_is_refused_unread_and_magic_comes_first(tmp_path):
+    big = tmp_path / "big.ptz"
+    with open(big, "wb") as f:
+        f.write(tg.ARTIFACT_MAGIC)
+        f.truncate(3 * 10**9)  # sparse: 3 GB on paper, nothing on disk
+    with pytest.raises(tg.InputError, match="over 4x the challenge's 16,000,000-byte limit; refusing to read it"):
+        tg.read_artifact_file(str(big))
+    text = tmp_path / "notes.txt"
+    text.write_text("hello" * 1000)
+    with pytest.raises(tg.InputError, match="bad magic"):
+        tg.read_artifact_file(str(text))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 3 * 10**6  # KiB: the 3 GB were never read
+
+
+# ---- a rank that stops answering ----
+
+def worker_ranks(launcher: int) -> dict[int, int]:
+    """{RANK: pid} of the workers a torchrun process started (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != launcher:  # field 4: the parent's pid
+            continue
+        env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if b"RANK" in env and b"TORCHELASTIC_RUN_ID" in env:
+            found[int(env[b"RANK"])] = int(entry.name)
+    return found
+
+
+def test_a_stopped_rank_ends_the_run_with_a_message_naming_it(tiny_env, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **tiny_env, "ITERATIONS": "1000000", "TRAIN_LOG_EVERY": "1",
+           "DIST_TIMEOUT_SECONDS": "8", "WARMUP_STEPS": "0"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train_gpt.py")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out, err = [], []
+    readers = [threading.Thread(target=lambda s, sink: sink.extend(s), args=(stream, sink), daemon=True)
+               for stream, sink in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not any(line.startswith("step:30/") for line in list(out)):  # heartbeats are a second apart
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(err)[-3000:]
+            time.sleep(0.2)
+        workers = worker_ranks(proc.pid)
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        while not any("waited" in line for line in list(err)):
+            assert time.monotonic() - stopped_at < 8 + 60, "no stall report within the timeout"
+            time.sleep(0.2)
+    finally:
+        for pid in worker_ranks(proc.pid).values():  # workers run in sessions of their own
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    report = next(line for line in err if "waited" in line)
+    assert report.startswith("error: rank 0 waited") and "DIST_TIMEOUT_SECONDS=8" in report
+    assert "rank 1 has not answered for" in report and "(last: training step" in report
+    assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
