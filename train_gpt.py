@@ -292,22 +292,27 @@ class Hyperparameters:
         require(self.num_heads % self.num_kv_heads == 0, f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}.")
         require(self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
                 f"ROPE_DIMS={self.rope_dims} must be even and at most the head dimension {head_dim}.")
-        require(int(self.mlp_mult * self.model_dim) >= 1, f"MLP_MULT={self.mlp_mult} leaves the MLP without a hidden unit at MODEL_DIM={self.model_dim}.")
+        require(int(self.mlp_mult * self.model_dim) >= 1,
+                f"MLP_MULT={self.mlp_mult} leaves the MLP without a hidden unit at MODEL_DIM={self.model_dim}.")
         require(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window} must be at most MODEL_DIM={self.model_dim}.")
         if self.num_loops > 0:
             require(self.loop_start <= self.loop_end < self.num_layers,
-                    f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} layers (0..{self.num_layers - 1}).")
+                    f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} "
+                    f"layers (0..{self.num_layers - 1}).")
         unknown = set(self.lora_targets()) - set(LORA_TARGETS)
         require(not unknown, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown)}; choose from {','.join(LORA_TARGETS)}.")
         seqs, rem = divmod(self.train_batch_tokens, self.train_seq_len)
         require(rem == 0 and seqs >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}.")
         require(seqs % world_size == 0,
-                f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {seqs} sequences, which do not split over {world_size} processes; use a multiple of {self.train_seq_len * world_size}.")
+                f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {seqs} sequences, which do not split over "
+                f"{world_size} processes; use a multiple of {self.train_seq_len * world_size}.")
         require(self.max_wallclock_seconds == 0 or self.max_wallclock_seconds > self.gptq_reserve_seconds,
-                f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} (or be 0 for no clock).")
+                f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS="
+                f"{self.gptq_reserve_seconds} (or be 0 for no clock).")
         require(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}.")
         require(self.ttt_doc_chunk_tokens <= self.eval_seq_len,
-                f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be at most EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored inside one window of context).")
+                f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be at most EVAL_SEQ_LEN={self.eval_seq_len} "
+                f"(a chunk is scored inside one window of context).")
         require(self.phased_ttt_phases <= self.phased_ttt_prefix_docs,
                 f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be at most PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}.")
         require(self.global_ttt_chunk_tokens >= self.eval_seq_len,
@@ -367,7 +372,8 @@ def load_data_shard(path: str | Path) -> np.ndarray:
     num_tokens = int(header[2])
     expected = SHARD_HEADER_BYTES + 2 * num_tokens
     if num_tokens < 0 or size != expected:
-        raise InputError(f"{path}: size mismatch: header says {num_tokens} tokens ({expected} bytes) but the file has {size} bytes; the shard is truncated or corrupt, re-download or rebuild it.")
+        raise InputError(f"{path}: size mismatch: header says {num_tokens} tokens ({expected} bytes) but the file has "
+                         f"{size} bytes; the shard is truncated or corrupt, re-download or rebuild it.")
     return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(num_tokens,))
 
 
@@ -398,7 +404,8 @@ class TrainLoader:
         self.window_starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts, dtype=np.int64)])
         self.num_windows = int(self.window_starts[-1])
         if self.num_windows < global_seqs:
-            raise InputError(f"Training shards in {data_path} hold {self.num_windows} sequences of {seq_len + 1} tokens, fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
+            raise InputError(f"Training shards in {data_path} hold {self.num_windows} sequences of {seq_len + 1} tokens, "
+                             f"fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
         self.reset()
 
     def reset(self) -> None:
@@ -448,7 +455,8 @@ def load_tokenizer(tokenizer_path: str, vocab_size: int):
         raise InputError(f"TOKENIZER_PATH={tokenizer_path} does not exist; download or build the dataset first (see README).")
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     if sp.vocab_size() != vocab_size:
-        raise ConfigError(f"Tokenizer {tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; set VOCAB_SIZE={sp.vocab_size()} or point TOKENIZER_PATH at the matching tokenizer.")
+        raise ConfigError(f"Tokenizer {tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; set "
+                          f"VOCAB_SIZE={sp.vocab_size()} or point TOKENIZER_PATH at the matching tokenizer.")
     return sp
 
 
@@ -1149,11 +1157,6 @@ class WeightEMA:
             p.copy_(s.to(p.dtype))
 
 
-def compiles(h: Hyperparameters, rt: Runtime) -> bool:
-    """COMPILE=1 compiles on any device: on the CPU too, so the compiled path is tested without a GPU."""
-    return h.compile
-
-
 @dataclass
 class Runners:
     """The callables that run one model: compiled whole (fullgraph: a graph break is an error,
@@ -1171,7 +1174,7 @@ class Runners:
 def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
     """Pick the attention kernel for this device and build the model's Runners."""
     model.use_fa3 = rt.device.type == "cuda" and flash_attention_3() is not None
-    if not compiles(h, rt):
+    if not h.compile:  # COMPILE=1 compiles on any device: on the CPU too, so CI tests the compiled path
         return Runners.eager(model)
     # Each graph is compiled once per shape; the default limit (8) would silently fall back to eager.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -1197,7 +1200,8 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
     global_seqs = h.train_batch_tokens // h.train_seq_len
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed)
     accum, micro = h.grad_accum_steps(rt.world_size), h.micro_batch(rt.world_size)
-    adapted = "" if micro == h.micro_batch_seqs else f" (MICRO_BATCH_SEQS={h.micro_batch_seqs} adapted: the largest divisor of {micro * accum} sequences per process not above it)"
+    adapted = "" if micro == h.micro_batch_seqs else (
+        f" (MICRO_BATCH_SEQS={h.micro_batch_seqs} adapted: the largest divisor of {micro * accum} sequences per process not above it)")
     rt.log(f"train_setup global_seqs:{global_seqs} grad_accum:{accum} micro_batch_seqs:{micro} "
            f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}{adapted}")
 
@@ -1225,7 +1229,7 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         model.load_state_dict(initial_model)
         opt.load_state_dict(initial_opt)
         loader.reset()
-        if h.quant_method == "gptq" and compiles(h, rt):
+        if h.quant_method == "gptq" and h.compile:
             warm_up_calibration(model, runners, h, rt, micro)
         rt.synchronize()
         rt.log(f"warmup_done steps:{h.warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
@@ -1735,7 +1739,10 @@ def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
         return blob
     size = torch.tensor([len(blob) if rt.is_main else 0], dtype=torch.int64, device=rt.device)
     dist.broadcast(size, src=0)
-    buf = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(rt.device) if rt.is_main else torch.empty(int(size), dtype=torch.uint8, device=rt.device)
+    if rt.is_main:
+        buf = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(rt.device)
+    else:
+        buf = torch.empty(int(size), dtype=torch.uint8, device=rt.device)
     dist.broadcast(buf, src=0)
     return bytes(buf.cpu().numpy())
 
@@ -2371,9 +2378,9 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str) -> None:
         hardware = f"{rt.world_size}x{torch.cuda.get_device_name(rt.device)}"
     else:
         hardware = f"{rt.world_size}xCPU-{platform.machine()}"
-    attention = attention_kernel_name(rt.device.type, h.doc_attention, compiles(h, rt))
+    attention = attention_kernel_name(rt.device.type, h.doc_attention, h.compile)
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
-           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(compiles(h, rt))} attention:{attention}")
+           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} attention:{attention}")
     for name, value in h.env_values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
@@ -2444,7 +2451,7 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
     model = model_from_artifact(blob, rt.device, h.vocab_size)
     runners = prepare_model(model, h, rt)
     rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} "
-           f"attention:{attention_kernel_name(rt.device.type, model.cfg.doc_attention, compiles(h, rt))}")
+           f"attention:{attention_kernel_name(rt.device.type, model.cfg.doc_attention, h.compile)}")
     stages = [("roundtrip", "final_roundtrip",
                lambda rec: evaluate_windows(runners.model, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
     if h.sliding_enabled:
@@ -2458,7 +2465,7 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
     last = stages[-1][0]
     recorder = NllRecorder(len(val)) if h.nll_dump_path else None
     for stage, line, evaluate in stages:
-        if stage == "ttt" and compiles(h, rt):
+        if stage == "ttt" and h.compile:
             warm_up_ttt(model, runners, h, rt)
         result = timed_stage(rt, h, line, lambda: evaluate(recorder if stage == last else None))
     if recorder is not None:
