@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     base = parse_pairs(args.base)
     header = ["variant"] + [f"{s} bpb (eval s)" for s in args.stages] + ["model bytes", "export s", "step ms", "run s"]
     rows = []
+    (args.workdir / "logs").mkdir(parents=True, exist_ok=True)  # the runs' logs and artifacts; checked at start
     for name, *settings in args.variant:
         collected: dict[str, list] = {}
         for seed in args.seeds:

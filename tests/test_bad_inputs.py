@@ -94,7 +94,9 @@ def run_in(tiny_data, tmp_path, monkeypatch):
         env = {**TINY_RUN_ENV, **tiny_data, "RUN_ID": "bad", "ARTIFACT_PATH": str(tmp_path / "m.ptz"),
                "CHECKPOINT_PATH": "", **overrides}
         try:
-            tg.run(tg.Hyperparameters(environ=env), RT)
+            # A Runtime of its own: run() points its log at logs/bad.txt relative to tmp_path, which
+            # must not follow the module's RT into later tests run from the repository root.
+            tg.run(tg.Hyperparameters(environ=env), tg.Runtime(0, 1, 0, CPU))
         except (tg.ConfigError, tg.InputError, tg.TrainingDiverged) as exc:
             return exc
         return None

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+import torch
+
+from conftest import ROOT, TINY_RUN_ENV
 
 
 def test_harness_runs_the_whole_pipeline_and_prints_its_table(tiny_data, tmp_path):
@@ -30,3 +32,31 @@ def test_harness_refuses_a_data_path_without_tokenizer(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "bench_pipeline.py"), "--data-path", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--tokenizer-path" in proc.stderr
+
+
+def test_step_cost_timer_builds_each_variant_from_its_settings(tiny_data, capsys):
+    import bench_step_cost
+    base = [f"{k}={v}" for k, v in {**TINY_RUN_ENV, **tiny_data}.items()]
+    model, inputs, targets = bench_step_cost.build(dict(item.split("=", 1) for item in base + ["PASS_LORA_RANK=0"]))
+    assert not model.lora_A and model.looping and inputs.shape == targets.shape == (16, 64)
+    assert torch.equal(inputs[0, 1:], targets[0, :-1])  # next-token targets from the validation stream
+    assert bench_step_cost.main(["--base", *base, "--variant", "no_xsa", "XSA_LAST_N=0", "--rounds", "3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| default", "| no_xsa"]
+    assert rows[0].endswith("| 1.000 |")
+
+
+def test_sweep_tool_tabulates_variants_from_their_final_lines(tiny_data, tmp_path, capsys):
+    import bench_sweep
+    base = [f"{k}={v}" for k, v in {**TINY_RUN_ENV, **tiny_data}.items()] + [
+        "ITERATIONS=3", "SLIDING_ENABLED=0", "TTT_ENABLED=0", "CHECKPOINT_PATH=", "OMP_NUM_THREADS=1"]
+    assert bench_sweep.main(["--base", *base, "--stages", "prequant", "roundtrip", "--workdir", str(tmp_path),
+                             "--variant", "default", "--variant", "rank0", "PASS_LORA_RANK=0"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"variant", "default", "rank0"}
+    for name in ("default", "rank0"):
+        prequant, roundtrip, model_bytes = rows[name][1], rows[name][2], int(rows[name][3].replace(",", ""))
+        assert 0 < float(prequant.split()[0]) < 12 and 0 < float(roundtrip.split()[0]) < 12 and model_bytes > 0
+        assert (tmp_path / "logs" / f"sweep_{name}_1337.txt").is_file()
+    assert int(rows["rank0"][3].replace(",", "")) < int(rows["default"][3].replace(",", ""))  # no adapters to store
