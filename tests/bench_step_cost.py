@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a name then the settings it changes; repeat for each variant")
     p.add_argument("--rounds", type=int, default=30, help="timed steps per model (the first two are dropped)")
     args = p.parse_args(argv)
+    if args.rounds < 3:
+        p.error("--rounds must be at least 3 (the first two rounds are warm-up)")
     base = parse_pairs(args.base)
     runs = {"default": build(base)}
     for name, *settings in args.variant:
