@@ -66,6 +66,13 @@ def assert_same(compiled: list[torch.Tensor], eager: list[torch.Tensor], atol: f
         torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
+def loss_and_grads(forward, ids: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One training step's loss and gradients (cleared afterwards) through `forward`."""
+    loss = forward(ids[:, :-1], ids[:, 1:])
+    loss.backward()
+    return [loss.detach()] + grads(params)
+
+
 # ---- every path compiles whole and matches eager ----
 
 def test_training_evaluation_and_calibration_compile_whole_and_match_eager(backend):
@@ -77,12 +84,7 @@ def test_training_evaluation_and_calibration_compile_whole_and_match_eager(backe
     params = list(model.parameters())
     for looping in (False, True):
         model.looping = looping
-        loss = runners.model(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        compiled = [loss.detach()] + grads(params)
-        loss = model(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        assert_same(compiled, [loss.detach()] + grads(params), atol=1e-6)
+        assert_same(loss_and_grads(runners.model, ids, params), loss_and_grads(model, ids, params), atol=1e-6)
     with torch.no_grad():
         assert_same([runners.model(ids[:, :-1], ids[:, 1:], reduction="none")],
                     [model(ids[:, :-1], ids[:, 1:], reduction="none")], atol=1e-6)
@@ -155,13 +157,8 @@ def test_inductor_compiles_the_training_step_and_matches_eager():
     runners = tg.prepare_model(model, h, RT)
     ids = documents(4, 64)
     params = list(model.parameters())
-    loss = runners.model(ids[:, :-1], ids[:, 1:])
-    loss.backward()
-    compiled = [loss.detach()] + grads(params)
-    loss = model(ids[:, :-1], ids[:, 1:])
-    loss.backward()
     # Measured: loss equal to 1e-7, gradients to about 1e-6 (fused kernels sum in another order).
-    assert_same(compiled, [loss.detach()] + grads(params), atol=2e-5)
+    assert_same(loss_and_grads(runners.model, ids, params), loss_and_grads(model, ids, params), atol=2e-5)
 
 
 # ---- the recompilation audit ----
