@@ -5,8 +5,8 @@ a whole run compiles exactly the graphs listed in the README, so a change that a
 recompile inside the timed budget fails here; and FlashAttention-3 is chosen when it imports.
 
 Most tests compile with the `aot_eager` backend (dynamo's tracing and AOTAutograd's forward
-and backward graphs, run without code generation: fast); one builds the training step with
-inductor itself, the backend the GPU uses."""
+and backward graphs, run without code generation: fast); two use inductor itself, the backend
+the GPU uses: the training step, and calibration into fresh accumulators after its warm-up."""
 from __future__ import annotations
 
 import functools
@@ -159,6 +159,28 @@ def test_inductor_compiles_the_training_step_and_matches_eager():
     params = list(model.parameters())
     # Measured: loss equal to 1e-7, gradients to about 1e-6 (fused kernels sum in another order).
     assert_same(loss_and_grads(runners.model, ids, params), loss_and_grads(model, ids, params), atol=2e-5)
+
+
+@torch.no_grad()
+def test_inductor_calibration_fills_fresh_accumulators_after_its_warm_up():
+    # As in a run: the warm-up's accumulators are dropped, calibration gets new ones; the graph
+    # must add into the new ones (not the dropped ones it was built with), without recompiling.
+    torch._dynamo.reset()
+    model, h = tiny_model()
+    model.eval()
+    model.looping = True
+    runners = tg.prepare_model(model, h, RT)
+    ids = documents(4, 64)
+    model.hessians = model.hessian_buffers()
+    runners.calibrate(documents(4, 64, seed=1)[:, :-1])
+    built = tg.graphs_compiled()
+    model.hessians = model.hessian_buffers()
+    runners.calibrate(ids[:, :-1])
+    compiled, model.hessians = model.hessians, model.hessian_buffers()
+    model.forward_logits(ids[:, :-1])
+    eager, model.hessians = model.hessians, None
+    assert tg.graphs_compiled() == built
+    assert_same([compiled[k] for k in sorted(compiled)], [eager[k] for k in sorted(eager)], atol=1e-3)
 
 
 # ---- the recompilation audit ----
