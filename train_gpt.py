@@ -15,6 +15,7 @@ import copy
 import datetime
 import difflib
 import glob
+import hashlib
 import io
 import json
 import math
@@ -2369,7 +2370,7 @@ def script_source() -> tuple[str, int]:
     return globals().get("_WRAPPED_SOURCE") or path.read_text(encoding="utf-8"), path.stat().st_size
 
 
-def start_log(h: Hyperparameters, rt: Runtime, source: str) -> None:
+def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> None:
     if rt.is_main:
         rt.log_path = Path("logs") / f"{h.run_id}.txt"
         rt.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -2381,6 +2382,8 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str) -> None:
     attention = attention_kernel_name(rt.device.type, h.doc_attention, h.compile)
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
            f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} attention:{attention}")
+    # The packager checks these against the files it packages (records/package.py).
+    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}")
     for name, value in h.env_values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
@@ -2426,7 +2429,8 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
         t1 = time.perf_counter()
         blob = serialize_artifact(tensors, model.cfg, h.compressor)
         Path(h.artifact_path).write_bytes(blob)
-        rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms path:{h.artifact_path}")
+        rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms "
+               f"path:{h.artifact_path} sha256:{hashlib.sha256(blob).hexdigest()}")
     return share_bytes(blob, rt), quant_ms
 
 
@@ -2495,7 +2499,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     h.validate(rt.world_size)
     check_outputs(h, rt)
     source, code_bytes = script_source()
-    start_log(h, rt, source)
+    start_log(h, rt, source, code_bytes)
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
     rt.doing("loading the tokenizer and the validation tokens")
@@ -2510,6 +2514,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
 
     if h.eval_only:
         blob = share_bytes(read_artifact_file(h.artifact_path) if rt.is_main else None, rt)
+        rt.log(f"artifact_loaded path:{h.artifact_path} bytes:{len(blob)} sha256:{hashlib.sha256(blob).hexdigest()}")
         total, over = account_artifact(h, rt, code_bytes, len(blob))
         evaluate_artifact(blob, h, rt, val, tables, total, over)
         return
