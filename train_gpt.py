@@ -11,6 +11,7 @@ evaluation, main. Every knob is an environment variable (see Hyperparameters); t
 contract used by records/package.py is listed in the README.
 """
 
+import contextlib
 import copy
 import datetime
 import difflib
@@ -51,7 +52,7 @@ class InputError(ValueError):
     names the file and what to do."""
 
 
-# PRESET=cpu: the whole pipeline on a 2-core CPU in under 10 minutes, on the local stdlib
+# PRESET=cpu: the whole pipeline on a 2-core CPU in about 8 minutes, on the local stdlib
 # dataset (python3 data/make_local_dataset.py --vocab-size 1024). Explicit variables win.
 PRESETS = {
     "cpu": {
@@ -59,7 +60,9 @@ PRESETS = {
         "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3",
         "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
         "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32",
-        "MAX_WALLCLOCK_SECONDS": "300", "GPTQ_RESERVE_SECONDS": "8", "WARMUP_STEPS": "0", "COMPILE": "0",
+        # Steps, not the clock: the same score on a fast, slow or busy machine (the quick start once
+        # trained 26 steps instead of 362 on a machine running another job).
+        "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0", "COMPILE": "0",
         "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
         "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # best of the README's TTT sweep
@@ -123,11 +126,13 @@ class Hyperparameters:
             # for strings: CHECKPOINT_PATH= turns the checkpoint off.
             if raw is None or (raw == "" and not isinstance(default, str)):
                 value = default
+            elif isinstance(default, bool) and raw not in ("0", "1"):
+                raise ConfigError(f"{name}={raw!r} must be 0 or 1.")
             else:
                 try:
-                    value = bool(int(raw)) if isinstance(default, bool) else type(default)(raw)
+                    value = raw == "1" if isinstance(default, bool) else type(default)(raw)
                 except ValueError:
-                    kind = "0 or 1" if isinstance(default, bool) else type(default).__name__
+                    kind = type(default).__name__
                     raise ConfigError(f"{name}={raw!r} is not a valid {kind}.") from None
             self.knobs[name] = Knob(value, low, high, above, choices)
             return value
@@ -135,8 +140,13 @@ class Hyperparameters:
         # Data and run identity.
         self.preset = knob("PRESET", "")
         self.vocab_size = knob("VOCAB_SIZE", 8192, 2, 65536)  # uint16 shards hold ids up to 65535
-        self.data_path = knob("DATA_PATH", f"data/datasets/fineweb10B_sp{self.vocab_size}")
-        self.tokenizer_path = knob("TOKENIZER_PATH", f"data/tokenizers/fineweb_{self.vocab_size}_bpe.model")
+        # The records' CaseOps data (PR #1729) when it has been downloaded, else the plain shards.
+        caseops = f"data/datasets/fineweb10B_sp{self.vocab_size}_caseops"
+        plain = f"data/datasets/fineweb10B_sp{self.vocab_size}"
+        self.data_path = knob("DATA_PATH", caseops if Path(caseops).is_dir() else plain)
+        tokenizer = "caseops.model" if self.data_path.rstrip("/").endswith("_caseops") else "bpe.model"
+        self.tokenizer_path = knob("TOKENIZER_PATH", f"data/tokenizers/fineweb_{self.vocab_size}_{tokenizer}")
+        self.byte_sidecar = knob("BYTE_SIDECAR", "auto", choices=("auto", "0", "1"))
         self.run_id = knob("RUN_ID", time.strftime("run_%Y%m%d_%H%M%S"))
         self.seed = knob("SEED", 1337, 0, 2**32 - 2)  # numpy seeds are 32-bit; calibration uses SEED + 1
         self.val_tokens_limit = knob("VAL_TOKENS_LIMIT", 0, 0)
@@ -163,6 +173,7 @@ class Hyperparameters:
         self.attn_gate_scale = knob("ATTN_GATE_SCALE", 0.5, above=0)
         self.gate_window = knob("GATE_WINDOW", 12, 1)
         self.doc_attention = knob("DOC_ATTENTION", True)
+        self.attention_kernel = knob("ATTENTION_KERNEL", "auto", choices=ATTENTION_SETTINGS)
 
         # Depth recurrence and the per-pass adapters.
         self.loop_start = knob("LOOP_START", 3, 0)
@@ -216,6 +227,8 @@ class Hyperparameters:
         self.mlp_clip_sigmas = knob("MLP_CLIP_SIGMAS", 12.5, above=0)
         self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 14.0, above=0)
         self.gptq_calib_batches = knob("GPTQ_CALIB_BATCHES", 16, 1)
+        # Eager until a GPU acceptance run passes compiled calibration (the first GPU run's fault).
+        self.gptq_compile = knob("GPTQ_COMPILE", False)
         self.gptq_damp = knob("GPTQ_DAMP", 0.01, above=0)
         self.gptq_block = knob("GPTQ_BLOCK", 128, 1)
         self.compressor = knob("COMPRESSOR", "brotli", choices=COMPRESSORS)
@@ -330,19 +343,24 @@ class Hyperparameters:
         return self.train_batch_tokens // self.train_seq_len // world_size // self.micro_batch(world_size)
 
     def model_config(self) -> "ModelConfig":
-        return ModelConfig(
-            vocab_size=self.vocab_size, num_layers=self.num_layers, model_dim=self.model_dim,
-            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, mlp_mult=self.mlp_mult,
-            rope_dims=self.rope_dims, rope_base=self.rope_base, qk_gain_init=self.qk_gain_init,
-            logit_softcap=self.logit_softcap, tied_embed_init_std=self.tied_embed_init_std,
-            parallel_residual_start=self.parallel_residual_start,
-            loop_start=self.loop_start, loop_end=self.loop_end, num_loops=self.num_loops,
-            pass_lora_rank=self.pass_lora_rank, pass_lora_targets=list(self.lora_targets()),
-            pass_embed=self.pass_embed, xsa_last_n=self.xsa_last_n, ln_scale=self.ln_scale,
-            skip_gates=self.skip_gates, smear_gate=self.smear_gate, attn_gate=self.attn_gate,
-            attn_gate_scale=self.attn_gate_scale, gate_window=self.gate_window, ortho_init=self.ortho_init,
-            doc_attention=self.doc_attention,
-        )
+        cfg = ModelConfig(**{name: getattr(self, name) for name in MODEL_SETTINGS})
+        cfg.pass_lora_targets = list(self.lora_targets())
+        return cfg
+
+
+# The model's settings: each ModelConfig field is the Hyperparameters attribute of the same name,
+# read from this environment variable. An artifact's config goes through the same checks
+# (checked_config), so one table serves both.
+MODEL_SETTINGS = {
+    "vocab_size": "VOCAB_SIZE", "num_layers": "NUM_LAYERS", "model_dim": "MODEL_DIM", "num_heads": "NUM_HEADS",
+    "num_kv_heads": "NUM_KV_HEADS", "mlp_mult": "MLP_MULT", "rope_dims": "ROPE_DIMS", "rope_base": "ROPE_BASE",
+    "qk_gain_init": "QK_GAIN_INIT", "logit_softcap": "LOGIT_SOFTCAP", "tied_embed_init_std": "TIED_EMBED_INIT_STD",
+    "parallel_residual_start": "PARALLEL_RESIDUAL_START", "loop_start": "LOOP_START", "loop_end": "LOOP_END",
+    "num_loops": "NUM_LOOPS", "pass_lora_rank": "PASS_LORA_RANK", "pass_lora_targets": "PASS_LORA_TARGETS",
+    "pass_embed": "PASS_EMBED", "xsa_last_n": "XSA_LAST_N", "ln_scale": "LN_SCALE", "skip_gates": "SKIP_GATES",
+    "smear_gate": "SMEAR_GATE", "attn_gate": "ATTN_GATE", "attn_gate_scale": "ATTN_GATE_SCALE",
+    "gate_window": "GATE_WINDOW", "ortho_init": "ORTHO_INIT", "doc_attention": "DOC_ATTENTION",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +397,8 @@ def load_data_shard(path: str | Path) -> np.ndarray:
 
 
 def shard_files(data_path: str, split: str) -> list[Path]:
-    files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
+    # [0-9]: the byte sidecars fineweb_val_bytes_*.bin are not token shards.
+    files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_[0-9]*.bin")))
     if not files:
         raise InputError(
             f"No {split} shards (fineweb_{split}_*.bin) in DATA_PATH={data_path}. Download them with "
@@ -449,12 +468,56 @@ def load_validation_tokens(data_path: str, limit: int = 0) -> torch.Tensor:
     return torch.from_numpy(tokens.astype(np.int64))
 
 
+def sidecar_path(val_shard: Path) -> Path:
+    """fineweb_val_000000.bin -> fineweb_val_bytes_000000.bin, in the same folder."""
+    return val_shard.with_name(val_shard.name.replace("fineweb_val_", "fineweb_val_bytes_", 1))
+
+
+def load_validation_bytes(data_path: str, limit: int, mode: str) -> torch.Tensor | None:
+    """Per validation token, the ORIGINAL UTF-8 bytes it stands for, from the byte sidecars next
+    to the validation shards (CaseOps data, PR #1729: its tokens do not spell the original text,
+    so bits per byte must divide by these bytes, issue #2138), or None without sidecars.
+    BYTE_SIDECAR=auto uses them when every shard has one; 1 requires them; 0 ignores them."""
+    shards = shard_files(data_path, "val")
+    present = [sidecar_path(f) for f in shards if sidecar_path(f).is_file()]
+    if mode == "0" or (mode == "auto" and not present):
+        return None
+    if len(present) != len(shards):
+        missing = next(sidecar_path(f) for f in shards if not sidecar_path(f).is_file())
+        why = " (BYTE_SIDECAR=1)" if mode == "1" else " while other shards have a sidecar"
+        raise InputError(f"{missing} is missing{why}; every validation shard needs its byte sidecar: re-download or "
+                         f"rebuild the data set.")
+    parts = []
+    for shard, side in zip(shards, present):
+        tokens, counts = load_data_shard(shard), load_data_shard(side)
+        if len(counts) != len(tokens):
+            raise InputError(f"{side} holds {len(counts)} byte counts but {shard} holds {len(tokens)} tokens; the sidecar "
+                             f"does not belong to this shard: re-download or rebuild both.")
+        if counts[np.asarray(tokens) == BOS_ID].any():
+            raise InputError(f"{side} gives bytes to a BOS token, which stands for no text; re-download or rebuild it.")
+        parts.append(np.asarray(counts))
+    counts = np.concatenate(parts)
+    return torch.from_numpy((counts[:limit] if limit else counts).astype(np.int64))
+
+
+CASEOPS_OPERATORS = ("\ue001", "\ue002", "\ue003", "\ue004")  # TITLE, ALLCAPS, CAPNEXT, ESC (PR #1729)
+
+
+def is_caseops_tokenizer(sp) -> bool:
+    """A CaseOps tokenizer holds the case operators as pieces of their own."""
+    return all(sp.piece_to_id(op) != sp.unk_id() for op in CASEOPS_OPERATORS)
+
+
 def load_tokenizer(tokenizer_path: str, vocab_size: int):
     import sentencepiece as spm
 
     if not Path(tokenizer_path).is_file():
         raise InputError(f"TOKENIZER_PATH={tokenizer_path} does not exist; download or build the dataset first (see README).")
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    except (RuntimeError, OSError) as exc:
+        raise InputError(f"TOKENIZER_PATH={tokenizer_path} is not a SentencePiece model ({str(exc).splitlines()[0]}); "
+                         f"download or rebuild the tokenizer.") from None
     if sp.vocab_size() != vocab_size:
         raise ConfigError(f"Tokenizer {tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; set "
                           f"VOCAB_SIZE={sp.vocab_size()} or point TOKENIZER_PATH at the matching tokenizer.")
@@ -469,13 +532,26 @@ class ByteTables:
     base_bytes: torch.Tensor  # UTF-8 bytes of the piece without its leading "▁"
     leading_space: torch.Tensor  # piece starts with "▁": one more byte unless after a boundary
     is_boundary: torch.Tensor  # control / unknown / unused tokens: no bytes, no space after
+    sidecar: torch.Tensor | None = None  # per validation position: original bytes (CaseOps), replaces the tables
 
-    def target_bytes(self, prev_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def denominator(self) -> str:
+        return "sidecar" if self.sidecar is not None else "tables"
+
+    def target_bytes(self, prev_ids: torch.Tensor, target_ids: torch.Tensor,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Bytes of each target token; `positions` (indices into the validation tokens) are
+        needed, and only used, when the counts come from a sidecar."""
+        if self.sidecar is not None:
+            if positions is None:
+                raise ValueError("byte counts from a sidecar need the targets' positions")
+            return self.sidecar[positions]
         space = self.leading_space[target_ids] & ~self.is_boundary[prev_ids]
         return self.base_bytes[target_ids] + space.to(self.base_bytes.dtype)
 
     def to(self, device: torch.device) -> "ByteTables":
-        return ByteTables(self.base_bytes.to(device), self.leading_space.to(device), self.is_boundary.to(device))
+        sidecar = None if self.sidecar is None else self.sidecar.to(device)
+        return ByteTables(self.base_bytes.to(device), self.leading_space.to(device), self.is_boundary.to(device), sidecar)
 
 
 def build_byte_tables(sp, vocab_size: int) -> ByteTables:
@@ -607,6 +683,60 @@ def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     return torch.cumsum((input_ids == bos_id).to(torch.int32), dim=1)
 
 
+# ---- Attention kernels ----
+# Document attention keeps every token inside its own document (a BOS starts one; PR #1530).
+# On CUDA the rows of a micro-batch are packed into one token stream cut at every BOS and every
+# row start, and a varlen kernel runs each segment as its own causal sequence (PR #1855 does
+# this with FlashAttention-3). The segment table has a fixed length per batch shape, so
+# compiled graphs see static shapes, and it is built without a host sync. Kernels are chosen
+# once per run (pick_attention_kernels), checked against SDPA with a dense mask before any
+# work, and logged; GPT.attend() only dispatches on the layout it is handed.
+
+ATTENTION_SETTINGS = ("auto", "fa3", "varlen", "flex", "sdpa")
+# Segment slots per packed row: T // 64 + 1 holds rows whose documents average 64 tokens or
+# more (FineWeb's average is over ten times that). A row with more documents merges its last
+# ones into its last slot: attention across those documents, inside the row, never longer.
+SEGMENT_TOKENS = 64
+
+
+def segment_slots(seq_len: int) -> int:
+    return seq_len // SEGMENT_TOKENS + 1
+
+
+def packed_segments(input_ids: torch.Tensor, bos_id: int, slots: int) -> torch.Tensor:
+    """cu_seqlens (int32, B * slots + 1) of the rows of `input_ids` packed into one stream,
+    with a segment starting at every BOS and at every row start. Row b owns slots
+    b*slots .. (b+1)*slots - 1; unused slots are empty (zero-length) segments."""
+    B, T = input_ids.shape
+    starts = torch.cat([torch.ones_like(input_ids[:, :1], dtype=torch.bool), input_ids[:, 1:] == bos_id], dim=1)
+    segment_number = torch.cumsum(starts.to(torch.int32), dim=1)  # 1-based, non-decreasing along each row
+    wanted = torch.arange(1, slots + 1, device=input_ids.device, dtype=torch.int32).expand(B, slots).contiguous()
+    first = torch.searchsorted(segment_number, wanted, out_int32=True)  # T where a row has fewer segments
+    first = first + torch.arange(B, device=input_ids.device, dtype=torch.int32)[:, None] * T
+    return torch.cat([first.flatten(), first.new_full((1,), B * T)])
+
+
+def document_mask(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """The dense (B, 1, T, T) boolean mask of causal attention inside documents, for SDPA."""
+    docs = document_ids(input_ids, bos_id)
+    T = input_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+    return (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+
+def document_block_mask(input_ids: torch.Tensor, bos_id: int):
+    """A flex_attention BlockMask of causal attention inside documents, built eagerly: compiled
+    create_block_mask is one of the suspects of CUDA faults (pytorch issues #147551, #160018)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    docs = document_ids(input_ids, bos_id)
+    B, T = input_ids.shape
+
+    def same_document_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
+
+    return create_block_mask(same_document_causal, B, None, T, T, device=input_ids.device, _compile=False)
+
+
 def flash_attention_3():
     """FlashAttention-3's dense function when its package imports on this machine, else None."""
     try:
@@ -616,22 +746,160 @@ def flash_attention_3():
     return flash_attn_func
 
 
-def flex_attention_active(device: torch.device) -> bool:
-    """Document masks go to flex_attention only on CUDA inside torch.compile: compiled, it skips
-    the masked blocks; eager, it is a slow reference, and on the CPU it has no backward, so
-    everything else uses SDPA with an explicit mask."""
-    return device.type == "cuda" and torch.compiler.is_compiling()
+def fa3_varlen():
+    """FlashAttention-3's varlen kernel as (q, k, v, cu_seqlens, max_len) -> out, or None."""
+    try:
+        from flash_attn_interface import flash_attn_varlen_func
+    except ImportError:
+        return None
+
+    def run(q, k, v, cu_seqlens, max_len):
+        out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, causal=True)
+        return out[0] if isinstance(out, tuple) else out  # some builds also return the LSE
+    return run
 
 
-def attention_kernel_name(device_type: str, doc_attention: bool, compiled: bool) -> str:
-    """What attend() runs, for the log: FlashAttention-3 where it imports on CUDA (plain
-    causal attention only), flex_attention for document masks under torch.compile, else
-    PyTorch's scaled_dot_product_attention."""
-    if doc_attention:
-        return "flex_attention(document block mask)" if compiled and device_type == "cuda" else "sdpa(document mask)"
-    if device_type == "cuda" and flash_attention_3() is not None:
-        return "flash_attn_3(causal)"
-    return "sdpa(causal)"
+def torch_varlen(fn=None):
+    """PyTorch's varlen_attn (>= 2.10) as (q, k, v, cu_seqlens, max_len) -> out, or None. Its
+    signature changed: 2.10 takes is_causal; later versions window_size=(-1, 0) for causal, and
+    from 2.12 enable_gqa for grouped KV heads (without it the KV heads are repeated)."""
+    if fn is None:
+        try:
+            from torch.nn.attention.varlen import varlen_attn as fn
+        except ImportError:
+            return None
+    import inspect
+    params = inspect.signature(fn).parameters
+    if "is_causal" in params:
+        causal = {"is_causal": True}
+    elif "window_size" in params:
+        causal = {"window_size": (-1, 0)}
+    else:
+        return None  # a signature we do not know: never guess what it does
+    native_gqa = "enable_gqa" in params
+
+    def run(q, k, v, cu_seqlens, max_len):
+        extra = dict(causal)
+        if k.size(1) != q.size(1):
+            if native_gqa:
+                extra["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+                v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+        return fn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **extra)
+    return run
+
+
+def varlen_candidates(device: torch.device) -> list[tuple[str, object]]:
+    """The varlen kernels that import here, in order of preference (both need CUDA)."""
+    if device.type != "cuda":
+        return []
+    found = [("fa3_varlen", fa3_varlen()), ("torch_varlen", torch_varlen())]
+    return [(name, fn) for name, fn in found if fn is not None]
+
+
+class KernelFault(RuntimeError):
+    """A kernel crashed the device during its start-up check: the process cannot go on."""
+
+
+def check_varlen(fn, device: torch.device) -> str | None:
+    """Run `fn` on a small random packed batch, forward and backward, against SDPA with the dense
+    document mask; None when it agrees, else why not. A device fault raises KernelFault."""
+    generator = torch.Generator().manual_seed(0)
+    B, T, H, KV, D = 2, 256, 4, 2, 64
+    ids = torch.randint(2, 100, (B, T), generator=generator)
+    ids[torch.rand(B, T, generator=generator) < 0.02] = BOS_ID
+    ids[0, 0], ids[1, T - 1] = BOS_ID, BOS_ID
+    ids = ids.to(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q, k, v = (torch.randn(B, T, n, D, generator=generator).to(device, dtype).requires_grad_() for n in (H, KV, KV))
+    try:
+        out = fn(q.reshape(B * T, H, D), k.reshape(B * T, KV, D), v.reshape(B * T, KV, D),
+                 packed_segments(ids, BOS_ID, T), T).view(B, T, H, D)
+        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    except Exception as exc:
+        if "CUDA error" in str(exc):  # the context is lost: nothing after this can run on the GPU
+            raise KernelFault(str(exc).splitlines()[0]) from None
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    k_rep, v_rep = [t.repeat_interleave(H // KV, 2).transpose(1, 2) for t in (k32, v32)]
+    ref = F.scaled_dot_product_attention(q32.transpose(1, 2), k_rep, v_rep, attn_mask=document_mask(ids, BOS_ID)).transpose(1, 2)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q32, k32, v32))
+    tolerance = 5e-2 if dtype == torch.bfloat16 else 1e-4
+    for name, got, want in [("output", out, ref), *zip(("dq", "dk", "dv"), grads, ref_grads)]:
+        error = ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-6)).item()
+        if not error <= tolerance:
+            return f"{name} differs from SDPA by {error:.3g} (relative, tolerance {tolerance})"
+    return None
+
+
+@dataclass
+class AttentionKernels:
+    """What each kind of forward runs: `train` (graphs with gradients), `nograd` (evaluation,
+    calibration), `dense` (plain causal rows: per-document TTT, DOC_ATTENTION=0)."""
+    train: str
+    nograd: str
+    dense: str
+    varlen: object = None  # the varlen function when train or nograd is a varlen kernel
+    check: str = "not needed"
+
+    def line(self) -> str:
+        return (f"attention_kernels train:{self.train} eval:{self.nograd} calibration:{self.nograd} "
+                f"documents:{self.dense} check:{self.check}")
+
+
+def pick_attention_kernels(setting: str, device: torch.device, compiled: bool, log=None) -> AttentionKernels:
+    """ATTENTION_KERNEL=auto takes the first varlen kernel that imports and passes check_varlen,
+    else flex_attention for compiled training on CUDA (never in a graph without gradients unless
+    asked for by name: its no-grad kernel is the prime suspect of the first GPU run's fault),
+    else SDPA with a dense mask. A named kernel that is missing or fails its check is an error."""
+    dense = "fa3_causal" if device.type == "cuda" and flash_attention_3() is not None else "sdpa_causal"
+    if setting == "sdpa":
+        return AttentionKernels("sdpa_mask", "sdpa_mask", dense)
+    if setting == "flex":
+        if device.type != "cuda" and not compiled:
+            raise ConfigError("ATTENTION_KERNEL=flex needs COMPILE=1 on the CPU (eager flex_attention has no CPU backward); "
+                              "use ATTENTION_KERNEL=sdpa or auto.")
+        return AttentionKernels("flex", "flex", dense)
+    candidates = varlen_candidates(device)
+    if setting in ("fa3", "varlen"):
+        wanted = "fa3_varlen" if setting == "fa3" else "torch_varlen"
+        candidates = [(name, fn) for name, fn in candidates if name == wanted]
+        if not candidates:
+            what = "flash_attn_interface (FlashAttention-3)" if setting == "fa3" else "torch.nn.attention.varlen (PyTorch >= 2.10)"
+            raise ConfigError(f"ATTENTION_KERNEL={setting}: {what} is not available on this {device.type} machine; "
+                              f"use ATTENTION_KERNEL=auto.")
+    rejected = []
+    for name, fn in candidates:
+        try:
+            problem = check_varlen(fn, device)
+        except KernelFault as exc:
+            raise KernelFault(f"the attention kernel {name} crashed the GPU in its start-up check ({exc}); "
+                              f"run with ATTENTION_KERNEL={'flex' if compiled else 'sdpa'} or ATTENTION_KERNEL=sdpa.") from None
+        if problem is None:
+            return AttentionKernels(name, name, dense, fn, "passed" + "".join(f",{r}" for r in rejected))
+        if log is not None:
+            log(f"attention_kernel_rejected kernel:{name} reason:{problem}")
+        if setting != "auto":
+            raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} disagrees with SDPA on a test batch ({problem}); "
+                              f"use ATTENTION_KERNEL=auto.")
+        rejected.append(f"{name}_rejected")
+    check = ",".join(rejected) or "not needed"
+    train = "flex" if device.type == "cuda" and compiled else "sdpa_mask"
+    return AttentionKernels(train, "sdpa_mask", dense, None, check)
+
+
+def softcapped_nll(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token cross-entropy of cap * tanh(logits / cap), written as logsumexp(z) - z[target]
+    so that, compiled, the cap and the fp32 upcast fuse into the reduction and only the bf16
+    logits are kept for the backward (PR #1787's fused softcapped CE; F.cross_entropy would
+    keep fp32 log-probabilities: 3.2 GB for a 98,304-token micro-batch at vocabulary 8192)."""
+    z = logits.float()
+    if cap > 0:
+        z = cap * torch.tanh(z / cap)
+    return torch.logsumexp(z, dim=-1) - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 class GPT(nn.Module):
@@ -640,7 +908,10 @@ class GPT(nn.Module):
         self.cfg = cfg
         L, D, H = cfg.num_layers, cfg.model_dim, cfg.num_heads
         self.looping = False
-        self.use_fa3 = False  # set by prepare_model() on CUDA when FlashAttention-3 imports
+        # Set by prepare_model() from the run's AttentionKernels: FlashAttention-3 for plain causal
+        # rows, and the varlen function that packed layouts run through.
+        self.use_fa3 = False
+        self.varlen = None
         # Per-document TTT reads one document per row, where document attention is plain causal
         # attention: it then skips the mask and runs the dense causal kernel (FlashAttention-3).
         self.rows_are_documents = False
@@ -748,45 +1019,42 @@ class GPT(nn.Module):
         x1, x2, rest = x[..., : d // 2], x[..., d // 2: d], x[..., d:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
-    def attention_mask(self, input_ids: torch.Tensor):
-        """What attend() needs to keep tokens inside their document: a flex_attention block
-        mask (compiled), a boolean (B, 1, T, T) mask for SDPA (eager), or None for plain causal
-        attention."""
+    def attention_layout(self, input_ids: torch.Tensor, kernel: str = "sdpa_mask"):
+        """What attend() needs to keep tokens inside their documents under `kernel` (see
+        AttentionKernels): packed cu_seqlens, a flex BlockMask, a dense SDPA mask, or None for
+        plain causal attention. Runners build it outside the compiled graph."""
         if not self.cfg.doc_attention or self.rows_are_documents:
             return None
-        docs = document_ids(input_ids, self.cfg.bos_id)
-        B, T = input_ids.shape
-        if flex_attention_active(input_ids.device):
-            from torch.nn.attention.flex_attention import create_block_mask
+        if kernel in ("fa3_varlen", "torch_varlen"):
+            return packed_segments(input_ids, self.cfg.bos_id, segment_slots(input_ids.size(1)))
+        if kernel == "flex":
+            return document_block_mask(input_ids, self.cfg.bos_id)
+        return document_mask(input_ids, self.cfg.bos_id)
 
-            def same_document_causal(b, h, q_idx, kv_idx):
-                return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
-
-            return create_block_mask(same_document_causal, B, None, T, T, device=input_ids.device)
-        causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-        return (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
-        """Causal attention, inside documents when `mask` is given; (B, T, heads, head_dim) in and out."""
-        if mask is None and self.use_fa3:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:
+        """Causal attention, inside documents when a layout is given; (B, T, heads, head_dim) in and out."""
+        B, T, H, D = q.shape
+        if layout is None and self.use_fa3:
             y = flash_attention_3()(q, k, v, causal=True)  # grouped KV heads natively
             return y[0] if isinstance(y, tuple) else y  # older FA3 builds also return the LSE
+        if isinstance(layout, torch.Tensor) and layout.dtype == torch.int32:  # packed cu_seqlens
+            q2, k2, v2 = [t.reshape(B * T, -1, D) for t in (q, k, v)]
+            return self.varlen(q2, k2, v2, layout, T).view(B, T, H, D)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if mask is not None and not isinstance(mask, torch.Tensor):  # a flex_attention BlockMask
+        if layout is not None and not isinstance(layout, torch.Tensor):  # a flex_attention BlockMask
             from torch.nn.attention.flex_attention import flex_attention
-            y = flex_attention(q, k, v, block_mask=mask, enable_gqa=k.size(1) != q.size(1))
-            return y.transpose(1, 2)
+            return flex_attention(q, k, v, block_mask=layout, enable_gqa=k.size(1) != q.size(1)).transpose(1, 2)
         if k.size(1) != q.size(1):
             # Explicit repeat rather than enable_gqa: keeps every SDPA backend (flash included) eligible.
             groups = q.size(1) // k.size(1)
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if mask is None:
+        if layout is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout)
         return y.transpose(1, 2)
 
-    def attention(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int, mask) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         c, L = self.cfg, self.cfg.num_layers
         B, T, _ = x.shape
         self._record(("attn_in", layer), x)
@@ -795,7 +1063,7 @@ class GPT(nn.Module):
         v = self.project(x, self.kv_bank[L + layer], "v", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain[layer][None, None, :, None].to(q.dtype)
-        y = self.attend(q, k, v, mask)
+        y = self.attend(q, k, v, layout)
         if layer in self.xsa_layers:
             # XSA (PR #1493): drop each head's component along its own token's value vector
             # (the KV head of its group), so attention carries only what the token lacks.
@@ -822,12 +1090,12 @@ class GPT(nn.Module):
             out = out + self.ttt_lora.delta("mlp", slot, x)
         return out
 
-    def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, mask) -> torch.Tensor:
+    def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         mix = self.resid_mix[layer]
         x = mix[0] * x + mix[1] * x0
         ln = self.ln_factors[layer]
         normed = rms_norm(x) * ln
-        attn = self.attn_scale[layer] * self.attention(normed, layer, pass_idx, slot, mask)
+        attn = self.attn_scale[layer] * self.attention(normed, layer, pass_idx, slot, layout)
         if layer >= self.cfg.parallel_residual_start:
             # Parallel residual: attention and MLP read the same input (PR #1493).
             return x + attn + self.mlp_scale[layer] * self.mlp(normed, layer, pass_idx, slot)
@@ -851,11 +1119,13 @@ class GPT(nn.Module):
         # Sigmoid skip gate (PR #1493): skip + sigma(g) * (x - skip).
         return torch.lerp(skip, x, torch.sigmoid(self.skip_gates[index]))
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, layout=None) -> torch.Tensor:
+        """The final normed hidden states; `layout` from attention_layout() (None: the dense
+        reference layout, built here). GPTQ calibration stops here: it never needs the logits."""
         # The residual stream stays float32; under autocast only the matmuls run in bf16.
         x = self.embed(input_ids)
         x0 = x
-        mask = self.attention_mask(input_ids)
+        layout = self.attention_layout(input_ids) if layout is None else layout
         order = self.schedule()
         encoder_len = len(order) // 2
         skips = []
@@ -865,26 +1135,29 @@ class GPT(nn.Module):
                 x = self.merge_skip(x, skips.pop(), slot - encoder_len)
             if pass_idx > 0 and self.pass_embed is not None:
                 x = x + self.pass_embed[pass_idx - 1, layer - self.cfg.loop_start]
-            x = self.block(x, x0, layer, pass_idx, slot, mask)
+            x = self.block(x, x0, layer, pass_idx, slot, layout)
             if slot < encoder_len:
                 skips.append(x)
         x = rms_norm(x)
         self._record(("final", 0), x)
         return x
 
-    def forward_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.hidden_states(input_ids)
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw logits of the tied head (bf16 under autocast), before the soft-cap."""
         logits = F.linear(x, self.tok_emb.weight)
         if self.ttt_lora is not None:
             logits = logits + self.ttt_lora.delta("head", 0, x)
-        logits = logits.float()
+        return logits
+
+    def forward_logits(self, input_ids: torch.Tensor, layout=None) -> torch.Tensor:
+        """Soft-capped float32 logits, for analysis and tests; training and scoring use forward()."""
+        logits = self.head(self.hidden_states(input_ids, layout)).float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
-    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        logits = self.forward_logits(input_ids)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction)
-        return loss if reduction == "mean" else loss.view_as(target_ids)
+    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean", layout=None) -> torch.Tensor:
+        nll = softcapped_nll(self.head(self.hidden_states(input_ids, layout)), target_ids, self.cfg.logit_softcap)
+        return nll.mean() if reduction == "mean" else nll
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         params = list(self.lora_A.values()) + list(self.lora_B.values())
@@ -1094,6 +1367,7 @@ class Runtime:
     local_rank: int
     device: torch.device
     log_path: Path | None = None
+    kernels: "AttentionKernels | None" = None  # chosen once per run, in run()
     activity: str = "starting"
     activity_since: float = field(default_factory=time.monotonic)
 
@@ -1158,30 +1432,46 @@ class WeightEMA:
             p.copy_(s.to(p.dtype))
 
 
+class Runner:
+    """One forward of the model, compiled or eager, called with the attention layout of its
+    kernel built outside it (eagerly: a flex BlockMask never forms inside a compiled graph)."""
+
+    def __init__(self, model: "GPT", fn, kernel: str):
+        self.model, self.fn, self.kernel = model, fn, kernel
+
+    def __call__(self, input_ids: torch.Tensor, *args, **kwargs):
+        return self.fn(input_ids, *args, layout=self.model.attention_layout(input_ids, self.kernel), **kwargs)
+
+
 @dataclass
 class Runners:
-    """The callables that run one model: compiled whole (fullgraph: a graph break is an error,
-    never a silent slowdown) under COMPILE=1, else the model's own methods."""
-    model: object  # training steps, evaluation windows, chunked TTT, global phases: static shapes
-    calibrate: object  # GPTQ calibration: forward_logits, adding to model.hessians
-    documents: object  # per-document TTT: one graph for every window width (dynamic shapes)
-
+    """The callables that run one model. Under COMPILE=1 the model is compiled whole (fullgraph:
+    a graph break is an error, never a silent slowdown); calibration only with GPTQ_COMPILE=1."""
+    train: Runner  # training steps, chunked TTT and global-phase updates: static shapes
+    score: Runner  # evaluation windows and chunked TTT scoring, without gradients
+    calibrate: Runner  # GPTQ calibration: hidden states only, adding to model.hessians
+    documents: Runner  # per-document TTT: plain causal rows, one graph for every window width
 
     @staticmethod
-    def eager(model: "GPT") -> "Runners":
-        return Runners(model, model.forward_logits, model)
+    def eager(model: "GPT", kernels: AttentionKernels | None = None) -> "Runners":
+        k = kernels or AttentionKernels("sdpa_mask", "sdpa_mask", "sdpa_causal")
+        return Runners(Runner(model, model, k.train), Runner(model, model, k.nograd),
+                       Runner(model, model.hidden_states, k.nograd), Runner(model, model, k.nograd))
 
 
 def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
-    """Pick the attention kernel for this device and build the model's Runners."""
-    model.use_fa3 = rt.device.type == "cuda" and flash_attention_3() is not None
+    """Hand the model this run's attention kernels and build its Runners."""
+    kernels = rt.kernels or pick_attention_kernels(h.attention_kernel, rt.device, h.compile)
+    model.use_fa3, model.varlen = kernels.dense == "fa3_causal", kernels.varlen
     if not h.compile:  # COMPILE=1 compiles on any device: on the CPU too, so CI tests the compiled path
-        return Runners.eager(model)
+        return Runners.eager(model, kernels)
     # Each graph is compiled once per shape; the default limit (8) would silently fall back to eager.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return Runners(torch.compile(model, fullgraph=True, dynamic=False),
-                   torch.compile(model.forward_logits, fullgraph=True, dynamic=False),
-                   torch.compile(model, fullgraph=True, dynamic=True))
+    whole = torch.compile(model, fullgraph=True, dynamic=False)
+    calibrate = torch.compile(model.hidden_states, fullgraph=True, dynamic=False) if h.gptq_compile else model.hidden_states
+    documents = torch.compile(model, fullgraph=True, dynamic=True)
+    return Runners(Runner(model, whole, kernels.train), Runner(model, whole, kernels.nograd),
+                   Runner(model, calibrate, kernels.nograd), Runner(model, documents, kernels.nograd))
 
 
 def graphs_compiled() -> int:
@@ -1193,10 +1483,88 @@ def log_compiles(rt: Runtime, stage: str, before: int) -> None:
     rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
 
 
+@contextlib.contextmanager
+def compile_timer(rt: Runtime, graph: str):
+    """Time one warm-up call that compiles `graph`: every second of it is paid before the clock on every run."""
+    rt.synchronize()
+    t0, before = time.perf_counter(), graphs_compiled()
+    yield
+    rt.synchronize()
+    rt.log(f"compile_time graph:{graph} time:{1000 * (time.perf_counter() - t0):.0f}ms new_graphs:{graphs_compiled() - before}")
+
+
+class SlowestClock:
+    """The slowest rank's training time (ms) after a given step, read without a host sync on
+    most steps: read_late() posts this rank's host clock into a MAX all-reduce that runs in
+    stream order and returns the result posted one step earlier, long finished, so the GPU
+    never idles while the host waits. read_now() synchronises and reads the current step (on
+    logged steps, where the loss is read anyway). Every rank calls them on the same steps and
+    gets the same values, so every decision taken from them is the same on every rank."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.ms, self.step = 0.0, 0  # the latest reading, and the step it was taken after
+        self.step_ms = 0.0  # the last measured time per step
+        self.posted = None  # (host tensor, CUDA event or None, step) of the reading in flight
+
+    def _post(self, ms: float) -> torch.Tensor:
+        value = torch.tensor([ms], dtype=torch.float64)
+        if self.rt.device.type == "cuda":
+            value = value.pin_memory().to(self.rt.device, non_blocking=True)
+        if self.rt.world_size > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
+
+    def _update(self, ms: float, step: int) -> None:
+        if step > self.step:
+            self.step_ms = (ms - self.ms) / (step - self.step)
+        self.ms, self.step = ms, step
+
+    def read_late(self, ms: float, step: int) -> None:
+        if self.posted is not None:
+            host, event, posted_step = self.posted
+            if event is not None:
+                event.synchronize()  # the step before: done unless the host ran two steps ahead
+            self._update(float(host), posted_step)
+        value, event = self._post(ms), None
+        if value.is_cuda:
+            host = torch.empty(1, dtype=torch.float64, pin_memory=True)
+            host.copy_(value, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            value = host
+        self.posted = (value, event, step)
+
+    def read_now(self, ms: float, step: int) -> None:
+        self.rt.synchronize()
+        self.posted = None  # superseded by a newer reading
+        self._update(float(self._post(ms)), step)
+
+    def next_step_ends(self, step: int) -> float:
+        """Predicted slowest-rank time at the end of step + 1: the stop rule stops before a step
+        that would end past the budget."""
+        return self.ms + (step + 1 - self.step) * self.step_ms
+
+
+def log_training_step(rt: Runtime, h: Hyperparameters, loss: torch.Tensor, step: int, train_ms: float,
+                      tokens_per_step: int) -> None:
+    """The step line, with the global batch's loss; a non-finite loss ends the run (checked where
+    the loss is read anyway: no extra host sync)."""
+    if rt.world_size > 1:  # every rank logs on the same steps
+        dist.all_reduce(loss)
+        loss /= rt.world_size
+    if not math.isfinite(loss.item()):
+        raise TrainingDiverged(f"the training loss is {loss.item()} at step {step}: training diverged, so no artifact "
+                               f"or score is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR) or "
+                               f"keep GRAD_CLIP_NORM > 0.")
+    rt.log(f"step:{step}/{h.iterations} train_loss:{loss.item():.4f} train_time:{train_ms:.0f}ms "
+           f"step_avg:{train_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / max(train_ms / 1000, 1e-9))}")
+
+
 def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, evaluate) -> dict:
-    """Train in place (steps run through runners.model); returns timing facts. `evaluate()`
+    """Train in place (steps run through runners.train); returns timing facts. `evaluate()`
     gives (val_loss, val_bpb)."""
-    compiled = runners.model
+    compiled = runners.train
     opt = Optimizers(model, h, rt.rank, rt.world_size)
     global_seqs = h.train_batch_tokens // h.train_seq_len
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed)
@@ -1225,13 +1593,19 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
         for i in range(h.warmup_steps):
             rt.doing(f"compile warm-up step {i + 1}")
+            first_of_state = i == 0 or model.looping != (h.num_loops > 0 and (not loop_later or i >= h.warmup_steps // 2))
             model.looping = h.num_loops > 0 and (not loop_later or i >= h.warmup_steps // 2)
-            run_step(1.0, h.muon_momentum_warmup_start)
+            if first_of_state:
+                with compile_timer(rt, f"train_{'looped' if model.looping else 'unlooped'}"):
+                    run_step(1.0, h.muon_momentum_warmup_start)
+            else:
+                run_step(1.0, h.muon_momentum_warmup_start)
         model.load_state_dict(initial_model)
         opt.load_state_dict(initial_opt)
         loader.reset()
-        if h.quant_method == "gptq" and h.compile:
-            warm_up_calibration(model, runners, h, rt, micro)
+        if h.quant_method == "gptq" and h.compile and h.gptq_compile:
+            with compile_timer(rt, "calibration"):
+                warm_up_calibration(model, runners, h, rt, micro)
         rt.synchronize()
         rt.log(f"warmup_done steps:{h.warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
         log_compiles(rt, "warmup", graphs)
@@ -1241,20 +1615,22 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
     budget_ms = 1000.0 * (h.max_wallclock_seconds - h.gptq_reserve_seconds) if h.max_wallclock_seconds > 0 else 0.0
     ema = WeightEMA(model, h.ema_horizon_frac) if h.ema_enabled else None
     tokens_per_step = global_seqs * h.train_seq_len
-    train_ms, step, stopped_by_clock = 0.0, 0, False
+    clock = SlowestClock(rt)
+    host_ms, step, stopped_by_clock = 0.0, 0, False
     rt.synchronize()
     t_start = time.perf_counter()
     while True:
         last_step = step >= h.iterations or stopped_by_clock
         if h.val_loss_every > 0 and step > 0 and (step % h.val_loss_every == 0 or last_step):
             rt.synchronize()
-            train_ms += 1000 * (time.perf_counter() - t_start)
+            host_ms += 1000 * (time.perf_counter() - t_start)
             val_loss, val_bpb = evaluate()
             rt.log(f"step:{step}/{h.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f}")
             t_start = time.perf_counter()
         if last_step:
             break
-        progress = train_ms / budget_ms if budget_ms else step / h.iterations
+        # Every decision reads the slowest rank's clock, so all ranks act on the same step.
+        progress = clock.ms / budget_ms if budget_ms else step / h.iterations
         if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
             model.looping = True
             layers = " ".join(str(layer) for layer, _ in model.schedule())
@@ -1264,30 +1640,22 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         rt.doing(f"training step {step + 1}")
         loss = run_step(lr_multiplier(progress, h.warmdown_frac, h.min_lr), momentum)
         step += 1
-        rt.synchronize()
-        elapsed = torch.tensor(train_ms + 1000 * (time.perf_counter() - t_start), dtype=torch.float64)
-        if rt.world_size > 1:  # the slowest rank's clock decides, so every rank stops on the same step
-            elapsed = elapsed.to(rt.device)
-            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-        elapsed_ms = float(elapsed)
+        now = host_ms + 1000 * (time.perf_counter() - t_start)
+        logged = step <= 10 or step % h.train_log_every == 0 or step == h.iterations
+        clock.read_now(now, step) if logged else clock.read_late(now, step)
         if ema is not None:
-            expected = step / (elapsed_ms / budget_ms) if budget_ms else h.iterations
-            ema.update(expected)
-        stopped_by_clock = bool(budget_ms) and elapsed_ms >= budget_ms
-        if step <= 10 or step % h.train_log_every == 0 or step == h.iterations or stopped_by_clock:
-            if rt.world_size > 1:  # the global batch's loss, not rank 0's share (every rank logs on the same steps)
-                dist.all_reduce(loss)
-                loss /= rt.world_size
-            # Checked where the loss is read anyway (no extra host sync), and at the last step.
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(f"the training loss is {loss.item()} at step {step}: training diverged, so no artifact "
-                                       f"or score is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR) or "
-                                       f"keep GRAD_CLIP_NORM > 0.")
-            rt.log(f"step:{step}/{h.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
-                   f"step_avg:{elapsed_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / (elapsed_ms / 1000))}")
+            ema.update(clock.step * budget_ms / clock.ms if budget_ms and clock.ms > 0 else h.iterations)
+        stopped_by_clock = bool(budget_ms) and clock.next_step_ends(step) >= budget_ms
+        if stopped_by_clock and not logged:
+            clock.read_now(now, step)
+            logged = True
+        if logged:
+            log_training_step(rt, h, loss, step, clock.ms, tokens_per_step)
         if stopped_by_clock:
-            rt.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{h.iterations}")
-        train_ms, t_start = elapsed_ms, time.perf_counter()
+            rt.log(f"stopping_early: wallclock_cap train_time:{clock.ms:.0f}ms step:{step}/{h.iterations}")
+    if clock.step != step:
+        clock.read_now(host_ms + 1000 * (time.perf_counter() - t_start), step)
+    train_ms = clock.ms
     if ema is not None:
         ema.copy_to_model()
         rt.log(f"ema_applied horizon_frac:{h.ema_horizon_frac}")
@@ -1363,6 +1731,7 @@ class BoundedDecompressor:
 
     def __init__(self, data: bytes, method: str):
         self.pending = b""
+        self.trailing = lambda: False  # brotli and zstd refuse bytes after their stream themselves
         if method == "brotli":
             import brotli
             decoder, fed = brotli.Decompressor(), [False]
@@ -1386,6 +1755,7 @@ class BoundedDecompressor:
                 chunk = decoder.decompress(b"" if fed[0] else data, max_length=n)
                 fed[0] = True
                 return chunk
+            self.trailing = lambda: decoder.eof and bool(decoder.unused_data)  # junk after the stream's end
         self.pull = pull
 
     def read(self, n: int) -> bytes:
@@ -1446,8 +1816,8 @@ def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
 def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime, calibrate=None) -> dict[str, torch.Tensor]:
     """Average X^T X per matrix input over GPTQ_CALIB_BATCHES training batches (each one
     step's global batch, split over ranks as in training: PR #1855 used 16). `calibrate` runs
-    the forward (Runners.calibrate; default: model.forward_logits)."""
-    calibrate = calibrate or model.forward_logits
+    the forward (Runners.calibrate; default: model.hidden_states, the reference layout)."""
+    calibrate = calibrate or model.hidden_states
     global_seqs = h.train_batch_tokens // h.train_seq_len
     # A seed of its own: calibration reads training shards only, never the validation split.
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed + 1)
@@ -1615,32 +1985,63 @@ def seal_artifact(method: str, stream: bytes) -> bytes:
     return ARTIFACT_MAGIC + body[:1] + zlib.crc32(body).to_bytes(4, "little") + body[1:]
 
 
-def checked_config(raw: dict, vocab_size: int) -> ModelConfig:
-    """The artifact's model settings, refused before anything is built if they are not a model
-    this script could have written for this data: unknown fields, another vocabulary, or more
-    parameters than a 16,000,000-byte artifact could hold at 1 bit each."""
-    known = {f.name for f in fields(ModelConfig)}
-    if not isinstance(raw, dict) or set(raw) - known:
-        raise InputError(f"the artifact's model config has unknown fields {sorted(set(raw) - known) if isinstance(raw, dict) else raw!r}")
-    cfg = ModelConfig(**raw)
-    if cfg.vocab_size != vocab_size:
-        raise InputError(f"the artifact's model has a {cfg.vocab_size}-token vocabulary but the data and tokenizer have "
-                         f"{vocab_size}; evaluate it with the VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH it was trained on")
-    env = {"VOCAB_SIZE": str(cfg.vocab_size), "NUM_LAYERS": str(cfg.num_layers), "MODEL_DIM": str(cfg.model_dim),
-           "NUM_HEADS": str(cfg.num_heads), "NUM_KV_HEADS": str(cfg.num_kv_heads), "MLP_MULT": str(cfg.mlp_mult),
-           "ROPE_DIMS": str(cfg.rope_dims), "LOOP_START": str(cfg.loop_start), "LOOP_END": str(cfg.loop_end),
-           "NUM_LOOPS": str(cfg.num_loops), "PASS_LORA_RANK": str(cfg.pass_lora_rank), "GATE_WINDOW": str(cfg.gate_window),
-           "PASS_LORA_TARGETS": ",".join(cfg.pass_lora_targets), "TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048"}
+def setting_text(value) -> str | None:
+    """An artifact config value as the environment variable would spell it, or None when its
+    type could never have come from one (a list of non-strings, a dict, None)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return None
+
+
+def checked_config(raw: dict, vocab_size: int, artifact_bytes: int) -> ModelConfig:
+    """The artifact's model settings, refused before anything is built unless they are a model
+    this script could have written for this data: every field through the same checks as the
+    environment's settings (MODEL_SETTINGS), this vocabulary and BOS id, and no more parameters
+    than the artifact's bytes could hold or the device's memory could evaluate."""
+    if not isinstance(raw, dict) or set(raw) != set(MODEL_SETTINGS) | {"bos_id"}:
+        fields_seen = sorted(raw) if isinstance(raw, dict) else raw
+        raise InputError(f"the artifact's model config has the fields {fields_seen!r}, not this script's; it was not "
+                         f"written by this train_gpt.py")
+    env = {"TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048"}
+    for name, variable in MODEL_SETTINGS.items():
+        text = setting_text(raw[name])
+        if text is None:
+            raise InputError(f"the artifact's model config has {name}={raw[name]!r}, which no {variable} setting can be")
+        env[variable] = text
     try:
-        Hyperparameters(environ=env).validate(1)
-    except (ConfigError, TypeError) as exc:
+        h = Hyperparameters(environ=env)
+        h.validate(1)
+    except ConfigError as exc:
         raise InputError(f"the artifact's model config is invalid ({exc})") from None
+    if h.vocab_size != vocab_size:
+        raise InputError(f"the artifact's model has a {h.vocab_size}-token vocabulary but the data and tokenizer have "
+                         f"{vocab_size}; evaluate it with the VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH it was trained on")
+    if raw["bos_id"] != BOS_ID or isinstance(raw["bos_id"], bool):
+        raise InputError(f"the artifact's model config has bos_id={raw['bos_id']!r}; the challenge's tokenizers put BOS at {BOS_ID}")
+    cfg = h.model_config()
     with torch.device("meta"):
         params = sum(p.numel() for p in GPT(cfg).parameters())
-    if params > 8 * CHALLENGE_LIMIT_BYTES:
-        raise InputError(f"the artifact's model config asks for {params:,} parameters, more than a "
-                         f"{CHALLENGE_LIMIT_BYTES:,}-byte artifact can hold")
+    # A real artifact stores 2-3 parameters per byte (int6 after brotli); 64 per byte would need
+    # weights far more regular than any trained model's: a few compressed bytes never build a giant.
+    if params > 64 * artifact_bytes:
+        raise InputError(f"the artifact's model config asks for {params:,} parameters from {artifact_bytes:,} bytes "
+                         f"(at most 64 a byte); refusing to build it")
+    need, have = 16 * params, device_memory_bytes()
+    if need > have:
+        raise InputError(f"the artifact's model ({params:,} parameters) needs about {need / 2**30:.1f} GiB to evaluate, "
+                         f"more than this device's {have / 2**30:.1f} GiB")
     return cfg
+
+
+def device_memory_bytes() -> int:
+    """Memory of the device a model will live on: the GPU's, else the machine's physical memory."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -1667,7 +2068,7 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
         if header_len > MAX_HEADER_BYTES:
             raise corrupt(f"a {header_len:,}-byte header")
         header = json.loads(stream.read(header_len))
-        cfg = checked_config(header.get("config"), vocab_size)
+        cfg = checked_config(header.get("config"), vocab_size, len(blob))
         with torch.device("meta"):
             shapes = {n: tuple(p.shape) for n, p in GPT(cfg).named_parameters()}
         entries = header["tensors"]
@@ -1687,7 +2088,7 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
         data = stream.read(total)
         if len(data) < total:
             raise corrupt(f"the payload ends after {len(data):,} of {total:,} bytes")
-        if stream.read(1):
+        if stream.read(1) or stream.trailing():
             raise corrupt(f"more data follows the {total:,} bytes the config needs")
 
         def read(ref: dict) -> torch.Tensor:
@@ -1703,6 +2104,9 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
                 state[name] = read(entry["q"]).float() * read(entry["scale"]).float().view(*shapes[name][:-1], 1)
             else:
                 state[name] = read(entry["data"]).float()
+        broken = [name for name, t in state.items() if not torch.isfinite(t).all()]
+        if broken:
+            raise InputError(f"the artifact's weights are not finite ({', '.join(broken)}): it cannot give a score")
     except InputError:
         raise
     except Exception as exc:  # brotli/zstd/lzma, JSON, numpy and key errors alike
@@ -1817,9 +2221,10 @@ class NllRecorder:
             totals = totals.cpu()
         if rt.is_main:
             pos = torch.nonzero(totals[2] > 0).squeeze(1)
-            np.savez(path, nll=totals[0, pos].numpy(), bytes=totals[1, pos].numpy().astype(np.int64),
-                     pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64),
-                     order=(totals[3, pos] - 1).numpy().astype(np.int64))
+            with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a bare name
+                np.savez(f, nll=totals[0, pos].numpy(), bytes=totals[1, pos].numpy().astype(np.int64),
+                         pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64),
+                         order=(totals[3, pos] - 1).numpy().astype(np.int64))
 
 
 @torch.no_grad()
@@ -1847,7 +2252,7 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
             nll = score_fn(inputs, targets, reduction="none").float()
         mask = rel >= first[:, None]
         mask[real:] = False
-        nbytes = tables.target_bytes(inputs, targets)
+        nbytes = tables.target_bytes(inputs, targets, starts[:, None] + offsets[None, 1:])
         meter.add(nll[mask], nbytes[mask])
         if recorder is not None:
             order = torch.from_numpy(windows.index[idx]).to(val.device)[:, None].expand_as(mask)
@@ -1888,7 +2293,7 @@ def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tup
     return np.array(starts, dtype=np.int64), np.array(first, dtype=np.int64)
 
 
-def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
+def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
                     rt: Runtime, recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
     """Chunked test-time training that scores every token before any update that uses it.
 
@@ -1913,7 +2318,7 @@ def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters,
         rt.doing(f"chunked TTT, chunk {chunk + 1} of {num_chunks}")
         mine = windows.subset(np.nonzero(chunk_of_window == chunk)[0])
         model.eval()
-        score_windows(score_fn, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
+        score_windows(runners.score, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
         if audit is not None and len(mine):
             audit.append(("score", int(mine.score_from[0]) + 1, int(mine.ends[-1])))
         if chunk == num_chunks - 1 or h.ttt_epochs == 0:
@@ -1923,7 +2328,7 @@ def score_first_ttt(model: GPT, score_fn, val: torch.Tensor, h: Hyperparameters,
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
-        train_on_tokens(score_fn, val, chunk_start, chunk_end, params, opt, h.eval_seq_len, h.ttt_batch_seqs,
+        train_on_tokens(runners.train, val, chunk_start, chunk_end, params, opt, h.eval_seq_len, h.ttt_batch_seqs,
                         h.ttt_epochs, h.ttt_grad_clip, rt)
         if audit is not None:
             audit.append(("train", chunk_start + 1, chunk_end))
@@ -2076,7 +2481,7 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         trains = trains_host.to(device)
         with torch.set_grad_enabled(bool(trains_host.any())), rt.autocast():
             nll = score_fn(inputs, labels, reduction="none").float()
-        nbytes = tables.target_bytes(inputs, labels)
+        nbytes = tables.target_bytes(inputs, labels, index[:, 1:])
         meter.add(nll.detach()[scored], nbytes[scored])
         if recorder is not None:
             positions = (starts[:, None] + rel + 1)[scored_host]
@@ -2140,7 +2545,7 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
         if b in plan.phase_ends:
             rt.doing(f"per-document TTT, global SGD phase after batch {b}")
             done = [docs[d] for prior in plan.batches[:b] for d in prior]
-            tokens = global_sgd_phase(model, runners.model, val, done, h, rt, audit)
+            tokens = global_sgd_phase(model, runners.train, val, done, h, rt, audit)
             lora.reset(True, generator)  # A restarts after each phase (PR #1855)
             rt.log(f"ttt_phase after_batch:{b} documents:{len(done)} tokens:{tokens} time:{1000 * (time.perf_counter() - t0):.0f}ms")
         if plan.owner[b] != rt.rank:
@@ -2174,14 +2579,15 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
         # per-document rows): a compiled graph is specialised to its inputs' strides.
         tokens = torch.randint(2, h.vocab_size, (rows, width + 1), device=rt.device)
         inputs, targets = (tokens[:, :-1], tokens[:, 1:]) if sliced else (tokens[:, :-1].clone(), tokens[:, 1:].clone())
-        with torch.set_grad_enabled(train), rt.autocast():
-            nll = run(inputs, targets, reduction="none")
-        if train:
-            nll.float().mean().backward()
+        with compile_timer(rt, f"ttt_{'train' if train else 'score'}_{rows}x{width}"):
+            with torch.set_grad_enabled(train), rt.autocast():
+                nll = run(inputs, targets, reduction="none")
+            if train:
+                nll.float().mean().backward()
 
     model.train()
     if h.ttt_mode == "chunked":
-        forward_backward(runners.model, math.ceil(h.ttt_batch_seqs / rt.world_size), h.eval_seq_len, True)
+        forward_backward(runners.train, math.ceil(h.ttt_batch_seqs / rt.world_size), h.eval_seq_len, True)
     else:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -2196,7 +2602,7 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
                 p.requires_grad_(True)
         if h.ttt_mode == "phased":
             rows = math.ceil(math.ceil(h.global_ttt_chunk_tokens / h.eval_seq_len) / rt.world_size)
-            forward_backward(runners.model, rows, h.eval_seq_len, True)
+            forward_backward(runners.train, rows, h.eval_seq_len, True)
     model.zero_grad(set_to_none=True)
     model.eval()
     rt.log(f"ttt_warmup mode:{h.ttt_mode} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile on random tokens, before the timed stage)")
@@ -2212,7 +2618,7 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
 # best one. A bad setting or file ends the run with one line and its own exit status.
 # ---------------------------------------------------------------------------------------------
 
-EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED = 2, 3, 4, 5
+EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
 
 
 class StallMonitor(threading.Thread):
@@ -2317,7 +2723,10 @@ def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
             folder = path.parent if path.parent != Path("") else Path(".")
             if name == "logs/RUN_ID":
                 folder = folder if folder.exists() else Path(".")
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
+            if path.is_dir():
+                problem = f"{name}={path} is a folder; name a file in it instead."
+                break
+            if not folder.is_dir() or not writable(folder):
                 problem = f"{name}={path}: the folder {folder} does not exist or is not writable; create it or choose another path."
                 break
         if problem is None and writes[0][1].exists():
@@ -2327,6 +2736,44 @@ def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
         if problem is None and h.eval_only and not Path(h.artifact_path).is_file():
             problem = f"EVAL_ONLY=1 but ARTIFACT_PATH={h.artifact_path} does not exist."
     agree(rt, problem)
+
+
+def writable(folder: Path) -> bool:
+    """Proven by creating and removing a file: os.access says yes to root on a read-only mount."""
+    probe = folder / f".train_gpt_probe_{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def write_atomically(path: str, write) -> None:
+    """write(temporary path), then rename it over `path`: a run that dies mid-write never leaves a
+    half-written file, and a reader never sees one. A path that exists and is not a regular file
+    (a device such as /dev/full, a pipe) is written in place: a rename would replace the device."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        write(path)
+        return
+    partial = f"{path}.partial"
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def move_earlier_artifact(h: Hyperparameters, rt: Runtime) -> None:
+    """An artifact already at ARTIFACT_PATH is an earlier run's: moved aside (not deleted) before
+    this run starts, so a run that does not finish leaves nothing a later EVAL_ONLY could take
+    for its output."""
+    path = Path(h.artifact_path)
+    if rt.is_main and path.is_file():
+        aside = path.with_name(path.name + ".previous")
+        os.replace(path, aside)
+        rt.log(f"artifact_moved_aside path:{path} to:{aside} (an earlier run's; this run writes its own)")
 
 
 def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
@@ -2379,9 +2826,8 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
         hardware = f"{rt.world_size}x{torch.cuda.get_device_name(rt.device)}"
     else:
         hardware = f"{rt.world_size}xCPU-{platform.machine()}"
-    attention = attention_kernel_name(rt.device.type, h.doc_attention, h.compile)
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
-           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} attention:{attention}")
+           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} doc_attention:{int(h.doc_attention)}")
     # The packager checks these against the files it packages (records/package.py).
     rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}")
     for name, value in h.env_values.items():
@@ -2392,9 +2838,14 @@ def load_checkpoint(path: str, device: torch.device) -> GPT:
     """A full-precision checkpoint written by a training run (weights only: nothing executes)."""
     if not Path(path).is_file():
         raise InputError(f"EXPORT_ONLY={path} does not exist; point it at the final_model.pt a training run saved.")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = GPT(ModelConfig(**saved["config"])).to(device)
-    model.load_state_dict(saved["state_dict"], strict=True)
+    try:  # weights_only: nothing in the file is ever unpickled as code
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = GPT(ModelConfig(**saved["config"])).to(device)
+        model.load_state_dict(saved["state_dict"], strict=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"EXPORT_ONLY={path} is damaged or not a checkpoint of this script ({reason}); re-save it "
+                         f"with a training run (CHECKPOINT_PATH).") from None
     model.looping = model.cfg.num_loops > 0
     return model
 
@@ -2405,7 +2856,8 @@ def save_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime) -> None:
     if not (rt.is_main and h.checkpoint_path):
         return
     try:
-        torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, h.checkpoint_path)
+        write_atomically(h.checkpoint_path, lambda partial: torch.save(
+            {"config": asdict(model.cfg), "state_dict": model.state_dict()}, partial))
     except (OSError, RuntimeError) as exc:
         rt.log(f"checkpoint_failed path:{h.checkpoint_path} error:{type(exc).__name__}: {exc} (the artifact is written; the run goes on)")
 
@@ -2420,6 +2872,11 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
     hessians = collect_hessians(model, h, rt, runners.calibrate) if h.quant_method == "gptq" else None
     rt.doing("quantizing")
     tensors = quantize_model(model, hessians, h, rt)
+    broken = [name for name, item in tensors.items()
+              if not all(torch.isfinite(t.float()).all() for t in item if isinstance(t, torch.Tensor))]
+    if broken:
+        raise TrainingDiverged(f"export: the quantized weights of {', '.join(broken)} are not finite (they overflow fp16), so "
+                               f"no artifact or score is produced. Lower the learning rates (EMBED_LR, MATRIX_LR, SCALAR_LR).")
     rt.synchronize()
     quant_ms = 1000 * (time.perf_counter() - t0)
     log_compiles(rt, "gptq", graphs)
@@ -2428,7 +2885,7 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
     if rt.is_main:
         t1 = time.perf_counter()
         blob = serialize_artifact(tensors, model.cfg, h.compressor)
-        Path(h.artifact_path).write_bytes(blob)
+        write_atomically(h.artifact_path, lambda partial: Path(partial).write_bytes(blob))
         rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms "
                f"path:{h.artifact_path} sha256:{hashlib.sha256(blob).hexdigest()}")
     return share_bytes(blob, rt), quant_ms
@@ -2440,6 +2897,9 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
     rt.doing(f"evaluating ({line})")
     t0, graphs = time.perf_counter(), graphs_compiled()
     val_loss, val_bpb = evaluate()
+    if not (math.isfinite(val_loss) and math.isfinite(val_bpb)):
+        raise TrainingDiverged(f"the {line.removeprefix('final_')} stage scored val_loss {val_loss}, val_bpb {val_bpb}: not a "
+                               f"number, so no final_score is reported. The weights are not usable (see the earlier stages).")
     rt.synchronize()
     seconds = time.perf_counter() - t0
     log_compiles(rt, line.removeprefix("final_"), graphs)
@@ -2454,16 +2914,15 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
     """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
     model = model_from_artifact(blob, rt.device, h.vocab_size)
     runners = prepare_model(model, h, rt)
-    rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} "
-           f"attention:{attention_kernel_name(rt.device.type, model.cfg.doc_attention, h.compile)}")
+    rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} {rt.kernels.line() if rt.kernels else ''}")
     stages = [("roundtrip", "final_roundtrip",
-               lambda rec: evaluate_windows(runners.model, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
+               lambda rec: evaluate_windows(runners.score, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
     if h.sliding_enabled:
         stages.append(("sliding", "final_sliding",
-                       lambda rec: evaluate_windows(runners.model, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
+                       lambda rec: evaluate_windows(runners.score, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
     if h.ttt_enabled:  # TTT changes the weights: it runs last, on the round-tripped model itself
         if h.ttt_mode == "chunked":
-            stages.append(("ttt", "final_ttt", lambda rec: score_first_ttt(model, runners.model, val, h, tables, rt, rec)))
+            stages.append(("ttt", "final_ttt", lambda rec: score_first_ttt(model, runners, val, h, tables, rt, rec)))
         else:
             stages.append(("ttt", "final_ttt", lambda rec: score_documents_ttt(model, runners, val, h, tables, rt, rec)))
     last = stages[-1][0]
@@ -2500,16 +2959,29 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     check_outputs(h, rt)
     source, code_bytes = script_source()
     start_log(h, rt, source, code_bytes)
+    if not h.eval_only:
+        move_earlier_artifact(h, rt)
+    rt.doing("checking the attention kernels")
+    rt.kernels = pick_attention_kernels(h.attention_kernel, rt.device, h.compile, rt.log)
+    rt.log(rt.kernels.line())
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
     rt.doing("loading the tokenizer and the validation tokens")
     sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
-    tables = build_byte_tables(sp, h.vocab_size).to(rt.device)
+    tables = build_byte_tables(sp, h.vocab_size)
+    tables.sidecar = load_validation_bytes(h.data_path, h.val_tokens_limit, h.byte_sidecar)
+    caseops = is_caseops_tokenizer(sp)
+    if caseops and tables.sidecar is None and h.byte_sidecar != "0":
+        raise InputError(f"TOKENIZER_PATH={h.tokenizer_path} is a CaseOps tokenizer, but DATA_PATH={h.data_path} has no byte "
+                         f"sidecars (fineweb_val_bytes_*.bin): its bits per byte would count operator bytes the text never had. "
+                         f"Download the data with 'python3 data/cached_challenge_fineweb.py --variant sp8192_caseops'.")
+    tables = tables.to(rt.device)
     val = load_validation_tokens(h.data_path, h.val_tokens_limit).to(rt.device)
     if int(val.max()) >= h.vocab_size:
         raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; "
                          f"the data and tokenizer do not match.")
-    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} data_path:{h.data_path}")
+    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} data_path:{h.data_path} "
+           f"bytes:{tables.denominator} caseops:{int(caseops)}")
     check_evaluation_settings(h, val)
 
     if h.eval_only:
@@ -2538,14 +3010,14 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         predicted = predicted_model_bytes(model, h)
         rt.log(f"artifact_plan predicted_model_bytes:{predicted} code_bytes:{code_bytes} predicted_total_bytes:{predicted + code_bytes} "
                f"limit_bytes:{h.artifact_limit_bytes} (rounded-Gaussian estimate, see the README's size planning)")
-        stats = train_model(h, model, runners, rt, lambda: full_eval(runners.model))
+        stats = train_model(h, model, runners, rt, lambda: full_eval(runners.score))
         log_peak_memory(rt)
         blob, quant_ms = export_model(model, runners, h, rt)
         limit_ms = 1000 * h.max_wallclock_seconds
         rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
                f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
         save_checkpoint(model, h, rt)
-    timed_stage(rt, h, "final_prequant", lambda: full_eval(runners.model))
+    timed_stage(rt, h, "final_prequant", lambda: full_eval(runners.score))
     del model, runners
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
     total, over = account_artifact(h, rt, code_bytes, model_bytes)
@@ -2561,8 +3033,15 @@ def main() -> None:
         rt.doing("finishing (waiting for every rank)")
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # tear down together: no rank leaves while another still communicates
-    except (ConfigError, InputError, TrainingDiverged) as exc:
-        code = EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_INPUT if isinstance(exc, InputError) else EXIT_DIVERGED
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        message = f"interrupted while {rt.activity if rt else 'starting'}: no score from this run"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if rt is not None:
+            rt.log(f"error: {message}", console=False)
+    except (ConfigError, InputError, TrainingDiverged, KernelFault) as exc:
+        code = {ConfigError: EXIT_CONFIG, InputError: EXIT_INPUT, TrainingDiverged: EXIT_DIVERGED,
+                KernelFault: EXIT_KERNEL}[type(exc)]
         # Settings are the same on every rank: one line from rank 0 is enough.
         if rt is None or rt.is_main or not isinstance(exc, ConfigError):
             prefix = f"rank {rt.rank}: " if rt is not None and rt.world_size > 1 and not rt.is_main else ""

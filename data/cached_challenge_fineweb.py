@@ -4,11 +4,22 @@
     python3 data/cached_challenge_fineweb.py --variant sp1024 --train-shards 1  # smoke test
     MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf \
         python3 data/cached_challenge_fineweb.py --variant sp8192
+    python3 data/cached_challenge_fineweb.py --variant sp8192_caseops             # CaseOps records' data
 
 Writes `data/datasets/fineweb10B_{variant}/fineweb_{val,train}_*.bin` (all val shards, the first
 N train shards) and the tokenizer files into `data/tokenizers/`. The source is the Hugging Face
 dataset repo `$MATCHED_FINEWEB_REPO_ID` (default willdepueoai/parameter-golf, which holds sp1024
 only), files under `$MATCHED_FINEWEB_REMOTE_ROOT_PREFIX` (default `datasets`).
+
+`--variant sp8192_caseops` fetches the lossless-case (CaseOps, data/caseops.py) export of the
+public records (PR #1729) from `romeerp/parameter-golf-caseops-v1` (unless $MATCHED_FINEWEB_REPO_ID
+says otherwise): its dataset `fineweb10B_sp8192_lossless_caps_caseops_v1_reserved` with the
+official 50,000-document validation split and one byte sidecar per val shard. It lands under
+names train_gpt.py can default to:
+    data/datasets/fineweb10B_sp8192_caseops/fineweb_train_NNNNNN.bin, fineweb_val_NNNNNN.bin
+    data/datasets/fineweb10B_sp8192_caseops/fineweb_val_bytes_NNNNNN.bin   (original bytes per token)
+    data/tokenizers/fineweb_8192_caseops.model (and .vocab)
+and every sidecar is checked against its val shard (same token count, 0 on BOS) after download.
 
 Manifest format (as written by the official export and read by the official downloader):
 `{root}/manifest.json` holds `datasets: [{name, tokenizer_name, stats: {files_train, files_val}}]`
@@ -24,13 +35,19 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
-VARIANTS = ("sp1024", "sp4096", "sp8192")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # data/caseops.py checks the sidecars
+
+VARIANTS = ("sp1024", "sp4096", "sp8192", "sp8192_caseops")
 REPO_ENV, ROOT_ENV = "MATCHED_FINEWEB_REPO_ID", "MATCHED_FINEWEB_REMOTE_ROOT_PREFIX"
 DEFAULT_REPO, DEFAULT_ROOT = "willdepueoai/parameter-golf", "datasets"
 OTHER_VARIANTS_REPO = "kevclark/parameter-golf"  # sp4096 and sp8192 exports used by the records
+CASEOPS_REPO = "romeerp/parameter-golf-caseops-v1"
+# CaseOps variants: the dataset's name in that export; locally it becomes fineweb10B_{variant}.
+CASEOPS_DATASETS = {"sp8192_caseops": "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"}
 TOKENIZER_KEYS = ("model_path", "vocab_path", "path")
 
 
@@ -40,14 +57,28 @@ def fail(message: str) -> NoReturn:
 
 # ---- MANIFEST AND PLAN (pure, no network) ----
 
+def remote_dataset_name(variant: str) -> str:
+    return CASEOPS_DATASETS.get(variant, f"fineweb10B_{variant}")
+
+
+def default_repo(variant: str) -> str:
+    return CASEOPS_REPO if variant in CASEOPS_DATASETS else DEFAULT_REPO
+
+
+def vocab_size_of(variant: str) -> str:
+    return variant.removeprefix("sp").split("_")[0]
+
+
 def dataset_entry(manifest: dict, variant: str, repo_id: str) -> dict:
-    name = f"fineweb10B_{variant}"
+    name = remote_dataset_name(variant)
     for entry in manifest.get("datasets", []):
         if entry.get("name") == name:
             return entry
     listed = ", ".join(str(e.get("name")) for e in manifest.get("datasets", [])) or "nothing"
-    fail(f"{name} is not in the manifest of {repo_id} (it lists {listed}). {DEFAULT_REPO} publishes "
-         f"sp1024 only; for sp4096/sp8192 set {REPO_ENV}={OTHER_VARIANTS_REPO}.")
+    hint = (f"the CaseOps export is {CASEOPS_REPO}: unset {REPO_ENV} or set it to that"
+            if variant in CASEOPS_DATASETS else
+            f"{DEFAULT_REPO} publishes sp1024 only; for sp4096/sp8192 set {REPO_ENV}={OTHER_VARIANTS_REPO}")
+    fail(f"{name} is not in the manifest of {repo_id} (it lists {listed}); {hint}.")
 
 
 def shard_counts(entry: dict) -> tuple[int, int]:
@@ -76,6 +107,17 @@ def local_path(relative: str, output_root: Path) -> Path:
     return output_root.joinpath(*parts)
 
 
+def local_caseops_path(relative: str, variant: str, output_root: Path) -> Path:
+    """A CaseOps file under short local names: datasets/fineweb10B_{variant}/, tokenizers/fineweb_{V}_caseops.*"""
+    path = local_path(relative, output_root)  # refuses unsafe paths first
+    parts = PurePosixPath(relative).parts
+    if parts[:2] == ("datasets", remote_dataset_name(variant)):
+        return output_root.joinpath("datasets", f"fineweb10B_{variant}", *parts[2:])
+    if parts[:1] == ("tokenizers",):
+        return output_root / "tokenizers" / f"fineweb_{vocab_size_of(variant)}_caseops{path.suffix}"
+    return path
+
+
 def plan_downloads(manifest: dict, variant: str, train_shards: int, output_root: Path,
                    remote_root: str = DEFAULT_ROOT, repo_id: str = DEFAULT_REPO) -> list[tuple[str, Path]]:
     """(remote path in the repo, local path) for every file to fetch, val shards first."""
@@ -84,11 +126,29 @@ def plan_downloads(manifest: dict, variant: str, train_shards: int, output_root:
     if not 0 <= train_shards <= max_train:
         fail(f"--train-shards {train_shards} is not available: {entry['name']} on {repo_id} "
              f"has {max_train} train shards; ask for at most {max_train}.")
+    sidecars = variant in CASEOPS_DATASETS or "val_bytes_glob" in entry
     shards = [f"fineweb_val_{i:06d}.bin" for i in range(num_val)]
+    shards += [f"fineweb_val_bytes_{i:06d}.bin" for i in range(num_val) if sidecars]
     shards += [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     relatives = [f"datasets/{entry['name']}/{s}" for s in shards] + tokenizer_paths(manifest, entry)
     prefix = f"{remote_root.strip('/')}/" if remote_root.strip("/") else ""
+    if variant in CASEOPS_DATASETS:
+        return [(prefix + r, local_caseops_path(r, variant, output_root)) for r in relatives]
     return [(prefix + r, local_path(r, output_root)) for r in relatives]
+
+
+def check_sidecars(plan: list[tuple[str, Path]]) -> None:
+    """Every downloaded byte sidecar must fit its val shard, or bits-per-byte would be wrong."""
+    sidecars = [p for _, p in plan if p.name.startswith("fineweb_val_bytes_")]
+    if not sidecars:
+        return
+    import caseops  # imported here: numpy is only needed where sidecars exist
+
+    for sidecar in sidecars:
+        val = sidecar.with_name(sidecar.name.replace("fineweb_val_bytes_", "fineweb_val_"))
+        problem = caseops.sidecar_problem(val, sidecar)
+        if problem:
+            fail(problem)
 
 
 def is_complete(path: Path, expected_size: int | None) -> bool:
@@ -143,7 +203,7 @@ def download(variant: str, train_shards: int, output_root: Path) -> None:
         import huggingface_hub as hub  # only this path needs it; planning and tests do not
     except ImportError:
         fail("the huggingface_hub package is missing: pip install huggingface-hub")
-    repo_id = os.environ.get(REPO_ENV, DEFAULT_REPO)
+    repo_id = os.environ.get(REPO_ENV, default_repo(variant))
     remote_root = os.environ.get(ROOT_ENV, DEFAULT_ROOT).strip("/")
     staging = output_root / ".download_staging"
     manifest_remote = f"{remote_root}/manifest.json" if remote_root else "manifest.json"
@@ -158,14 +218,17 @@ def download(variant: str, train_shards: int, output_root: Path) -> None:
         print(f"[{i}/{len(todo)}] {remote} -> {destination}", flush=True)
         fetch(hub, repo_id, remote, destination, staging)
     shutil.rmtree(staging, ignore_errors=True)
+    check_sidecars(plan)
     tokenizer = next((p for _, p in plan if p.suffix == ".model"), plan[-1][1])
     print(f"DATA_PATH={output_root / 'datasets' / f'fineweb10B_{variant}'} "
-          f"TOKENIZER_PATH={tokenizer} VOCAB_SIZE={variant.removeprefix('sp')}")
+          f"TOKENIZER_PATH={tokenizer} VOCAB_SIZE={vocab_size_of(variant)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variant", choices=VARIANTS, default="sp1024")
+    p.add_argument("--variant", choices=VARIANTS, default="sp1024",
+                   help="sp8192_caseops: the CaseOps records' data into datasets/fineweb10B_sp8192_caseops/ "
+                        "(with fineweb_val_bytes_NNNNNN.bin sidecars) and tokenizers/fineweb_8192_caseops.model")
     p.add_argument("--train-shards", type=int, default=80, help="first N train shards (100M tokens each)")
     p.add_argument("--output-root", type=Path, default=Path(__file__).resolve().parent,
                    help="folder that receives datasets/ and tokenizers/ (default: this data/ folder)")

@@ -2,6 +2,7 @@
 
     python3 data/make_local_dataset.py                       # the interpreter's standard library
     python3 data/make_local_dataset.py --input corpus/ notes.txt 'web/*.jsonl' --vocab-size 4096
+    python3 data/make_local_dataset.py --caseops --vocab-size 1024           # lossless-case variant
 
 Inputs are text files (one document each), directories (searched recursively for text-like
 files, hidden entries skipped), glob patterns, and `.jsonl` files whose lines are JSON objects
@@ -14,6 +15,20 @@ uses the challenge's SentencePiece BPE settings and is trained on the training d
 Each document is written as BOS (id 1) followed by its tokens, no EOS, into shards of a 256 x
 int32 header (magic 20240520, version 1, token count) plus uint16 ids, exactly like the official
 `fineweb_{train,val}_*.bin`. The same input and options give byte-identical files.
+
+With `--caseops` every document is first rewritten by data/caseops.py (lowercase words plus the
+case operators TITLE/ALLCAPS/CAPNEXT/ESC, U+E001..U+E004, exactly invertible), the tokenizer
+gets the four operators as user-defined pieces, and each validation shard gets a byte sidecar:
+    {output-root}/datasets/{name}_sp{V}_caseops/fineweb_{train,val}_NNNNNN.bin
+    {output-root}/datasets/{name}_sp{V}_caseops/fineweb_val_bytes_NNNNNN.bin
+    {output-root}/tokenizers/{name}_{V}_caseops.model (and .vocab)
+A sidecar has the shard format and one uint16 per token of its val shard: the ORIGINAL UTF-8
+bytes that token stands for (0 for BOS and operators), so a document's counts sum to exactly
+len(text.encode("utf-8")) and bits-per-byte is scored on the untransformed text. The tokenizer
+still normalises (NFKC, whitespace folding), so a decoded document can differ from the original
+where it had e.g. doubled spaces or newlines; the sidecar counts those original bytes anyway, on
+the neighbouring token. Note `fineweb_val_*.bin` also matches the sidecars: readers of val
+shards should glob `fineweb_val_[0-9]*.bin`.
 
 The last line printed is `DATA_PATH=... TOKENIZER_PATH=... VOCAB_SIZE=...` to paste before the
 training command. The corpus is held in memory; use --max-bytes to bound a large input. The whole
@@ -36,6 +51,9 @@ from typing import Iterator, NoReturn
 
 import numpy as np
 import sentencepiece as spm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import caseops  # noqa: E402  (data/ is not a package; this file is run as a script)
 
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 BOS_ID = 1
@@ -179,9 +197,14 @@ def tokenizer_sentences(train_docs: list[str]) -> Iterator[str]:
                 yield piece
 
 
-def train_tokenizer(train_docs: list[str], vocab_size: int) -> bytes:
-    """Serialized SentencePiece model with the challenge's tokenizer settings."""
+def train_tokenizer(train_docs: list[str], vocab_size: int, user_symbols: tuple[str, ...] = ()) -> bytes:
+    """Serialized SentencePiece model with the challenge's tokenizer settings.
+
+    `user_symbols` become pieces of their own that are never merged or normalised away (the
+    CaseOps operators); without them the options are exactly the challenge's.
+    """
     model = io.BytesIO()  # an in-memory writer keeps temp paths out of the model's trainer_spec
+    extra = {"user_defined_symbols": list(user_symbols)} if user_symbols else {}
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=tokenizer_sentences(train_docs), model_writer=model,
@@ -191,7 +214,7 @@ def train_tokenizer(train_docs: list[str], vocab_size: int) -> bytes:
             hard_vocab_limit=False,  # as the official export; the size is checked below instead
             input_sentence_size=0, shuffle_input_sentence=False,  # no sampling: deterministic
             max_sentence_length=4 * TOKENIZER_LINE_CHARS, num_threads=TOKENIZER_TRAIN_THREADS,
-            minloglevel=2)
+            minloglevel=2, **extra)
     except RuntimeError as exc:
         fail(f"SentencePiece could not train a {vocab_size}-piece tokenizer ({exc}); "
              "raise --vocab-size or add input.")
@@ -251,11 +274,51 @@ def remove_stale_shards(directory: Path) -> None:
 
 
 def write_split(sp: spm.SentencePieceProcessor, docs: list[str], writer: ShardWriter) -> None:
+    """BOS + tokens of each document, which the caller has already CaseOps-encoded if wanted."""
     threads = os.cpu_count() or 1  # encoding output does not depend on the thread count
     for start in range(0, len(docs), ENCODE_BATCH_DOCS):
         for ids in sp.encode(docs[start:start + ENCODE_BATCH_DOCS], num_threads=threads):
             writer.add(np.array([BOS_ID, *ids], dtype=np.uint16))
     writer.flush()
+
+
+def write_caseops_val(sp: spm.SentencePieceProcessor, docs: list[str], tokens: ShardWriter,
+                      sidecar: ShardWriter) -> None:
+    """CaseOps tokens of ORIGINAL documents, with each token's original byte count in `sidecar`.
+
+    Both writers get the same lengths, so fineweb_val_bytes_i lines up with fineweb_val_i.
+    """
+    threads = os.cpu_count() or 1
+    is_byte = caseops.byte_piece_mask(sp)
+    for start in range(0, len(docs), ENCODE_BATCH_DOCS):
+        batch = docs[start:start + ENCODE_BATCH_DOCS]
+        try:
+            encoded = caseops.encode_with_byte_counts(sp, batch, threads, is_byte)
+        except ValueError as exc:
+            fail(f"validation documents {start}..{start + len(batch) - 1}: {exc}")
+        for ids, counts in encoded:
+            tokens.add(np.concatenate([[BOS_ID], ids]).astype(np.uint16))
+            sidecar.add(np.concatenate([[0], counts]).astype(np.uint16))
+    tokens.flush()
+    sidecar.flush()
+
+
+# ---- OUTPUT ----
+
+def output_paths(root: Path, name: str, vocab_size: int, caseops_on: bool) -> tuple[Path, Path]:
+    """(dataset folder, tokenizer .model path): {name}_sp{V}[_caseops] and {name}_{V}_{bpe|caseops}.model."""
+    suffix = "_caseops" if caseops_on else ""
+    return (root / "datasets" / f"{name}_sp{vocab_size}{suffix}",
+            root / "tokenizers" / f"{name}_{vocab_size}_{'caseops' if caseops_on else 'bpe'}.model")
+
+
+def write_tokenizer(model_path: Path, model: bytes) -> None:
+    """The .model and a .vocab listing (piece, score) per id, as the official export ships."""
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(model_path, model)
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    write_atomic(model_path.with_suffix(".vocab"), vocab.encode("utf-8"))
 
 
 # ---- MAIN ----
@@ -271,13 +334,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-bytes", type=int, default=None, help="stop reading input after this many bytes")
     p.add_argument("--shard-tokens", type=int, default=100_000_000)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--caseops", action="store_true",
+                   help="lossless-case transform (data/caseops.py): writes {name}_sp{V}_caseops with a "
+                        "fineweb_val_bytes_NNNNNN.bin sidecar per val shard and tokenizer {name}_{V}_caseops.model")
     return p.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.vocab_size <= SPECIAL_AND_BYTE_PIECES:
-        fail(f"--vocab-size {args.vocab_size} is too small: the tokenizer needs 4 special ids and "
-             f"256 byte pieces plus the corpus's characters; use e.g. 512 or more.")
+    reserved = SPECIAL_AND_BYTE_PIECES + (len(caseops.OPERATORS) if args.caseops else 0)
+    if args.vocab_size <= reserved:
+        fail(f"--vocab-size {args.vocab_size} is too small: the tokenizer needs {reserved} special, "
+             f"operator and byte pieces plus the corpus's characters; use e.g. 512 or more.")
     if args.vocab_size > MAX_VOCAB_SIZE:
         fail(f"--vocab-size {args.vocab_size} is too large: shards store ids as uint16, so at most 65536.")
     if args.shard_tokens < 1 or args.shard_tokens >= 2**31:
@@ -292,23 +359,25 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     docs, total_bytes = load_documents(collect_input_files(args.input), args.max_bytes)
     train_docs, val_docs = split_documents(docs, args.val_docs, args.seed)
-    model = train_tokenizer(train_docs, args.vocab_size)
+    # CaseOps: the tokenizer and train shards see encoded text; val is encoded while it is
+    # written, next to the original bytes of each token.
+    train_text = [caseops.encode(d) for d in train_docs] if args.caseops else train_docs
+    model = train_tokenizer(train_text, args.vocab_size, caseops.OPERATORS if args.caseops else ())
     sp = spm.SentencePieceProcessor(model_proto=model)
 
     root, v = Path(args.output_root), args.vocab_size
-    dataset_dir = root / "datasets" / f"{args.name}_sp{v}"
-    tokenizer_path = root / "tokenizers" / f"{args.name}_{v}_bpe.model"
+    dataset_dir, tokenizer_path = output_paths(root, args.name, v, args.caseops)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(tokenizer_path, model)
-    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(v))
-    write_atomic(tokenizer_path.with_suffix(".vocab"), vocab.encode("utf-8"))
+    write_tokenizer(tokenizer_path, model)
 
     remove_stale_shards(dataset_dir)
-    print(f"{args.name}_sp{v}: {len(docs)} docs, {total_bytes:,} bytes of text")
+    print(f"{dataset_dir.name}: {len(docs)} docs, {total_bytes:,} bytes of text")
     for split, split_docs in (("train", train_docs), ("val", val_docs)):
         writer = ShardWriter(dataset_dir, split, args.shard_tokens)
-        write_split(sp, split_docs, writer)
+        if split == "val" and args.caseops:
+            write_caseops_val(sp, split_docs, writer, ShardWriter(dataset_dir, "val_bytes", args.shard_tokens))
+        else:
+            write_split(sp, train_text if split == "train" else split_docs, writer)
         split_bytes = sum(len(d.encode("utf-8")) for d in split_docs)
         print(f"  {split:5s} docs={len(split_docs)} bytes={split_bytes} "
               f"tokens={writer.total_tokens} shards={writer.shards}")

@@ -49,7 +49,7 @@ PRESETS = {
 
 def count_val_tokens(data_path: Path) -> int:
     total = 0
-    for shard in sorted(data_path.glob("fineweb_val_*.bin")):
+    for shard in sorted(data_path.glob("fineweb_val_[0-9]*.bin")):  # not the byte sidecars
         total += int(np.fromfile(shard, dtype="<i4", count=3)[2])
     return total
 

@@ -67,6 +67,12 @@ PR1493_TOKENS_PER_S = (7.7e6, 6.1e6)
 # on PR #1493's shape, the SP8192 validation split and batches of 64 documents.
 PR1530 = {**PR1493, "TTT_MODE": "docs", "TTT_LORA_RANK": "96", "TTT_DOC_CHUNK_TOKENS": "32", "TTT_DOC_BATCH": "64"}
 PR1530_TTT_S = 338.0
+# Our own code, measured (README, First GPU run, 2026-11-26, one H200, PyTorch 2.11, document
+# attention through flex_attention, before the varlen kernels and the fused loss): 938.7 ms per
+# 786,432-token step before looping, 1,559.8 ms after (117.3 / 195.0 ms as 8-GPU steps). The H200
+# has the H100's bf16 peak, so a second MFU fitted to it predicts what our code achieves.
+OURS_H200 = {**RECORD_SHAPE, "DOC_ATTENTION": "1", "MICRO_BATCH_SEQS": "48"}
+OURS_H200_STEP_S = (0.9387, 1.5598)
 
 TTT_MODES = ("chunked", "docs", "phased")
 EVAL_BUDGET_S = 600.0
@@ -94,6 +100,7 @@ class Assumptions:
 class Rates:
     """The fitted efficiencies (fractions of the bf16 peak) and the GPTQ time scale."""
     mfu: float  # training, fitted to PR #1855's steps
+    our_mfu: float  # training, fitted to our own step before looping as measured on one H200
     docs_mfu: float  # per-document LoRA TTT scoring and training, fitted to PR #1855's TTT minus its phases
     phase_mfu: float  # the global SGD phases, fitted to PR #1855's phase time
     hessian_scale: float  # measured / FLOP-predicted seconds of PR #1855's GPTQ calibration + Hessians
@@ -512,7 +519,9 @@ def calibrate(a: Assumptions) -> tuple[Rates, dict]:
     docs_mfu = solve_increasing(lambda m: -work.seconds(a.peak_flops * m, a.peak_flops)[0], -docs_s)
     phase_mfu = solve_increasing(lambda m: -work.seconds(a.peak_flops, a.peak_flops * m)[1], -phases_s)
     hessian_scale = sum(PR1855_HESSIAN_S) / 2 / gptq(c1855, 8, a, mfu)["hessian_s"]
-    rates = Rates(mfu, docs_mfu, phase_mfu, hessian_scale)
+    ours = record(OURS_H200)
+    our_mfu = solve_increasing(lambda m: -training(ours, 1, a, m)["before"]["step_s"], -OURS_H200_STEP_S[0])
+    rates = Rates(mfu, our_mfu, docs_mfu, phase_mfu, hessian_scale)
 
     check = training(record(PR1493), 8, a, mfu)
     c1530 = record(PR1530)
@@ -525,6 +534,8 @@ def calibrate(a: Assumptions) -> tuple[Rates, dict]:
         "pr1493_tokens_per_s_before": check["before"]["tokens_per_s_per_gpu"] * 8,
         "pr1493_tokens_per_s_after": check["after"]["tokens_per_s_per_gpu"] * 8,
         "pr1530_ttt_s": ttt_1530, "pr1530_ttt_error_pct": 100 * (ttt_1530 / PR1530_TTT_S - 1),
+        "ours_before_s": training(ours, 1, a, our_mfu)["before"]["step_s"],
+        "ours_after_s": training(ours, 1, a, our_mfu)["after"]["step_s"],
     }
     return rates, checks
 
@@ -538,6 +549,7 @@ def predict(h: tg.Hyperparameters, world_size: int, assumptions: Assumptions) ->
     rates, checks = calibrate(assumptions)
     counts = Counts(h)
     train = training(counts, world_size, assumptions, rates.mfu)
+    train["at_our_mfu"] = training(counts, world_size, assumptions, rates.our_mfu)
     quant = gptq(counts, world_size, assumptions, rates.mfu)
     quant["seconds"] = quant["hessian_s"] + quant["solve_s"]
     quant["seconds_calibrated"] = quant["hessian_s"] * rates.hessian_scale + quant["solve_s"]
@@ -580,6 +592,9 @@ def rows(p: dict) -> list[tuple[str, str]]:
         ("tokens/s per GPU, before / after looping", f"{b['tokens_per_s_per_gpu']:,.0f} / {f['tokens_per_s_per_gpu']:,.0f}"),
         (f"steps in the {t['clock_s']:.0f} s clock" if t["clock_s"] else "steps (no clock: ITERATIONS)",
          f"{t['steps']:,.0f} (looping from step {t['loop_from_step']:,.0f}), {t['ms_per_step']:.1f} ms/step average"),
+        (f"steps at our measured MFU ({p['rates']['our_mfu']:.3f}; PR #1855's fit above: {p['rates']['mfu']:.3f})",
+         f"{t['at_our_mfu']['steps']:,.0f}, {1000 * t['at_our_mfu']['before']['step_s']:.1f} / "
+         f"{1000 * t['at_our_mfu']['after']['step_s']:.1f} ms per step before / after looping"),
         ("GPTQ: calibration + Hessians / solve (FLOP estimate)", f"{q['hessian_s']:.2f} s / {q['solve_s']:.2f} s "
                                                               f"({q['columns']:,} columns on the busiest rank)"),
         ("GPTQ total: FLOP estimate / scaled from PR #1855", f"{q['seconds']:.1f} s / {q['seconds_calibrated']:.1f} s vs "
@@ -628,6 +643,10 @@ def assumption_lines(p: dict) -> list[str]:
         f"{PR1493_STEPS:,} measured ({c['pr1493_steps_error_pct']:+.1f} %); {c['pr1493_tokens_per_s_before'] / 1e6:.2f}M / "
         f"{c['pr1493_tokens_per_s_after'] / 1e6:.2f}M tok/s before / after looping vs ~{PR1493_TOKENS_PER_S[0] / 1e6:.1f}M / "
         f"~{PR1493_TOKENS_PER_S[1] / 1e6:.1f}M measured.",
+        f"- Our own fit (second MFU, {r['our_mfu']:.3f}): our code as measured on one H200 (2026-11-26, flex_attention, "
+        f"before the varlen kernels): {OURS_H200_STEP_S[0] * 1000:.1f} ms per step before looping (fitted), "
+        f"{c['ours_after_s'] * 1000:.1f} ms predicted after vs {OURS_H200_STEP_S[1] * 1000:.1f} ms measured. Until a GPU "
+        f"measures the varlen path, the truth for our code lies between the two fits.",
         f"- FLOPs: matmul 6 x tokens x weights touched (2x forward only); attention forward 4 x head_dim x heads per "
         f"attended pair per layer, x3 with backward; causal = T^2/2 pairs, document attention = sum of len^2/2 over the "
         f"documents in each window (block granularity of flex_attention ignored). Newton-Schulz "

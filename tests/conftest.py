@@ -66,6 +66,26 @@ def tiny_env(tiny_data, tmp_path) -> dict[str, str]:
             "ARTIFACT_PATH": str(tmp_path / "model.ptz"), "CHECKPOINT_PATH": str(tmp_path / "model.pt")}
 
 
+def nonzero_model(h):
+    """The model of `h`'s settings (seed 0) with its zero-initialised parts made random, so every
+    path (LoRA, gates, output projections) shapes the output; looping on."""
+    import train_gpt as tg
+    torch.manual_seed(0)
+    model = tg.GPT(h.model_config())
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    model.looping = True
+    return model
+
+
+def same_runner(fn):
+    """Runners whose every forward is `fn` (a model, or a spy standing in for one)."""
+    import train_gpt as tg
+    return tg.Runners(fn, fn, fn, fn)
+
+
 def run_script(env: dict[str, str], cwd: Path, nproc: int = 1, script: Path | None = None,
                timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run train_gpt.py (or `script`) in `cwd` with `env` on top of a clean environment;

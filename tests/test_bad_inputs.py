@@ -8,6 +8,7 @@ one-line message and the exit status."""
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -351,3 +352,183 @@ def test_a_stopped_rank_ends_the_run_with_a_message_naming_it(tiny_env, tmp_path
     assert report.startswith("error: rank 0 waited") and "DIST_TIMEOUT_SECONDS=8" in report
     assert "rank 1 has not answered for" in report and "(last: training step" in report
     assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
+
+
+# ---- second pass: no NaN is a score, every config field checked, one line for every failure ----
+
+def crafted(artifact: bytes, edit_config=None, payload_edit=None) -> bytes:
+    """The artifact with its config (or raw payload) edited and a valid checksum."""
+    import brotli
+    payload = payload_of(artifact)
+    header_len = int.from_bytes(payload[:4], "little")
+    header = json.loads(payload[4:4 + header_len])
+    if edit_config is not None:
+        edit_config(header["config"])
+    raw = json.dumps(header).encode()
+    body = len(raw).to_bytes(4, "little") + raw + payload[4 + header_len:]
+    if payload_edit is not None:
+        body = payload_edit(body, len(body) - len(payload) + 4 + header_len)
+    return tg.seal_artifact("brotli", brotli.compress(body))
+
+
+CONFIG_EDITS = [
+    ("rope_base", 0, "ROPE_BASE=0.0 must be greater than 1"),
+    ("rope_base", float("nan"), "ROPE_BASE=nan must be a finite number"),
+    ("attn_gate_scale", -1.0, "ATTN_GATE_SCALE=-1.0 must be greater than 0"),
+    ("logit_softcap", float("inf"), "LOGIT_SOFTCAP=inf must be a finite number"),
+    ("qk_gain_init", 0.0, "QK_GAIN_INIT=0.0 must be greater than 0"),
+    ("parallel_residual_start", -2, "PARALLEL_RESIDUAL_START=-2 must be at least 0"),
+    ("xsa_last_n", "all", "XSA_LAST_N='all' is not a valid int"),
+    ("num_layers", 4.5, "NUM_LAYERS='4.5' is not a valid int"),
+    ("smear_gate", "yes", "SMEAR_GATE='yes' must be 0 or 1"),
+    ("doc_attention", None, "doc_attention=None, which no DOC_ATTENTION setting can be"),
+    ("pass_lora_targets", [1, 2], "pass_lora_targets=[1, 2], which no PASS_LORA_TARGETS setting can be"),
+    ("pass_lora_targets", ["q", "w"], "PASS_LORA_TARGETS has unknown targets ['w']"),
+    ("bos_id", 0, "bos_id=0; the challenge's tokenizers put BOS at 1"),
+    ("bos_id", True, "bos_id=True"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", CONFIG_EDITS, ids=[f"{f}={v!r}" for f, v, _ in CONFIG_EDITS])
+def test_every_config_field_is_checked_for_type_and_range(artifact, field, value, message):
+    blob = crafted(artifact, lambda cfg: cfg.__setitem__(field, value))
+    with pytest.raises(tg.InputError, match=re.escape(message)):
+        tg.deserialize_artifact(blob, 512)
+
+
+def test_a_missing_or_extra_config_field_is_refused(artifact):
+    for edit in (lambda cfg: cfg.pop("ln_scale"), lambda cfg: cfg.__setitem__("mystery", 1)):
+        with pytest.raises(tg.InputError, match="not this script's"):
+            tg.deserialize_artifact(crafted(artifact, edit), 512)
+
+
+def test_a_maximal_config_bomb_is_refused_before_allocation(artifact, tmp_path):
+    # The largest model the settings' ranges allow, from a few hundred bytes of compressed zeros.
+    def maximal(cfg):
+        cfg.update(num_layers=64, model_dim=2048, num_heads=16, num_kv_heads=16, mlp_mult=4.0, num_loops=0)
+    bomb = tmp_path / "max.ptz"
+    bomb.write_bytes(crafted(artifact, maximal))
+    outcome, message, grew = load_in_subprocess(tmp_path, bomb)
+    assert outcome == "refused" and "parameters from" in message and "at most 64 a byte" in message
+    assert grew < 200, f"the loader's peak memory grew by {grew} MiB"
+
+
+def test_non_finite_weights_in_an_artifact_are_refused(artifact):
+    payload = payload_of(artifact)
+    header_len = int.from_bytes(payload[:4], "little")
+    header = json.loads(payload[4:4 + header_len])
+    name, entry = next((n, e) for n, e in header["tensors"].items() if e["kind"] == "fp16")
+    ref = entry["data"]
+
+    def nan_tensor(body: bytes, start: int) -> bytes:  # 0xFFFF is an fp16 NaN in either byte order
+        lo = start + ref["offset"]
+        return body[:lo] + b"\xff" * ref["nbytes"] + body[lo + ref["nbytes"]:]
+    with pytest.raises(tg.InputError, match=f"weights are not finite \\({re.escape(name)}\\)"):
+        tg.deserialize_artifact(crafted(artifact, payload_edit=nan_tensor), 512)
+
+    def all_ff(body: bytes, start: int) -> bytes:  # the whole payload: a few hundred compressed bytes
+        return body[:start] + b"\xff" * (len(body) - start)
+    with pytest.raises(tg.InputError, match="weights are not finite|at most 64 a byte"):
+        tg.deserialize_artifact(crafted(artifact, payload_edit=all_ff), 512)
+
+
+def test_bytes_after_an_lzma_stream_are_refused(artifact):
+    import lzma
+    body = payload_of(artifact)
+    good = tg.seal_artifact("lzma", lzma.compress(body))
+    assert tg.deserialize_artifact(good, 512)[0].vocab_size == 512
+    with pytest.raises(tg.InputError, match="more data follows"):
+        tg.deserialize_artifact(tg.seal_artifact("lzma", lzma.compress(body) + b"junk"), 512)
+
+
+def test_weights_that_overflow_at_export_end_the_run_naming_the_stage(run_in, tmp_path):
+    error = run_in(EMBED_LR="1e6", EMBED_WD="0", TTT_ENABLED="0", ITERATIONS="6")
+    assert isinstance(error, tg.TrainingDiverged), error
+    assert str(error).startswith("export: the quantized weights of") and "not finite" in str(error)
+    assert nothing_scored(tmp_path)
+
+
+def test_a_stage_that_scores_nan_gives_no_final_score(run_in, tmp_path, monkeypatch):
+    monkeypatch.setattr(tg, "evaluate_windows", lambda *args, **kwargs: (float("nan"), float("nan")))
+    error = run_in(TTT_ENABLED="0", ITERATIONS="2")
+    assert isinstance(error, tg.TrainingDiverged) and "the prequant stage scored val_loss nan" in str(error)
+    log = (tmp_path / "logs" / "bad.txt").read_text().split("=" * 100 + "\n", 1)[1]
+    assert "final_score" not in log and "final_prequant" not in log
+
+
+@pytest.mark.parametrize("overrides, kind, message", [
+    ({"COMPILE": "2"}, tg.ConfigError, "COMPILE='2' must be 0 or 1"),
+    ({"EMA_ENABLED": "true"}, tg.ConfigError, "EMA_ENABLED='true' must be 0 or 1"),
+    ({"ARTIFACT_PATH": "."}, tg.ConfigError, "ARTIFACT_PATH=. is a folder"),
+    ({"NLL_DUMP_PATH": "logs"}, tg.ConfigError, "NLL_DUMP_PATH=logs is a folder"),
+    ({"CHECKPOINT_PATH": "/"}, tg.ConfigError, "CHECKPOINT_PATH=/ is a folder"),
+    ({"ARTIFACT_PATH": "/proc/m.ptz"}, tg.ConfigError, "the folder /proc does not exist or is not writable"),
+], ids=["compile-2", "bool-word", "artifact-dir", "dump-dir", "checkpoint-dir", "unwritable-as-root"])
+def test_second_pass_settings_fail_before_training(run_in, tmp_path, overrides, kind, message):
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    error = run_in(**overrides)
+    assert isinstance(error, kind) and message in str(error), error
+    assert nothing_scored(tmp_path)
+
+
+def test_an_empty_numeric_variable_means_its_default():
+    assert tg.Hyperparameters(environ={"NUM_LAYERS": "", "ITERATIONS": ""}).num_layers == 11
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is not a SentencePiece model"),
+    (b"not a model at all" * 10, "is not a SentencePiece model"),
+], ids=["empty", "junk"])
+def test_a_tokenizer_that_is_not_sentencepiece_is_one_line(run_in, tmp_path, content, message):
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(content)
+    error = run_in(TOKENIZER_PATH=str(bad))
+    assert isinstance(error, tg.InputError) and message in str(error)
+    assert nothing_scored(tmp_path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"\x80\x02junk"), "is damaged or not a checkpoint of this script"),
+    (lambda p: torch.save({"config": {"bogus": 1}, "state_dict": {}}, p), "is damaged or not a checkpoint of this script"),
+], ids=["truncated", "crafted"])
+def test_a_damaged_checkpoint_is_one_line_and_never_unpickled(run_in, tmp_path, make, message):
+    ckpt = tmp_path / "c.pt"
+    make(ckpt)
+    error = run_in(EXPORT_ONLY=str(ckpt))
+    assert isinstance(error, tg.InputError) and message in str(error) and "weights_only=False" not in str(error)
+
+
+def test_an_existing_artifact_is_moved_aside_so_a_failed_run_leaves_none(run_in, tmp_path):
+    old = tmp_path / "m.ptz"
+    old.write_bytes(b"an earlier run's artifact")
+    error = run_in(EMBED_LR="1e6", EMBED_WD="0", TTT_ENABLED="0", ITERATIONS="6")  # dies at export
+    assert isinstance(error, tg.TrainingDiverged)
+    assert not old.exists() and (tmp_path / "m.ptz.previous").read_bytes() == b"an earlier run's artifact"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_nll_dump_is_written_at_exactly_the_path_logged(tiny_env, tmp_path):
+    dump = tmp_path / "dump"  # no .npz: numpy would add one to a bare name
+    run_script({**tiny_env, "NLL_DUMP_PATH": str(dump), "TTT_ENABLED": "0", "ITERATIONS": "2"}, tmp_path)
+    assert dump.is_file() and not (tmp_path / "dump.npz").exists()
+    assert set(np.load(dump)) >= {"nll", "bytes", "pos"}
+
+
+def test_ctrl_c_logs_one_line_and_exits_130(tiny_env, tmp_path):
+    import os
+    import signal
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **tiny_env, "ITERATIONS": "100000", "TRAIN_LOG_EVERY": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "logs" / "tiny.txt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (log.exists() and "step:3/" in log.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted while training step")
+    assert "Traceback" not in err and not Path(tiny_env["ARTIFACT_PATH"]).exists()
+    assert log.read_text().rstrip().endswith(lines[0])

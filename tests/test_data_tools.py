@@ -309,10 +309,51 @@ def test_download_fetches_the_plan_once_then_skips_present_files(
     for split, count in (("val", 2), ("train", 3)):
         for i in range(count):
             remote[f"datasets/datasets/fineweb10B_sp1024/fineweb_{split}_{i:06d}.bin"] = shard
+    fetched = install_fake_hub(monkeypatch, remote, "someone/mirror")
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/mirror")
+    out = tmp_path / "data"
+    downloader.download("sp1024", 2, out)
+    assert len(fetched) == 1 + 2 + 2 + 2 and not (out / ".download_staging").exists()
+    assert (out / "datasets/fineweb10B_sp1024/fineweb_train_000001.bin").read_bytes() == shard
+    assert not (out / "datasets/fineweb10B_sp1024/fineweb_train_000002.bin").exists()
+    assert (out / "tokenizers/fineweb_1024_bpe.vocab").read_bytes() == b"vocab"
+    fetched.clear()
+    downloader.download("sp1024", 3, out)
+    assert fetched == ["datasets/manifest.json", "datasets/datasets/fineweb10B_sp1024/fineweb_train_000002.bin"]
+
+
+# ---- downloader: CaseOps variant (no network) ----
+
+CASEOPS_REMOTE = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+CASEOPS_TOKENIZER = "tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved"
+FAKE_CASEOPS_MANIFEST = {
+    "datasets": [{"name": CASEOPS_REMOTE, "tokenizer_name": "sp8192_caseops",
+                  "val_bytes_glob": f"datasets/{CASEOPS_REMOTE}/fineweb_val_bytes_*.bin",
+                  "stats": {"files_train": 3, "files_val": 1}}],
+    "tokenizers": [{"name": "sp8192_caseops", "model_path": f"{CASEOPS_TOKENIZER}.model",
+                    "vocab_path": f"{CASEOPS_TOKENIZER}.vocab"}],
+}
+
+
+def caseops_hub(sidecar_tokens: int = 6) -> dict[str, bytes]:
+    """The CaseOps export's files as the Hub holds them, with a sidecar of `sidecar_tokens` counts."""
+    val = np.array([1, 9, 8, 1, 7, 6], dtype=np.uint16)
+    remote = {"datasets/manifest.json": json.dumps(FAKE_CASEOPS_MANIFEST).encode(),
+              f"datasets/{CASEOPS_TOKENIZER}.model": b"model", f"datasets/{CASEOPS_TOKENIZER}.vocab": b"vocab",
+              f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_val_000000.bin": builder.shard_bytes(val),
+              f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_val_bytes_000000.bin":
+                  builder.shard_bytes(np.array([0, 3, 1, 0, 2, 2][:sidecar_tokens], dtype=np.uint16))}
+    for i in range(3):
+        remote[f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_train_{i:06d}.bin"] = builder.shard_bytes(val)
+    return remote
+
+
+def install_fake_hub(monkeypatch: pytest.MonkeyPatch, remote: dict[str, bytes], repo: str) -> list[str]:
+    """A huggingface_hub stand-in serving `remote` for dataset `repo`; returns the fetched names."""
     fetched: list[str] = []
 
     def hf_hub_download(repo_id: str, filename: str, repo_type: str, local_dir: Path) -> str:
-        assert (repo_id, repo_type) == ("someone/mirror", "dataset")
+        assert (repo_id, repo_type) == (repo, "dataset")
         fetched.append(filename)
         path = Path(local_dir) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,13 +366,48 @@ def test_download_fetches_the_plan_once_then_skips_present_files(
 
     monkeypatch.setitem(sys.modules, "huggingface_hub",
                         SimpleNamespace(hf_hub_download=hf_hub_download, HfApi=HfApi))
-    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/mirror")
-    out = tmp_path / "data"
-    downloader.download("sp1024", 2, out)
-    assert len(fetched) == 1 + 2 + 2 + 2 and not (out / ".download_staging").exists()
-    assert (out / "datasets/fineweb10B_sp1024/fineweb_train_000001.bin").read_bytes() == shard
-    assert not (out / "datasets/fineweb10B_sp1024/fineweb_train_000002.bin").exists()
-    assert (out / "tokenizers/fineweb_1024_bpe.vocab").read_bytes() == b"vocab"
-    fetched.clear()
-    downloader.download("sp1024", 3, out)
-    assert fetched == ["datasets/manifest.json", "datasets/datasets/fineweb10B_sp1024/fineweb_train_000002.bin"]
+    return fetched
+
+
+def test_caseops_plan_adds_a_sidecar_per_val_shard_under_short_local_names(tmp_path: Path) -> None:
+    plan = downloader.plan_downloads(FAKE_CASEOPS_MANIFEST, "sp8192_caseops", 1, tmp_path)
+    local = tmp_path / "datasets" / "fineweb10B_sp8192_caseops"
+    assert plan == [
+        (f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_val_000000.bin", local / "fineweb_val_000000.bin"),
+        (f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_val_bytes_000000.bin", local / "fineweb_val_bytes_000000.bin"),
+        (f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_train_000000.bin", local / "fineweb_train_000000.bin"),
+        (f"datasets/{CASEOPS_TOKENIZER}.model", tmp_path / "tokenizers" / "fineweb_8192_caseops.model"),
+        (f"datasets/{CASEOPS_TOKENIZER}.vocab", tmp_path / "tokenizers" / "fineweb_8192_caseops.vocab"),
+    ]
+
+
+def test_caseops_download_uses_the_records_repo_and_prints_the_local_paths(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("MATCHED_FINEWEB_REPO_ID", raising=False)
+    remote = caseops_hub()
+    fetched = install_fake_hub(monkeypatch, remote, "romeerp/parameter-golf-caseops-v1")
+    downloader.download("sp8192_caseops", 3, tmp_path)
+    local = tmp_path / "datasets" / "fineweb10B_sp8192_caseops"
+    assert sorted(p.name for p in local.iterdir()) == [
+        "fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin",
+        "fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin"]
+    assert (local / "fineweb_val_bytes_000000.bin").read_bytes() == \
+        remote[f"datasets/datasets/{CASEOPS_REMOTE}/fineweb_val_bytes_000000.bin"]
+    assert (tmp_path / "tokenizers" / "fineweb_8192_caseops.model").read_bytes() == b"model"
+    assert len(fetched) == 1 + 2 + 3 + 2
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"DATA_PATH={local} TOKENIZER_PATH={tmp_path / 'tokenizers' / 'fineweb_8192_caseops.model'} "
+                    "VOCAB_SIZE=8192")
+
+
+def test_caseops_download_refuses_a_sidecar_that_does_not_fit_its_shard(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/caseops-mirror")
+    install_fake_hub(monkeypatch, caseops_hub(sidecar_tokens=5), "someone/caseops-mirror")
+    with pytest.raises(SystemExit, match="holds 5 byte counts but .*fineweb_val_000000.bin holds 6 tokens"):
+        downloader.download("sp8192_caseops", 1, tmp_path)
+
+
+def test_caseops_variant_missing_from_manifest_points_to_the_records_repo(manifest: dict, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=f"{CASEOPS_REMOTE} is not in the manifest.*romeerp/parameter-golf-caseops-v1"):
+        downloader.plan_downloads(manifest, "sp8192_caseops", 1, tmp_path)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import ROOT, TINY_RUN_ENV, log_lines, run_script
+from conftest import same_runner, ROOT, TINY_RUN_ENV, log_lines, run_script
 from test_eval import RT, hparams, randomize
 from test_eval import small_model as eval_model
 
@@ -52,7 +52,7 @@ def run_ttt(mode: str, val: torch.Tensor, model_seed: int = 1, audit: list | Non
     recorder = tg.NllRecorder(len(val))
     kwargs = {"audit": audit} if audit is not None else {}
     if mode == "chunked":
-        _, bpb = tg.score_first_ttt(model, model, val, h, tables(), RT, recorder, **kwargs)
+        _, bpb = tg.score_first_ttt(model, same_runner(model), val, h, tables(), RT, recorder, **kwargs)
     else:
         _, bpb = tg.score_documents_ttt(model, tg.Runners.eager(model), val, h, tables(), RT, recorder, **kwargs)
     return bpb, recorder
@@ -207,7 +207,7 @@ def test_chunked_ttt_is_unchanged_from_before_the_document_modes():
                          skip_gates=False, smear_gate=False, attn_gate=False, ortho_init=False, doc_attention=False)
     torch.manual_seed(3)
     model = randomize(tg.GPT(cfg), 3)
-    loss, bpb = tg.score_first_ttt(model, model, val, hparams(), old_tables, RT)
+    loss, bpb = tg.score_first_ttt(model, same_runner(model), val, hparams(), old_tables, RT)
     assert loss == pytest.approx(pinned["ttt_val_loss"], abs=1e-6)
     assert bpb == pytest.approx(pinned["ttt_val_bpb"], abs=1e-6)
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import TINY_RUN_ENV, log_lines, run_script
+from conftest import same_runner, TINY_RUN_ENV, log_lines, run_script
 
 CPU = torch.device("cpu")
 RT = tg.Runtime(0, 1, 0, CPU)
@@ -102,7 +102,7 @@ def test_sliding_and_ttt_count_the_same_tokens_and_bytes_as_full_eval(stream, mo
     recorders = [tg.NllRecorder(n) for _ in range(3)]
     tg.evaluate_windows(model, val, SEQ_LEN, SEQ_LEN, h, tables, RT, recorders[0])
     tg.evaluate_windows(model, val, SEQ_LEN, STRIDE, h, tables, RT, recorders[1])
-    tg.score_first_ttt(model, model, val, h, tables, RT, recorders[2])
+    tg.score_first_ttt(model, same_runner(model), val, h, tables, RT, recorders[2])
     assert len(meters) == 3
     target_bytes = tables.target_bytes(val[:-1], val[1:]).double()
     for meter, recorder in zip(meters, recorders):
@@ -142,7 +142,7 @@ def test_changing_token_p_never_changes_what_was_predicted_before_it(stream, sta
         if stage == "sliding":
             tg.evaluate_windows(score_fn, tokens, SEQ_LEN, STRIDE, h, stream.tables, RT, recorder)
         else:
-            tg.score_first_ttt(model, score_fn, tokens, h, stream.tables, RT, recorder)
+            tg.score_first_ttt(model, same_runner(score_fn), tokens, h, stream.tables, RT, recorder)
         return recorder.nll
 
     starts, chunks = target_windows(n)
@@ -193,7 +193,7 @@ def test_every_trained_token_was_scored_before_and_last_chunk_is_never_trained(s
                 events.append(("fed", start, start + length))  # every token the update reads
         return model(inputs, targets, reduction=reduction)
 
-    tg.score_first_ttt(model, spy, val, h, stream.tables, RT, audit=events)
+    tg.score_first_ttt(model, same_runner(spy), val, h, stream.tables, RT, audit=events)
     scored_until = 0
     for kind, first, last in events:
         if kind == "score":
@@ -217,7 +217,7 @@ def test_ttt_without_epochs_is_exactly_sliding_evaluation(stream):
     weights = copy.deepcopy(model.state_dict())
     sliding_rec, ttt_rec = tg.NllRecorder(len(stream.val)), tg.NllRecorder(len(stream.val))
     sliding = tg.evaluate_windows(model, stream.val, SEQ_LEN, STRIDE, h, stream.tables, RT, sliding_rec)
-    ttt = tg.score_first_ttt(model, model, stream.val, h, stream.tables, RT, ttt_rec)
+    ttt = tg.score_first_ttt(model, same_runner(model), stream.val, h, stream.tables, RT, ttt_rec)
     assert torch.equal(ttt_rec.nll, sliding_rec.nll)
     assert ttt == pytest.approx(sliding, rel=1e-13, abs=0)
     for name, value in model.state_dict().items():
@@ -229,7 +229,7 @@ def test_ttt_without_epochs_is_exactly_sliding_evaluation(stream):
 def ttt_changes(stream, **overrides: str) -> tuple[set[str], tuple[float, float]]:
     model = small_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = tg.score_first_ttt(model, model, stream.val, hparams(**overrides), stream.tables, RT)
+    result = tg.score_first_ttt(model, same_runner(model), stream.val, hparams(**overrides), stream.tables, RT)
     assert all(p.requires_grad for p in model.parameters()), "TTT must hand the model back trainable"
     return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}, result
 

@@ -68,7 +68,10 @@ def test_every_new_switch_off_reproduces_the_pinned_logits_and_training():
         opt.zero_grad()
     with torch.no_grad():
         logits = model.forward_logits(ids)
-    torch.testing.assert_close(logits[:, ::3, ::8], pinned("logits_after_three_steps"), atol=2e-5, rtol=1e-5)
+    # Three Muon steps amplify float rounding: summing the loss in another order (the fused
+    # soft-capped CE) moved these logits by 4.4e-3 and torch 2.14 by 5.9e-3, while training moves
+    # them by 8.9 and a Muon momentum of 0.90 instead of 0.95 by 0.05: 2e-2 tells the two apart.
+    torch.testing.assert_close(logits[:, ::3, ::8], pinned("logits_after_three_steps"), atol=2e-2, rtol=0)
 
 
 # ---- XSA ----
@@ -222,24 +225,24 @@ def test_smear_gate_starts_as_the_identity():
 def test_document_mask_is_causal_inside_documents_only():
     ids = with_documents(1, 24)
     model = small_model()
-    mask = model.attention_mask(ids)[0, 0]
+    mask = model.attention_layout(ids)[0, 0]
     docs = [range(0, 9), range(9, 17), range(17, 24)]
     for q in range(24):
         for k in range(24):
             same = any(q in d and k in d for d in docs)
             assert bool(mask[q, k]) == (same and k <= q), (q, k)
-    assert small_model(DOC_ATTENTION="0").attention_mask(ids) is None
+    assert small_model(DOC_ATTENTION="0").attention_layout(ids) is None
 
 
-def test_flex_attention_block_mask_matches_masked_sdpa(monkeypatch):
+def test_flex_attention_block_mask_matches_masked_sdpa():
     model = trained_looking()
     ids = with_documents(2, 24)
     with torch.no_grad():
         reference = model.forward_logits(ids)
-        # The compiled path's kernel, run eagerly (slow, but exact).
-        monkeypatch.setattr(tg, "flex_attention_active", lambda device: True)
-        assert not isinstance(model.attention_mask(ids), torch.Tensor)
-        flex = model.forward_logits(ids)
+        # The flex kernel with its block mask built eagerly, as a Runner builds it (slow, but exact).
+        layout = model.attention_layout(ids, "flex")
+        assert not isinstance(layout, torch.Tensor)
+        flex = model.forward_logits(ids, layout)
     torch.testing.assert_close(flex, reference, atol=2e-5, rtol=1e-5)
 
 

@@ -31,11 +31,11 @@ def test_validation_tokens_never_reach_training_or_calibration(tiny_data, tmp_pa
 
     phase = {"name": "setup"}
     seen: dict[str, bool] = {}
-    forward_logits = tg.GPT.forward_logits
+    hidden_states = tg.GPT.hidden_states  # every forward, calibration's included, runs through it
 
-    def spy(self, input_ids):
+    def spy(self, input_ids, layout=None):
         seen[phase["name"]] = seen.get(phase["name"], False) or bool((input_ids == SENTINEL).any())
-        return forward_logits(self, input_ids)
+        return hidden_states(self, input_ids, layout)
 
     def in_phase(name, fn):
         def wrapped(*args, **kwargs):
@@ -46,7 +46,7 @@ def test_validation_tokens_never_reach_training_or_calibration(tiny_data, tmp_pa
                 phase["name"] = before
         return wrapped
 
-    monkeypatch.setattr(tg.GPT, "forward_logits", spy)
+    monkeypatch.setattr(tg.GPT, "hidden_states", spy)
     monkeypatch.setattr(tg, "train_model", in_phase("training", tg.train_model))
     monkeypatch.setattr(tg, "collect_hessians", in_phase("calibration", tg.collect_hessians))
     monkeypatch.setattr(tg, "evaluate_windows", in_phase("evaluation", tg.evaluate_windows))

@@ -1,19 +1,27 @@
 """Tests of records/package.py: packaging run logs into a submission folder, refusals, --check,
-and the self-extracting wrapper. Logs are synthetic, written in the log-line contract."""
+--rescore and the self-extracting wrapper. Most logs are synthetic, written in the log-line
+contract, with a fake artifact and validation shard beside them; the tests at the end package
+one real tiny CPU run of train_gpt.py."""
 from __future__ import annotations
 
 import ast
 import base64
+import functools
 import hashlib
 import json
 import lzma
 import math
 import re
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from conftest import TINY_RUN_ENV, run_script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "records"))
@@ -42,53 +50,101 @@ HPARAMS = {
 HARDWARE = "8xNVIDIA H100 80GB HBM3"
 TORCH = "2.9.1+cu128"
 SEP = "=" * 100
+# The validation split the env fixture writes (relative to tmp_path, the current directory):
+# the challenge's 50,000 documents of two tokens each.
+VAL_DIR = "data/datasets/fineweb10B_sp8192"
+VAL_DOCS = 50_000
+VAL_TOKENS = 2 * VAL_DOCS
+BPB_PER_NAT = 0.3874  # tokens / bytes / ln 2 of the synthetic split: the same on every stage line
 
 
-def make_log(seed: int = 1337, bpb: float = 1.0808, total_bytes: int = 15_991_930, *,
+def shard(tokens: list[int]) -> bytes:
+    """A validation shard in the challenge's format: 256 int32 header words, uint16 tokens."""
+    header = struct.pack("<3i", 20240520, 1, len(tokens)).ljust(1024, b"\0")
+    return header + struct.pack(f"<{len(tokens)}H", *tokens)
+
+
+@functools.lru_cache(maxsize=None)
+def fake_artifact(path: str, size: int) -> tuple[bytes, str]:
+    """The bytes of the synthetic artifact at `path` (its content depends on the path) and
+    their SHA-256."""
+    data = (f"artifact {path}\n".encode() * (size // 10 + 1))[:size]
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def stage_line(stage: str, bpb: float, eval_ms: int) -> str:
+    return (f"final_{stage} val_loss:{bpb / BPB_PER_NAT:.8f} val_bpb:{bpb:.8f} "
+            f"eval_time:{eval_ms}ms")
+
+
+def make_log(seed: int = 1337, bpb: float = 1.0808, total_bytes: int = 191_930, *,
              source: str = FAKE_SOURCE, stage: str = "ttt", limit_bytes: int = 16_000_000,
              train_ms: int = 588_000, gptq_ms: int = 11_000, wall_total_ms: int | None = None,
              wall_limit_ms: int = 600_000, hparams: dict[str, str] | None = None,
              final_score: bool = True, over_limit: bool = False, hardware: str = HARDWARE,
              torch_version: str = TORCH, extra: tuple[str, ...] = (),
-             code_bytes: int | None = None) -> str:
-    """A run log in the contract's format, for one seed. `code_bytes` defaults to a plain run's
-    (the source's bytes); pass a wrapper's size for a run of a --make-wrapper wrapper."""
-    hp = {**HPARAMS, "SEED": str(seed), "RUN_ID": f"run_{seed}", **(hparams or {})}
-    if code_bytes is None:
-        code_bytes = len(source.encode("utf-8"))
+             ran: str | None = None, val_tokens: int = VAL_TOKENS) -> str:
+    """A run log in the contract's format, for one seed. `ran` is the file the run ran
+    (default: `source` itself; pass a wrapper for a run of a --make-wrapper wrapper): its
+    bytes are the code bytes and its SHA-256 the script line's. The artifact is
+    fake_artifact(f"model_{seed}.ptz", model bytes), relative to the current directory."""
+    hp = {**HPARAMS, "SEED": str(seed), "RUN_ID": f"run_{seed}", "DATA_PATH": VAL_DIR,
+          **(hparams or {})}
+    ran_bytes = (source if ran is None else ran).encode("utf-8")
+    code_bytes = len(ran_bytes)
+    model_bytes = total_bytes - code_bytes
+    artifact = f"model_{seed}.ptz"
     total = wall_total_ms if wall_total_ms is not None else train_ms + gptq_ms
-    lines = [SEP, f"run_info python:3.12.3 torch:{torch_version} device:cuda world_size:8 hardware:{hardware}"]
+    lines = [SEP, f"run_info python:3.12.3 torch:{torch_version} device:cuda world_size:8 hardware:{hardware}",
+             f"script path:train_gpt.py bytes:{code_bytes} sha256:{hashlib.sha256(ran_bytes).hexdigest()}"]
     lines += [f"hparam {k}={v}" for k, v in hp.items()]
     lines += [
-        "step:1/20000 train_loss:9.0100 train_time:130ms step_avg:130.00ms tok_s:6049476",
+        f"data val_tokens:{val_tokens} tokenizer:data/tokenizers/fineweb_8192_bpe.model data_path:{VAL_DIR}",
+        # Each seed trains its own curve.
+        f"step:1/20000 train_loss:{9 + seed % 9973 / 10000:.4f} train_time:130ms step_avg:130.00ms tok_s:6049476",
         "step:500/20000 val_loss:2.9000 val_bpb:1.2000",
+        f"step:4550/20000 train_loss:{2.8 + seed % 9973 / 10000:.4f} train_time:{train_ms}ms step_avg:129.23ms",
         f"stopping_early: wallclock_cap train_time:{train_ms}ms step:4550/20000",
+        f"serialize compressor:brotli bytes:{model_bytes} time:900ms path:{artifact} "
+        f"sha256:{fake_artifact(artifact, model_bytes)[1]}",
         f"wallclock train_time:{train_ms}ms gptq_time:{gptq_ms}ms total:{total}ms limit:{wall_limit_ms}ms",
         "peak_memory allocated:40000MiB reserved:42000MiB",
-        "final_prequant val_loss:2.80000000 val_bpb:1.08730000 eval_time:9000ms",
-        f"artifact code_bytes:{code_bytes} model_bytes:{total_bytes - code_bytes} "
+        stage_line("prequant", 1.0873, 9000),
+        f"artifact code_bytes:{code_bytes} model_bytes:{model_bytes} "
         f"total_bytes:{total_bytes} limit_bytes:{limit_bytes}",
         *extra,
     ]
     if over_limit:
         lines.append(f"artifact_over_limit total_bytes:{total_bytes} limit_bytes:{limit_bytes}")
     else:
-        lines += [
-            "final_roundtrip val_loss:2.83000000 val_bpb:1.09970000 eval_time:9000ms",
-            "final_sliding val_loss:2.80000000 val_bpb:1.08290000 eval_time:121000ms",
-            f"final_ttt val_loss:2.79000000 val_bpb:{bpb:.8f} eval_time:367000ms",
-        ]
+        lines += [stage_line("roundtrip", 1.0997, 9000), stage_line("sliding", 1.0829, 121_000),
+                  stage_line("ttt", bpb, 367_000)]
         if final_score:
             lines.append(f"final_score val_bpb:{bpb:.8f} stage:{stage} total_bytes:{total_bytes}")
     return source + "\n".join(lines) + "\n"
 
 
-SEEDS = [(1337, 1.0808, 15_991_930), (42, 1.0812, 15_990_001), (2025, 1.0801, 15_993_456)]
+SEEDS = [(1337, 1.0808, 191_930), (42, 1.0812, 190_001), (2025, 1.0801, 193_456)]
+
+
+def write_artifacts(texts: list[str], root: Path) -> None:
+    """The artifact each log's serialize (or artifact_loaded) line names, of the size it records."""
+    for text in texts:
+        m = (re.search(r"^serialize .* bytes:(?P<size>\d+) .* path:(?P<path>\S+) sha256:", text, flags=re.M)
+             or re.search(r"^artifact_loaded path:(?P<path>\S+) bytes:(?P<size>\d+) ", text, flags=re.M))
+        if m and not (root / m["path"]).exists():
+            (root / m["path"]).write_bytes(fake_artifact(m["path"], int(m["size"]))[0])
 
 
 @pytest.fixture
-def env(tmp_path: Path):
-    """Writes logs and a script into tmp_path and runs the packager's main() in-process."""
+def env(tmp_path: Path, monkeypatch):
+    """Writes logs, their artifacts, a script and the validation split into tmp_path, makes it
+    the current directory (logs name both relative to it) and runs the packager's main()
+    in-process."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / VAL_DIR).mkdir(parents=True)
+    (tmp_path / VAL_DIR / "fineweb_val_000000.bin").write_bytes(shard([1, 7] * VAL_DOCS))
+
     class Env:
         root = tmp_path
         out = tmp_path / "out"
@@ -103,9 +159,11 @@ def env(tmp_path: Path):
                 paths.append(str(path))
             return paths
 
-        def package(self, texts: list[str], *extra: str, capsys=None) -> int:
+        def package(self, texts: list[str], *extra: str, artifacts: bool = True) -> int:
             if not self.script.exists():
                 self.script.write_text(FAKE_SOURCE, encoding="utf-8")
+            if artifacts:
+                write_artifacts(texts, tmp_path)
             argv = ["--name", "Test", "--author", "Ada", "--github-id", "ada", "--date", "2026-04-09",
                     "--script", str(self.script), "--out-root", str(self.out),
                     "--logs", *self.logs(texts), *extra]
@@ -131,10 +189,12 @@ def test_packaged_folder_passes_check_and_numbers_match_logs(env, capsys):
     texts = three_logs()
     assert env.package(texts) == 0
     files = sorted(p.name for p in env.folder.iterdir())
-    assert files == ["README.md", "requirements.txt", "submission.json", "train_gpt.py",
+    assert files == ["README.md", "artifact_seed1337.ptz", "artifact_seed2025.ptz",
+                     "artifact_seed42.ptz", "requirements.txt", "submission.json", "train_gpt.py",
                      "train_seed1337.log", "train_seed2025.log", "train_seed42.log"]
     assert (env.folder / "train_gpt.py").read_bytes() == env.script.read_bytes()
     assert (env.folder / "train_seed42.log").read_text(encoding="utf-8") == texts[1]
+    assert (env.folder / "artifact_seed42.ptz").read_bytes() == (env.root / "model_42.ptz").read_bytes()
     assert not [p for p in env.out.iterdir() if p.name.startswith(".")], "no temporary folder left"
 
     sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
@@ -200,7 +260,7 @@ def test_readme_has_results_table_and_reproduction_commands(env):
     readme = (env.folder / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("# Test\n")
     assert "| seed | val_bpb | stage | artifact bytes |" in readme
-    assert "| 1337 | 1.08080000 | ttt | 15991930 |" in readme
+    assert "| 1337 | 1.08080000 | ttt | 191930 |" in readme
     sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
     assert f"**{sub['val_bpb']:.8f} ± {sub['val_bpb_std']:.8f}**" in readme
     commands = [line for line in readme.splitlines() if "torchrun" in line]
@@ -213,6 +273,8 @@ def test_readme_has_results_table_and_reproduction_commands(env):
     assert "RUN_ID" not in command
     assert "DATA_PATH=" in command and "/data/datasets/fineweb10B_sp8192" in command
     assert "- [x] three_seeds" in readme
+    sha = fake_artifact("model_1337.ptz", MODEL_BYTES)[1]
+    assert f"| 1337 | `artifact_seed1337.ptz` | {MODEL_BYTES} | `{sha}` |" in readme
 
 
 def test_one_seed_has_zero_std_and_three_seeds_false(env):
@@ -254,8 +316,9 @@ def test_wrapped_packaging_ships_a_small_script_that_unwraps_to_the_logged_sourc
 def test_a_wrapped_run_counts_its_wrapper_and_must_ship_it(env, capsys, method):
     big_source = FAKE_SOURCE + Path(package.__file__).read_text(encoding="utf-8")
     env.script.write_text(big_source, encoding="utf-8")
-    wrapper_bytes = len(package.make_wrapper(big_source, method).encode("utf-8"))
-    texts = three_logs(source=big_source, code_bytes=wrapper_bytes)
+    wrapper = package.make_wrapper(big_source, method)
+    wrapper_bytes = len(wrapper.encode("utf-8"))
+    texts = three_logs(source=big_source, ran=wrapper)
     # Shipping the plain script would make the artifact bigger than the runs measured.
     assert env.package(texts) == 2
     err = last_error(capsys)
@@ -263,7 +326,7 @@ def test_a_wrapped_run_counts_its_wrapper_and_must_ship_it(env, capsys, method):
     assert not env.out.exists()
     assert env.package(texts, "--wrap", method) == 0
     sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
-    assert sub["seed_results"]["1337"]["artifact_bytes"] == 15_991_930
+    assert sub["seed_results"]["1337"]["artifact_bytes"] == 191_930
     assert (env.folder / "train_gpt.py").stat().st_size == wrapper_bytes
     assert package.main(["--check", str(env.folder)]) == 0
 
@@ -277,7 +340,7 @@ def test_the_wrapper_that_ran_can_be_shipped_as_is(env):
     other = base64.b85encode(lzma.compress(big_source.encode("utf-8"), preset=1)).decode("ascii")
     wrapper = wrapper.replace(literal, other)
     env.script.write_text(wrapper, encoding="utf-8")
-    texts = three_logs(source=big_source, code_bytes=len(wrapper.encode("utf-8")))
+    texts = three_logs(source=big_source, ran=wrapper)
     assert env.package(texts) == 0
     assert (env.folder / "train_gpt.py").read_text(encoding="utf-8") == wrapper
     assert package.main(["--check", str(env.folder)]) == 0
@@ -322,13 +385,51 @@ REFUSALS = {
     "val_tokens_limit": (lambda: [make_log(1), make_log(2, hparams={"VAL_TOKENS_LIMIT": "65536"},
                                                         extra=("val_tokens_limit tokens:65536",))],
                          (), ["b.txt", "VAL_TOKENS_LIMIT=65536", "VAL_TOKENS_LIMIT=0"]),
-    "hardware_differs": (lambda: [make_log(1), make_log(2, hardware="8xNVIDIA H200")],
+    "hardware_differs": (lambda: [make_log(1), make_log(2, hardware="8xNVIDIA H100 NVL")],
                          (), ["b.txt", "hardware"]),
     "torch_differs": (lambda: [make_log(1), make_log(2, torch_version="2.8.0")],
                       (), ["b.txt", "torch version"]),
     "hparams_differ": (lambda: [make_log(1), make_log(2, hparams={"TTT_LR": "0.01"})],
                        (), ["b.txt", "TTT_LR=0.01", "only in SEED"]),
     "no_separator": (lambda: [make_log(1).replace(SEP, "=" * 99)], (), ["a.txt", "100 '='"]),
+    # Records: 8xH100, the 600 s clock and the whole validation split, all named at once.
+    "one_h100": (lambda: [make_log(1), make_log(2, hardware="1xNVIDIA H100 80GB HBM3")],
+                 (), ["b.txt is not a 10min_16mb record", "'1xNVIDIA H100 80GB HBM3', not 8xH100",
+                      "--non-record"]),
+    "eight_a100": (lambda: [make_log(1, hardware="8xNVIDIA A100-SXM4-80GB")],
+                   (), ["a.txt is not a 10min_16mb record", "'8xNVIDIA A100-SXM4-80GB', not 8xH100"]),
+    "val_tokens_short_of_the_split": (
+        lambda: [make_log(1, val_tokens=VAL_TOKENS - 2)],
+        (), ["a.txt is not a 10min_16mb record", f"scored {VAL_TOKENS - 2} validation tokens (line",
+             "1 fineweb_val_*.bin shard(s) in", f"{VAL_DIR} hold {VAL_TOKENS};", "--non-record"]),
+    "every_record_problem_at_once": (
+        lambda: [make_log(1, val_tokens=3000, hardware="1xCPU-x86_64", wall_limit_ms=0,
+                          hparams={"MAX_WALLCLOCK_SECONDS": "0.0"})],
+        (), ["scored 3000 validation tokens", "'1xCPU-x86_64', not 8xH100",
+             "MAX_WALLCLOCK_SECONDS=0.0, which is not a 600s-track run", "--non-record"]),
+    # CaseOps data scored with the lookup tables' bytes (the operators counted as text).
+    "caseops_without_sidecar": (
+        lambda: [make_log(1).replace(f"data_path:{VAL_DIR}", f"data_path:{VAL_DIR} bytes:tables caseops:1")],
+        (), ["a.txt used a CaseOps tokenizer but divided by its lookup-table bytes", "fineweb_val_bytes_*.bin"]),
+    # Two seeds, one run.
+    "log_copied_with_its_seed_changed": (
+        lambda: [make_log(1), make_log(1).replace("hparam SEED=1\n", "hparam SEED=2\n")],
+        (), ["b.txt (SEED=2) and", "a.txt (SEED=1) log the same training curve (2 step:",
+             "its SEED edited"]),
+    "two_seeds_one_artifact": (
+        lambda: [make_log(1), re.sub(r"path:model_2.ptz sha256:\w+",
+                                     re.search(r"path:model_1.ptz sha256:\w+", make_log(1))[0],
+                                     make_log(2))],
+        (), ["b.txt (SEED=2) and", "a.txt (SEED=1) name the same artifact (sha256:"]),
+    # Logs without the lines that name the files.
+    "no_script_line": (lambda: [re.sub(r"^script .*\n", "", make_log(1), flags=re.M)],
+                       (), ["a.txt has no 'script path: bytes: sha256:' line"]),
+    "serialize_line_without_hash": (
+        lambda: [re.sub(r" path:\S+ sha256:\w+$", "", make_log(1), flags=re.M)],
+        (), ["a.txt ('serialize compressor:brotli", "has no path: and sha256: fields",
+             "an older train_gpt.py"]),
+    "no_data_line": (lambda: [re.sub(r"^data .*\n", "", make_log(1), flags=re.M)],
+                     (), ["a.txt has no 'data val_tokens:' line"]),
     "script_differs": (lambda: [make_log(1, source="print('other')\n")],
                        (), ["train_gpt.py", "differs from the source recorded in", "a.txt", "--script"]),
     "wrapped_script_too_big": (lambda: [make_log(1, total_bytes=15_999_990)],
@@ -374,8 +475,18 @@ def _edit(pattern: str, replacement: str):
     return tamper
 
 
+def _edits(*edits):
+    """Several _edit tamperings, applied in turn."""
+    def tamper(text: str) -> str:
+        for pattern, replacement in edits:
+            text = _edit(pattern, replacement)(text)
+        return text
+    return tamper
+
+
 CODE_BYTES = len(FAKE_SOURCE.encode("utf-8"))
-# Applied to seed 1337's log (val_bpb 1.0858, 15991930 bytes): tampering -> message fragments.
+MODEL_BYTES = 191_930 - CODE_BYTES
+# Applied to seed 1337's log (val_bpb 1.0858, 191930 bytes): tampering -> message fragments.
 LOG_TAMPERING = {
     "score_val_bpb_edited": (_edit(r"^final_score val_bpb:\S+", "final_score val_bpb:1.00000000"),
                              ["'final_score val_bpb:1.00000000", "does not match final_ttt "
@@ -387,14 +498,41 @@ LOG_TAMPERING = {
         lambda text: text + "final_score val_bpb:1.00000000 stage:ttt total_bytes:15991930\n",
         ["is a second final_score line", "a run writes it once"]),
     "final_score_total_bytes_100": (_edit(r"^(final_score .* total_bytes:)\d+", r"\g<1>100"),
-                                    ["total_bytes:100", "artifact line", "measured 15991930"]),
+                                    ["total_bytes:100", "artifact line", "measured 191930"]),
     "artifact_total_bytes_edited": (_edit(r"^(artifact .* total_bytes:)\d+", r"\g<1>100"),
                                     ["'artifact code_bytes:", "has total_bytes:100",
-                                     "code_bytes + model_bytes = 15991930"]),
+                                     "code_bytes + model_bytes = 191930"]),
+    # With the script and serialize lines edited to agree, only the logged source shows it.
     "artifact_code_bytes_edited": (
-        _edit(rf"^artifact code_bytes:{CODE_BYTES} model_bytes:\d+",
-              f"artifact code_bytes:100 model_bytes:{15_991_930 - 100}"),
+        _edits((rf"^script path:train_gpt.py bytes:{CODE_BYTES}", "script path:train_gpt.py bytes:100"),
+               (rf"^(serialize compressor:brotli bytes:){MODEL_BYTES}", rf"\g<1>{191_930 - 100}"),
+               (rf"^artifact code_bytes:{CODE_BYTES} model_bytes:\d+",
+                f"artifact code_bytes:100 model_bytes:{191_930 - 100}")),
         ["counts code_bytes:100", f"logged source is {CODE_BYTES} bytes", "lzma and brotli"]),
+    "script_bytes_edited": (_edit(rf"^script path:train_gpt.py bytes:{CODE_BYTES}",
+                                  "script path:train_gpt.py bytes:100"),
+                            ["'script path:train_gpt.py bytes:100", "has bytes:100",
+                             f"counts code_bytes:{CODE_BYTES}"]),
+    # The issue's edits: each keeps final_score and the line it comes from consistent.
+    "final_ttt_and_final_score_set_to_1": (
+        _edits((r"^(final_ttt .* val_bpb:)\S+", r"\g<1>1.00000000"),
+               (r"^final_score val_bpb:\S+", "final_score val_bpb:1.00000000")),
+        ["'final_ttt val_loss:", "val_bpb/val_loss 0.356787622, but final_prequant (line",
+         f"has {BPB_PER_NAT:.9f}", "the same on every line"]),
+    "ttt_lines_deleted_and_score_set_to_sliding": (
+        _edits((r"^final_ttt .*\n", ""),
+               (r"^final_score val_bpb:\S+ stage:ttt", "final_score val_bpb:1.08290000 stage:sliding")),
+        ["'hparam TTT_ENABLED=1'", "switches the ttt stage on", "no final_ttt line"]),
+    "sizes_lowered_together": (
+        _edits((rf"^artifact code_bytes:{CODE_BYTES} model_bytes:\d+ total_bytes:\d+",
+                f"artifact code_bytes:{CODE_BYTES} model_bytes:{MODEL_BYTES - 1000} "
+                f"total_bytes:{191_930 - 1000}"),
+               (r"^(final_score .* total_bytes:)\d+", rf"\g<1>{191_930 - 1000}")),
+        ["'serialize compressor:brotli", f"has bytes:{MODEL_BYTES},",
+         f"counts model_bytes:{MODEL_BYTES - 1000}"]),
+    "artifact_loaded_line_added": (
+        _edit(r"^(final_prequant .*\n)", rf"\1artifact_loaded path:x.ptz bytes:{MODEL_BYTES} sha256:{'ab' * 32}\n"),
+        ["'artifact_loaded path:x.ptz", "loads an artifact", "says the run wrote one"]),
     "duplicate_artifact_line": (_edit(r"^(artifact .*\n)", r"\1\1"), ["is a second artifact line"]),
     "duplicate_final_ttt_line": (_edit(r"^(final_ttt .*\n)", r"\1\1"), ["is a second final_ttt line"]),
     "final_score_before_its_stage_line": (_edit(r"^(final_ttt .*\n)(final_score .*\n)", r"\2\1"),
@@ -446,7 +584,7 @@ def test_submission_numbers_come_from_the_measuring_lines_not_final_score():
     run.score = package.Score(1.0, "ttt", 100)  # what an edited final_score would claim
     sub = package.build_submission([run], "Ada", "ada", "Test", "2026-04-09", non_record=False)
     assert sub["val_bpb"] == 1.0808
-    assert sub["seed_results"]["1337"] == {"val_bpb": 1.0808, "artifact_bytes": 15_991_930,
+    assert sub["seed_results"]["1337"] == {"val_bpb": 1.0808, "artifact_bytes": 191_930,
                                            "stage": "ttt"}
 
 
@@ -481,7 +619,33 @@ TAMPERING = {
     "removed_log": (lambda f: (f / "train_seed2025.log").unlink(), "seeds"),
     "renamed_log": (lambda f: (f / "train_seed2025.log").rename(f / "train_seed7.log"), "rename it"),
     "readme_table": (lambda f: (f / "README.md").write_text("# Test\n"), "README.md"),
+    "artifact_byte_flipped": (lambda f: flip_a_byte(f / "artifact_seed42.ptz"),
+                              "artifact_seed42.ptz has sha256 "),
+    "artifact_removed": (lambda f: (f / "artifact_seed2025.ptz").unlink(),
+                         "holds no artifact_seed2025.ptz"),
+    "artifact_swapped": (lambda f: (f / "artifact_seed42.ptz").write_bytes(
+        (f / "artifact_seed1337.ptz").read_bytes()), "artifact_seed42.ptz has 191652 bytes"),
+    # Log, submission.json and README agree; the log's hash does not match the artifact.
+    "artifact_hash_edited_in_the_log": (
+        lambda f: _edit_log(f / "train_seed42.log", r"(?<=path:model_42.ptz sha256:)\w+", "0" * 64),
+        "artifact_seed42.ptz has sha256 "),
+    "script_hash_edited_in_the_log": (
+        lambda f: _edit_log(f / "train_seed42.log", r"(?<=^script path:train_gpt.py bytes:)(\d+) sha256:\w+",
+                            r"\1 sha256:" + "0" * 64),
+        f"train_gpt.py ({CODE_BYTES} bytes, sha256 "),
 }
+
+
+def flip_a_byte(path: Path, at: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _edit_log(path: Path, pattern: str, replacement: str) -> None:
+    text, count = re.subn(pattern, replacement, path.read_text(encoding="utf-8"), count=1, flags=re.M)
+    assert count == 1, pattern
+    path.write_text(text, encoding="utf-8")
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
@@ -505,6 +669,144 @@ def test_cli_runs_as_a_script(env):
     assert bad.returncode == 2 and "z.txt has no final_score" in bad.stderr
 
 
+# ---- the files: each artifact and the script must be the ones the logs measured ----
+
+
+def test_a_missing_artifact_is_refused_naming_the_option(env, capsys):
+    assert env.package(three_logs(), artifacts=False) == 2
+    err = last_error(capsys)
+    assert "names the artifact model_1337.ptz, but it is not at" in err and "--artifacts" in err
+    assert not env.out.exists()
+
+
+def test_artifacts_option_takes_the_files_in_the_order_of_the_logs(env, capsys):
+    texts = three_logs()
+    write_artifacts(texts, env.root)
+    elsewhere = env.root / "elsewhere"
+    elsewhere.mkdir()
+    paths = []
+    for seed, _, _ in SEEDS:
+        paths.append(str(elsewhere / f"{seed}.bin"))
+        (env.root / f"model_{seed}.ptz").rename(paths[-1])
+    assert env.package(texts, "--artifacts", paths[1], paths[0], paths[2], artifacts=False) == 2
+    assert f"{paths[1]} has {190_001 - CODE_BYTES} bytes, but line" in last_error(capsys)
+    assert env.package(texts, "--artifacts", *paths[:2], artifacts=False) == 2
+    assert "--artifacts lists 2 files for 3 --logs" in last_error(capsys)
+    assert not env.out.exists()
+    assert env.package(texts, "--artifacts", *paths, artifacts=False) == 0
+    assert (env.folder / "artifact_seed2025.ptz").read_bytes() == Path(paths[2]).read_bytes()
+
+
+def test_a_relative_artifact_is_found_from_the_runs_folder(env):
+    # train_gpt.py writes logs/{RUN_ID}.txt and a relative ARTIFACT_PATH in the folder it ran in.
+    text = make_log(1337)
+    write_artifacts([text], env.root)
+    run_dir = env.root / "run"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "logs" / "run_1337.txt").write_text(text, encoding="utf-8")
+    (env.root / "model_1337.ptz").rename(run_dir / "model_1337.ptz")
+    env.script.write_text(FAKE_SOURCE, encoding="utf-8")
+    assert package.main(["--name", "Test", "--date", "2026-04-09", "--script", str(env.script),
+                         "--out-root", str(env.out), "--logs", str(run_dir / "logs" / "run_1337.txt")]) == 0
+    assert (env.folder / "artifact_seed1337.ptz").read_bytes() == (run_dir / "model_1337.ptz").read_bytes()
+
+
+def test_an_artifact_with_one_byte_flipped_is_refused_by_its_hash(env, capsys):
+    texts = three_logs()
+    write_artifacts(texts, env.root)
+    flip_a_byte(env.root / "model_42.ptz")
+    assert env.package(texts) == 2
+    err = last_error(capsys)
+    assert "model_42.ptz has sha256 " in err and "recorded sha256:" in err and "b.txt" in err
+    assert not env.out.exists()
+
+
+def test_the_script_must_be_the_file_the_runs_ran(env, capsys):
+    texts = three_logs()
+    texts[2] = re.sub(r"(?m)(^script .* sha256:)\w+", r"\g<1>" + "0" * 64, texts[2])
+    assert env.package(texts) == 2
+    err = last_error(capsys)
+    assert f"train_gpt.py ({CODE_BYTES} bytes, sha256 " in err and "is not the script seed 2025 ran" in err
+    assert not env.out.exists()
+
+
+def test_an_eval_only_log_is_packaged_with_the_artifact_it_loaded(env, capsys):
+    # EVAL_ONLY=1 logs artifact_loaded instead of serialize, and neither trains nor times training.
+    text = re.sub(r"^serialize compressor:brotli bytes:(\d+) time:\d+ms (path:\S+) (sha256:\w+)$",
+                  r"artifact_loaded \2 bytes:\1 \3", make_log(1337), flags=re.M)
+    text = re.sub(r"^(step:|stopping_early:|wallclock |final_prequant ).*\n", "", text, flags=re.M)
+    assert env.package([text]) == 2
+    assert "has no complete 'wallclock ... total: limit:' line" in last_error(capsys)
+    assert env.package([text], "--non-record") == 0
+    assert (env.folder / "artifact_seed1337.ptz").read_bytes() == (env.root / "model_1337.ptz").read_bytes()
+    assert package.main(["--check", str(env.folder)]) == 0
+
+
+# ---- the validation split: its shards give its size ----
+
+
+def test_non_record_says_when_only_part_of_the_split_was_scored(env):
+    texts = three_logs(hparams={"VAL_TOKENS_LIMIT": "65536"}, val_tokens=65536,
+                       extra=("val_tokens_limit tokens:65536",))
+    assert env.package(texts, "--non-record") == 0
+    sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
+    assert sub["track"] == "non_record_16mb" and sub["compliance"]["full_validation_split"] is False
+    assert package.main(["--check", str(env.folder)]) == 0
+
+
+def test_a_local_validation_set_is_not_the_challenges_split(env, capsys):
+    # Every token of it scored, but it holds 20 documents, not the challenge's 50,000.
+    (env.root / VAL_DIR / "fineweb_val_000000.bin").write_bytes(shard([1, 7] * 20))
+    texts = three_logs(val_tokens=40)
+    assert env.package(texts) == 2
+    err = last_error(capsys)
+    assert "hold 20 documents, not the challenge's 50000" in err and "--non-record" in err
+    assert env.package(texts, "--non-record") == 0
+    sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
+    assert sub["compliance"]["full_validation_split"] is False
+
+
+def test_without_the_shards_the_full_split_needs_full_val_tokens(env, capsys):
+    shutil.rmtree(env.root / VAL_DIR)
+    texts = three_logs()
+    assert env.package(texts, "--non-record") == 2
+    err = last_error(capsys)
+    assert "cannot tell whether" in err and f"no fineweb_val_*.bin shards are in {env.root / VAL_DIR}" in err
+    assert "--full-val-tokens" in err
+    assert env.package(texts, "--full-val-tokens", str(VAL_TOKENS + 1)) == 2
+    assert f"not the full split's {VAL_TOKENS + 1} (--full-val-tokens)" in last_error(capsys)
+    assert env.package(texts, "--full-val-tokens", str(VAL_TOKENS)) == 0
+    sub = json.loads((env.folder / "submission.json").read_text(encoding="utf-8"))
+    assert sub["track"] == "10min_16mb" and sub["compliance"]["full_validation_split"] is True
+    capsys.readouterr()
+    assert package.main(["--check", str(env.folder)]) == 2
+    assert "cannot tell whether" in last_error(capsys)
+    assert package.main(["--check", str(env.folder), "--full-val-tokens", str(VAL_TOKENS)]) == 0
+
+
+def test_full_val_tokens_must_agree_with_the_shards(env, capsys):
+    assert env.package(three_logs(), "--full-val-tokens", "12345") == 2
+    assert f"--full-val-tokens 12345 disagrees with the {VAL_TOKENS} tokens" in last_error(capsys)
+
+
+def test_a_truncated_validation_shard_is_refused(env, capsys):
+    path = env.root / VAL_DIR / "fineweb_val_000000.bin"
+    path.write_bytes(path.read_bytes()[:-2])
+    assert env.package(three_logs()) == 2
+    assert "fineweb_val_000000.bin is not a whole challenge shard" in last_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [["--check", "x", "--nproc", "2"],
+                                  ["--check", "x", "--rescore-env", "TTT_LR=0.1"],
+                                  ["--check", "x", "--rescore", "--rescore-env", "EVAL_ONLY=0"],
+                                  ["--check", "x", "--rescore", "--rescore-env", "lowercase"],
+                                  ["--check", "x", "--artifacts", "a.ptz"]])
+def test_misused_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        package.main(argv)
+    assert exit_info.value.code == 2
+
+
 # ---- log parsing ----
 
 
@@ -514,12 +816,18 @@ def test_parse_log_reads_every_contract_line():
     assert run.run_info == {"python": "3.12.3", "torch": TORCH, "device": "cuda", "world_size": "8",
                             "hardware": HARDWARE}
     assert run.seed == 1337 and run.hparams["PASS_LORA_TARGETS"] == "q,k,v,o"
-    assert run.score == package.Score(1.0808, "ttt", 15_991_930)
-    assert run.artifact == {"code_bytes": len(FAKE_SOURCE.encode()), "total_bytes": 15_991_930,
-                            "model_bytes": 15_991_930 - len(FAKE_SOURCE.encode()), "limit_bytes": 16_000_000}
+    assert run.score == package.Score(1.0808, "ttt", 191_930)
+    assert run.artifact == {"code_bytes": CODE_BYTES, "total_bytes": 191_930,
+                            "model_bytes": MODEL_BYTES, "limit_bytes": 16_000_000}
     assert run.wallclock == {"train_time": 588_000, "gptq_time": 11_000, "total": 599_000, "limit": 600_000}
-    assert run.finals["sliding"] == {"val_loss": 2.8, "val_bpb": 1.0829, "eval_time": 121_000}
+    assert run.finals["sliding"] == {"val_loss": 2.79530201, "val_bpb": 1.0829, "eval_time": 121_000}
     assert run.stopped_early and run.over_limit_line is None and run.max_wallclock_seconds == 600
+    assert run.script == {"tag": "script", "path": "train_gpt.py", "bytes": CODE_BYTES,
+                          "sha256": hashlib.sha256(FAKE_SOURCE.encode()).hexdigest()}
+    assert run.artifact_file == {"tag": "serialize", "path": "model_1337.ptz", "bytes": MODEL_BYTES,
+                                 "sha256": fake_artifact("model_1337.ptz", MODEL_BYTES)[1]}
+    assert (run.val_tokens, run.data_path) == (VAL_TOKENS, VAL_DIR)
+    assert run.curve == [("1/20000", "9.1337"), ("4550/20000", "2.9337")]
 
 
 def test_source_ends_at_the_first_separator():
@@ -593,3 +901,149 @@ def test_make_wrapper_writes_a_runnable_wrapper_of_the_script(tmp_path):
     assert out.stat().st_size < script.stat().st_size
     run = subprocess.run([sys.executable, str(out)], capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "hello from train_gpt_lzma.py"
+
+
+# ---- a real tiny CPU run: the issue's edits, the record track and --rescore ----
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory) -> SimpleNamespace:
+    """One real run of a copy of train_gpt.py (seed 1, 4 steps, chunked TTT, a 3,000-token
+    validation prefix, on CPU) whose log and artifact the tests below only read."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    script = root / "train_gpt.py"  # a copy, so the file the run ran stays the same
+    shutil.copyfile(REPO / "train_gpt.py", script)
+    run_script({**TINY_RUN_ENV, **tiny_data, "RUN_ID": "tiny", "ITERATIONS": "4", "TTT_MODE": "chunked",
+                "ARTIFACT_PATH": str(root / "model.ptz"), "CHECKPOINT_PATH": ""}, root, script=script)
+    return SimpleNamespace(script=script, text=(root / "logs" / "tiny.txt").read_text(encoding="utf-8"),
+                           artifact=root / "model.ptz", data_path=Path(tiny_data["DATA_PATH"]))
+
+
+def package_tiny(tiny: SimpleNamespace, root: Path, texts: list[str], *extra: str) -> int:
+    """Package `texts` (the tiny log, as is or edited) from root/tiny{i}.txt into root/out."""
+    root.mkdir(parents=True, exist_ok=True)
+    logs = []
+    for i, text in enumerate(texts):
+        logs.append(root / f"tiny{i}.txt")
+        logs[-1].write_text(text, encoding="utf-8")
+    return package.main(["--name", "Tiny", "--author", "Test", "--date", "2026-12-01", "--script",
+                         str(tiny.script), "--out-root", str(root / "out"), "--logs", *map(str, logs), *extra])
+
+
+def tiny_folder(root: Path) -> Path:
+    return root / "out" / "2026-12-01_Tiny"
+
+
+def _score_moved_to_sliding(text: str) -> str:
+    sliding = re.search(r"^final_sliding .* val_bpb:(\S+)", text, flags=re.M)[1]
+    return _edits((r"^final_ttt .*\n(val_tokens_limit .*\n)?", ""),
+                  (r"^final_score val_bpb:\S+ stage:ttt", f"final_score val_bpb:{sliding} stage:sliding"))(text)
+
+
+# The issue's edits of a log, each consistent with final_score: tampering -> message fragments.
+TINY_TAMPERING = {
+    "final_ttt_and_final_score_set_to_1": (
+        _edits((r"^(final_ttt .* val_bpb:)\S+", r"\g<1>1.00000000"),
+               (r"^(final_score val_bpb:)\S+", r"\g<1>1.00000000")),
+        ["('final_ttt val_loss:", "has val_bpb/val_loss", "the same on every line"]),
+    "ttt_lines_deleted_and_score_set_to_sliding": (
+        _score_moved_to_sliding,
+        ["('hparam TTT_ENABLED=True')", "switches the ttt stage on, but there is no final_ttt"]),
+    "model_and_total_bytes_lowered_together": (
+        _edits((r"^(artifact code_bytes:\d+ model_bytes:)(\d+) total_bytes:(\d+)",
+                lambda m: f"{m[1]}{int(m[2]) - 1000} total_bytes:{int(m[3]) - 1000}"),
+               (r"^(final_score .* total_bytes:)(\d+)", lambda m: f"{m[1]}{int(m[2]) - 1000}")),
+        ["('serialize compressor:brotli", "counts model_bytes:"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TINY_TAMPERING))
+def test_an_edited_tiny_log_is_refused(tiny_run, tmp_path, capsys, case):
+    tamper, needles = TINY_TAMPERING[case]
+    assert package_tiny(tiny_run, tmp_path, [tamper(tiny_run.text)], "--non-record") == 2
+    err = last_error(capsys)
+    assert re.search(r"^error: line \d+ of \S*tiny0.txt", err), err
+    for needle in needles + ["so the log was edited"]:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tiny_log_copied_with_its_seed_changed_is_refused(tiny_run, tmp_path, capsys):
+    copy = _edit(r"^hparam SEED=1$", "hparam SEED=2")(tiny_run.text)
+    assert package_tiny(tiny_run, tmp_path, [tiny_run.text, copy], "--non-record") == 2
+    err = last_error(capsys)
+    assert re.search(r"tiny1.txt \(SEED=2\) and \S*tiny0.txt \(SEED=1\) log the same training curve "
+                     r"\(4 step: train_loss: values\)", err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tiny_cpu_run_is_no_record_but_packages_as_non_record(tiny_run, tmp_path, capsys):
+    assert package_tiny(tiny_run, tmp_path, [tiny_run.text]) == 2
+    err = last_error(capsys)
+    for needle in ["tiny0.txt is not a 10min_16mb record", "VAL_TOKENS_LIMIT=3000", "'1xCPU-",
+                   "not 8xH100", "MAX_WALLCLOCK_SECONDS=0.0", "--non-record"]:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    assert package_tiny(tiny_run, tmp_path, [tiny_run.text], "--non-record") == 0
+    folder = tiny_folder(tmp_path)
+    sub = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
+    assert sub["track"] == "non_record_16mb" and sub["compliance"]["full_validation_split"] is False
+    assert sub["hardware"].startswith("1xCPU-")
+    assert (folder / "artifact_seed1.ptz").read_bytes() == tiny_run.artifact.read_bytes()
+    assert (folder / "train_gpt.py").read_bytes() == tiny_run.script.read_bytes()
+    assert package.main(["--check", str(folder)]) == 0
+
+
+def test_a_tiny_val_tokens_limit_run_with_those_lines_removed_is_no_record(tiny_run, tmp_path, capsys):
+    # The data line still says how many tokens were scored; the shards say how many there are.
+    text = re.sub(r"^val_tokens_limit .*\n", "", tiny_run.text, flags=re.M)
+    text = _edit(r"^hparam VAL_TOKENS_LIMIT=3000$", "hparam VAL_TOKENS_LIMIT=0")(text)
+    split = sum(struct.unpack_from("<3i", p.read_bytes())[2] for p in tiny_run.data_path.glob("fineweb_val_*.bin"))
+    assert split > 3000
+    assert package_tiny(tiny_run, tmp_path, [text]) == 2
+    err = last_error(capsys)
+    assert "it scored 3000 validation tokens (line" in err and f"{tiny_run.data_path} hold {split};" in err, err
+    assert package_tiny(tiny_run, tmp_path, [text], "--non-record") == 0
+    sub = json.loads((tiny_folder(tmp_path) / "submission.json").read_text(encoding="utf-8"))
+    assert sub["compliance"]["full_validation_split"] is False
+
+
+def test_a_tiny_artifact_with_one_byte_flipped_is_refused(tiny_run, tmp_path, capsys):
+    tmp_path.mkdir(exist_ok=True)
+    flipped = tmp_path / "model.ptz"
+    shutil.copyfile(tiny_run.artifact, flipped)
+    flip_a_byte(flipped)
+    assert package_tiny(tiny_run, tmp_path, [tiny_run.text], "--non-record", "--artifacts", str(flipped)) == 2
+    err = last_error(capsys)
+    assert f"{flipped} has sha256 " in err and "('serialize compressor:brotli" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_refuses_a_tiny_folder_whose_artifact_hash_does_not_match(tiny_run, tmp_path, capsys):
+    # The log, submission.json and README agree with each other; the artifact is not the logged one.
+    assert package_tiny(tiny_run, tmp_path, [tiny_run.text], "--non-record") == 0
+    folder = tiny_folder(tmp_path)
+    flip_a_byte(folder / "artifact_seed1.ptz")
+    capsys.readouterr()
+    assert package.main(["--check", str(folder)]) == 2
+    assert f"{folder / 'artifact_seed1.ptz'} has sha256 " in last_error(capsys)
+
+
+def test_rescore_refuses_a_consistently_edited_tiny_log_and_accepts_the_genuine_one(tiny_run, tmp_path, capsys):
+    # final_ttt's val_bpb lowered by 0.01 with its val_loss and final_score to match: no line shows it.
+    m = re.search(r"^final_ttt val_loss:(\S+) val_bpb:(\S+)", tiny_run.text, flags=re.M)
+    loss, bpb = float(m[1]), float(m[2])
+    better = bpb - 0.01
+    edited = _edits((r"^final_ttt val_loss:\S+ val_bpb:\S+",
+                     f"final_ttt val_loss:{better * loss / bpb:.8f} val_bpb:{better:.8f}"),
+                    (r"^final_score val_bpb:\S+", f"final_score val_bpb:{better:.8f}"))(tiny_run.text)
+    assert package_tiny(tiny_run, tmp_path / "edited", [edited], "--non-record") == 0
+    capsys.readouterr()
+    assert package.main(["--check", str(tiny_folder(tmp_path / "edited")), "--rescore"]) == 2
+    err = last_error(capsys)
+    for needle in [f"re-evaluating seed 1's artifact gives final_ttt val_bpb:{bpb:.8f}, but line",
+                   f"train_seed1.log ('final_ttt val_loss:", f"says {better:.8f} (off by 0.01, more than "
+                   "the tolerance 1e-06)", "the log is not this artifact's"]:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    # The genuine log: packaging with --rescore re-evaluates the new folder and accepts it.
+    assert package_tiny(tiny_run, tmp_path / "genuine", [tiny_run.text], "--non-record", "--rescore") == 0
+    assert f"rescored seed 1: val_bpb {bpb:.8f} (ttt), log {bpb:.8f}" in capsys.readouterr().out

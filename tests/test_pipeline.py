@@ -49,7 +49,8 @@ def test_packager_builds_a_valid_folder_from_real_logs(tiny_env, tmp_path):
     logs = []
     for seed in (1, 2):
         run_id = f"seed{seed}"
-        run_script({**tiny_env, "SEED": str(seed), "RUN_ID": run_id, "ITERATIONS": "4", "VAL_TOKENS_LIMIT": "0",
+        run_script({**tiny_env, "SEED": str(seed), "RUN_ID": run_id, "ARTIFACT_PATH": str(tmp_path / f"{run_id}.ptz"),
+                    "ITERATIONS": "4", "VAL_TOKENS_LIMIT": "0",
                     "EVAL_STRIDE": "64", "TTT_EPOCHS": "1", "TTT_CHUNK_TOKENS": "16384"}, tmp_path)
         logs.append(str(tmp_path / "logs" / f"{run_id}.txt"))
     out = tmp_path / "records"

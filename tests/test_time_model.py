@@ -40,6 +40,16 @@ def test_pr1855_shape_reproduces_its_steps_in_600_seconds():
     assert train["before"]["tokens_per_s_per_gpu"] * 8 == pytest.approx(8.2e6, rel=0.05)
 
 
+def test_our_own_fit_reproduces_the_step_measured_on_one_h200(default_prediction):
+    # The second fit: our code's 938.7 ms per step before looping on one H200 (2026-11-26);
+    # after looping it predicts 1,399 ms against the 1,560 ms measured (-10 %): printed, not hidden.
+    checks, rates = default_prediction["checks"], default_prediction["rates"]
+    assert checks["ours_before_s"] == pytest.approx(0.9387, rel=1e-3)
+    assert 1.2 < checks["ours_after_s"] < 1.56
+    assert rates["our_mfu"] < rates["mfu"]  # our code was the slower one
+    assert default_prediction["train"]["at_our_mfu"]["steps"] < default_prediction["train"]["steps"]
+
+
 def test_pr1493_shape_is_predicted_within_ten_percent():
     # Not fitted: the same shape without document attention, 4,550 steps in 588 s. Observed
     # error -6.3 % (4,263 steps; sigma 1.0, seed 0); over sigma 0.8-1.2 it ranges -4.7 to
