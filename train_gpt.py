@@ -1367,7 +1367,7 @@ class Runtime:
     local_rank: int
     device: torch.device
     log_path: Path | None = None
-    kernels: "AttentionKernels | None" = None  # chosen once per run, in run()
+    kernels: AttentionKernels | None = None  # chosen once per run, in run()
     activity: str = "starting"
     activity_since: float = field(default_factory=time.monotonic)
 

@@ -74,7 +74,7 @@ ARTIFACT_FILE_TAGS = ("serialize", "artifact_loaded")
 ONCE_TAGS = ("artifact", "final_score", *(f"final_{s}" for s in STAGE_ORDER), "script", "data",
              *ARTIFACT_FILE_TAGS)
 # Seeds of one submission may differ only in these; anything else means a different run.
-PER_RUN_HPARAMS = {"SEED", "RUN_ID", "DATA_PATH", "TOKENIZER_PATH", "NLL_DUMP_PATH"}
+PER_RUN_HPARAMS = {"SEED", "RUN_ID", "DATA_PATH", "TOKENIZER_PATH", "NLL_DUMP_PATH", "ARTIFACT_PATH", "CHECKPOINT_PATH"}
 # Always spelled out in the reproduction command when the script's default can't be found.
 KEY_HPARAMS = (
     "VOCAB_SIZE NUM_LAYERS MODEL_DIM NUM_HEADS NUM_KV_HEADS MLP_MULT TRAIN_SEQ_LEN "
