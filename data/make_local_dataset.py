@@ -110,13 +110,9 @@ def collect_input_files(specs: list[str] | None) -> list[Path]:
     return unique
 
 
-def read_documents(path: Path) -> list[str]:
-    """Documents of one file: the whole text, or one per line of a .jsonl file."""
-    text = path.read_text(encoding="utf-8")  # OSError / UnicodeDecodeError: caller skips the file
-    if path.suffix.lower() != ".jsonl":
-        return [text]
-    docs = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+def jsonl_texts(lines, path: Path, fail) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a JSONL file; `fail` ends the run on a bad line."""
+    for line_no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -125,7 +121,15 @@ def read_documents(path: Path) -> list[str]:
             fail(f"{path}:{line_no} is not a JSON object with a 'text' field; fix or remove that line.")
         if not isinstance(doc, str):
             fail(f"{path}:{line_no} has a 'text' field that is not a string.")
-        docs.append(doc)
+        yield line_no, doc
+
+
+def read_documents(path: Path) -> list[str]:
+    """Documents of one file: the whole text, or one per line of a .jsonl file."""
+    text = path.read_text(encoding="utf-8")  # OSError / UnicodeDecodeError: caller skips the file
+    if path.suffix.lower() != ".jsonl":
+        return [text]
+    docs = [doc for _, doc in jsonl_texts(text.splitlines(), path, fail)]
     return docs
 
 

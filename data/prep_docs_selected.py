@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import shutil
@@ -70,16 +69,7 @@ def read_docs(path: Path) -> Iterator[tuple[int, str]]:
     except OSError as exc:
         fail(f"cannot open --docs {path} ({exc.strerror}); give the path of docs_selected.jsonl.")
     with handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                fail(f"{path}:{line_no} is not a JSON object with a 'text' field; fix or remove that line.")
-            if not isinstance(text, str):
-                fail(f"{path}:{line_no} has a 'text' field that is not a string.")
-            yield line_no, text
+        yield from builder.jsonl_texts(handle, path, fail)
 
 
 def text_hash(text: str) -> bytes:
