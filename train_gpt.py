@@ -22,6 +22,9 @@ import json
 import math
 import os
 import platform
+import re
+import signal
+import socket
 import sys
 import threading
 import time
@@ -70,6 +73,10 @@ PRESETS = {
         # tokens, read one chunk after another): short batches, fewer chunks, a smaller rank.
         "SLIDING_ENABLED": "1", "TTT_DOC_BATCH": "4", "TTT_DOC_CHUNK_TOKENS": "64", "TTT_LORA_RANK": "16",
         "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
+        # The constants the README's quick-start score was measured with; the 8xH100 defaults
+        # took PRs #1953-#2135's values on 2026-12-02, not yet measured at this scale.
+        "QK_GAIN_INIT": "5.0", "MATRIX_LR": "0.026", "TTT_LORA_LR": "1e-4", "TTT_WEIGHT_DECAY": "0.5",
+        "TTT_LORA_TARGETS": "q,k,v,o,mlp,head", "TTT_SHORT_DOC_CHUNKS": "0", "NGRAM_TILT": "0",
     },
 }
 # Set by torchrun, read by setup_runtime(): not settings, but not typos either.
@@ -159,7 +166,7 @@ class Hyperparameters:
         self.mlp_mult = knob("MLP_MULT", 4.0, above=0)
         self.rope_dims = knob("ROPE_DIMS", 16, 0)
         self.rope_base = knob("ROPE_BASE", 10000.0, above=1)
-        self.qk_gain_init = knob("QK_GAIN_INIT", 5.0, above=0)
+        self.qk_gain_init = knob("QK_GAIN_INIT", 5.25, above=0)  # PR #1953: -0.00019 against 5.0
         self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0, 0)
         self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005, above=0)
         self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 7, 0)
@@ -183,6 +190,7 @@ class Hyperparameters:
         self.pass_lora_rank = knob("PASS_LORA_RANK", 1, choices=(0, 1, 2))
         self.pass_lora_targets = knob("PASS_LORA_TARGETS", "q,k,v,o")
         self.pass_embed = knob("PASS_EMBED", True)
+        self.pass_gains = knob("PASS_GAINS", False)  # per-pass output and q gains: a variant, off until it measures better
 
         # Training schedule.
         self.iterations = knob("ITERATIONS", 20000, 1)
@@ -200,7 +208,7 @@ class Hyperparameters:
         self.dist_timeout_seconds = knob("DIST_TIMEOUT_SECONDS", 300.0, above=0)
 
         # Optimizers.
-        self.matrix_lr = knob("MATRIX_LR", 0.026, 0)
+        self.matrix_lr = knob("MATRIX_LR", 0.028, 0)  # PR #2135 (0.026 in PR #1855)
         self.muon_momentum = knob("MUON_MOMENTUM", 0.97, 0, 0.9999)
         self.muon_momentum_warmup_start = knob("MUON_MOMENTUM_WARMUP_START", 0.92, 0, 0.9999)
         self.muon_momentum_warmup_steps = knob("MUON_MOMENTUM_WARMUP_STEPS", 1500, 0)
@@ -245,19 +253,22 @@ class Hyperparameters:
         self.sliding_enabled = knob("SLIDING_ENABLED", False)
         self.ttt_enabled = knob("TTT_ENABLED", True)
         self.ttt_mode = knob("TTT_MODE", "phased", choices=TTT_MODES)
-        # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #1855's constants.
+        # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #1855's
+        # constants with the changes of PRs #1945, #1953, #2014 and #2135 (README: Configuration).
         self.ttt_doc_chunk_tokens = knob("TTT_DOC_CHUNK_TOKENS", 48, 1)
-        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 64, 1)
+        self.ttt_short_doc_chunks = knob("TTT_SHORT_DOC_CHUNKS", True)  # PR #2014: 8 / 24 tokens for short batches
+        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 24, 1)  # PR #2014 (64 in PR #1855)
         self.ttt_lora_rank = knob("TTT_LORA_RANK", 80, 1)
         self.ttt_lora_alpha = knob("TTT_LORA_ALPHA", 144.0, above=0)
-        self.ttt_lora_lr = knob("TTT_LORA_LR", 1e-4, 0)
+        self.ttt_lora_lr = knob("TTT_LORA_LR", 7.5e-5, 0)  # PR #1953/#2014: 0.75 x PR #1855's 1e-4
+        self.ttt_lora_targets = knob("TTT_LORA_TARGETS", "q,v,o,mlp,head")  # PR #2135: K off
         self.ttt_beta1 = knob("TTT_BETA1", 0.0, 0, 0.9999)
         self.ttt_beta2 = knob("TTT_BETA2", 0.99, 0, 0.9999)
-        self.ttt_weight_decay = knob("TTT_WEIGHT_DECAY", 0.5, 0)
+        self.ttt_weight_decay = knob("TTT_WEIGHT_DECAY", 2.0, 0)  # PRs #1945, #2135 (0.5 in PR #1855)
         self.ttt_warm_start_a = knob("TTT_WARM_START_A", True)
-        # Global SGD phases (phased): PRs #1610, #1626.
+        # Global SGD phases (phased): PRs #1610, #1626; one phase over 2,500 documents (PR #2135).
         self.phased_ttt_prefix_docs = knob("PHASED_TTT_PREFIX_DOCS", 2500, 1)
-        self.phased_ttt_phases = knob("PHASED_TTT_PHASES", 3, 1)
+        self.phased_ttt_phases = knob("PHASED_TTT_PHASES", 1, 1)
         self.global_ttt_lr = knob("GLOBAL_TTT_LR", 1e-3, 0)
         self.global_ttt_momentum = knob("GLOBAL_TTT_MOMENTUM", 0.9, 0, 0.9999)
         self.global_ttt_chunk_tokens = knob("GLOBAL_TTT_CHUNK_TOKENS", 32768, 1)
@@ -271,6 +282,11 @@ class Hyperparameters:
         self.ttt_params = knob("TTT_PARAMS", "all", choices=("all", "adapters"))
         self.ttt_grad_clip = knob("TTT_GRAD_CLIP", 1.0, 0)
         self.ttt_batch_seqs = knob("TTT_BATCH_SEQS", 16, 1)
+        # Token n-gram tilt of the per-document TTT score (PR #2135's constants), counts in scoring order.
+        self.ngram_tilt = knob("NGRAM_TILT", True)
+        self.ngram_order = knob("NGRAM_ORDER", 16, 1, 64)
+        self.ngram_threshold = knob("NGRAM_THRESHOLD", 0.8, above=0, high=1)
+        self.ngram_beta = knob("NGRAM_BETA", 2.625, above=0, high=20)
         self.nll_dump_path = knob("NLL_DUMP_PATH", "")
 
         self.unknown = sorted(name for name in env if name not in self.knobs and name not in LAUNCHER_VARIABLES
@@ -282,6 +298,18 @@ class Hyperparameters:
 
     def lora_targets(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.pass_lora_targets.split(",") if t.strip())
+
+    def ttt_targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.ttt_lora_targets.split(",") if t.strip())
+
+    def doc_chunk_tokens(self, longest: int) -> int:
+        """Chunk length for a batch of documents whose longest has `longest` targets: short
+        batches train their adapters every 8 or 24 tokens instead of 48 (PR #2014)."""
+        if self.ttt_short_doc_chunks:
+            for limit, chunk in ((256, 8), (2000, 24)):
+                if longest <= limit:
+                    return min(chunk, self.ttt_doc_chunk_tokens)
+        return self.ttt_doc_chunk_tokens
 
     def validate(self, world_size: int) -> None:
         """Fail at start, naming the variable, rather than deep inside a run: first every
@@ -315,6 +343,9 @@ class Hyperparameters:
                     f"layers (0..{self.num_layers - 1}).")
         unknown = set(self.lora_targets()) - set(LORA_TARGETS)
         require(not unknown, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown)}; choose from {','.join(LORA_TARGETS)}.")
+        unknown = set(self.ttt_targets()) - set(TTT_LORA_TARGETS)
+        require(not unknown and self.ttt_targets(), f"TTT_LORA_TARGETS={self.ttt_lora_targets!r} must name some of "
+                f"{','.join(TTT_LORA_TARGETS)} (unknown: {sorted(unknown)}).")
         seqs, rem = divmod(self.train_batch_tokens, self.train_seq_len)
         require(rem == 0 and seqs >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}.")
         require(seqs % world_size == 0,
@@ -357,7 +388,7 @@ MODEL_SETTINGS = {
     "qk_gain_init": "QK_GAIN_INIT", "logit_softcap": "LOGIT_SOFTCAP", "tied_embed_init_std": "TIED_EMBED_INIT_STD",
     "parallel_residual_start": "PARALLEL_RESIDUAL_START", "loop_start": "LOOP_START", "loop_end": "LOOP_END",
     "num_loops": "NUM_LOOPS", "pass_lora_rank": "PASS_LORA_RANK", "pass_lora_targets": "PASS_LORA_TARGETS",
-    "pass_embed": "PASS_EMBED", "xsa_last_n": "XSA_LAST_N", "ln_scale": "LN_SCALE", "skip_gates": "SKIP_GATES",
+    "pass_embed": "PASS_EMBED", "pass_gains": "PASS_GAINS", "xsa_last_n": "XSA_LAST_N", "ln_scale": "LN_SCALE", "skip_gates": "SKIP_GATES",
     "smear_gate": "SMEAR_GATE", "attn_gate": "ATTN_GATE", "attn_gate_scale": "ATTN_GATE_SCALE",
     "gate_window": "GATE_WINDOW", "ortho_init": "ORTHO_INIT", "doc_attention": "DOC_ATTENTION",
 }
@@ -609,6 +640,7 @@ class BpbMeter:
 
 LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
 TTT_MODES = ("chunked", "docs", "phased")
+TTT_LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")
 BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3)
 
 
@@ -622,7 +654,7 @@ class ModelConfig:
     mlp_mult: float = 4.0
     rope_dims: int = 16
     rope_base: float = 10000.0
-    qk_gain_init: float = 5.0
+    qk_gain_init: float = 5.25
     logit_softcap: float = 30.0
     tied_embed_init_std: float = 0.005
     parallel_residual_start: int = 7
@@ -632,6 +664,7 @@ class ModelConfig:
     pass_lora_rank: int = 1
     pass_lora_targets: list = field(default_factory=lambda: ["q", "k", "v", "o"])
     pass_embed: bool = True
+    pass_gains: bool = False
     xsa_last_n: int = 11
     ln_scale: bool = True
     skip_gates: bool = True
@@ -899,6 +932,8 @@ def softcapped_nll(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> t
     z = logits.float()
     if cap > 0:
         z = cap * torch.tanh(z / cap)
+    if targets.dim() == z.dim():  # (..., k) targets: k NLLs per position from the same logits
+        return torch.logsumexp(z, dim=-1, keepdim=True) - z.gather(-1, targets)
     return torch.logsumexp(z, dim=-1) - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
@@ -951,6 +986,9 @@ class GPT(nn.Module):
                 self.lora_A[target] = nn.Parameter(torch.randn(passes, span, rank, in_dim) / math.sqrt(in_dim))
                 self.lora_B[target] = nn.Parameter(torch.zeros(passes, span, out_dim, rank))
         self.pass_embed = nn.Parameter(torch.zeros(passes, span, D)) if cfg.pass_embed and passes > 0 else None
+        # Per-pass gains: repeated pass p of looped layer l multiplies its attention output scale,
+        # its MLP output scale and each head's q gain by (1 + g); g starts at 0 (the shared layer).
+        self.pass_gains = nn.Parameter(torch.zeros(passes, span, 2 + H)) if cfg.pass_gains and passes > 0 else None
         self.ttt_lora = None  # per-document TTT adapters (evaluation only), see TTTLoRA
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.rope_dims, 2, dtype=torch.float32) / max(cfg.rope_dims, 1))
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
@@ -1004,7 +1042,7 @@ class GPT(nn.Module):
             index = (pass_idx - 1, layer - self.cfg.loop_start)
             a, b = self.lora_A[target][index], self.lora_B[target][index]
             y = y + F.linear(F.linear(x, a), b)
-        if self.ttt_lora is not None and target in self.ttt_lora.A:  # q, k, v, o (MLP: see mlp())
+        if self.ttt_lora is not None and target in self.ttt_lora.A:  # q, k, v, o (MLP, head: see mlp(), head())
             y = y + self.ttt_lora.delta(target, slot, x)
         return y
 
@@ -1062,7 +1100,7 @@ class GPT(nn.Module):
         k = self.project(x, self.kv_bank[layer], "k", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
         v = self.project(x, self.kv_bank[L + layer], "v", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        q = q * self.q_gain[layer][None, None, :, None].to(q.dtype)
+        q = q * (self.q_gain[layer] * self.pass_gain(layer, pass_idx, slice(2, None)))[None, None, :, None].to(q.dtype)
         y = self.attend(q, k, v, layout)
         if layer in self.xsa_layers:
             # XSA (PR #1493): drop each head's component along its own token's value vector
@@ -1086,21 +1124,30 @@ class GPT(nn.Module):
         h = F.leaky_relu(self.project(x, self.up_bank[layer], "up", layer, pass_idx, slot), 0.5).square()
         self._record(("mlp_act", layer), h)
         out = self.project(h, self.down_bank[layer], "down", layer, pass_idx, slot)
-        if self.ttt_lora is not None:
+        if self.ttt_lora is not None and "mlp" in self.ttt_lora.A:
             out = out + self.ttt_lora.delta("mlp", slot, x)
         return out
+
+    def pass_gain(self, layer: int, pass_idx: int, which: slice | int):
+        """(1 + g) of this pass for the gains `which` picks (0 attention, 1 MLP, 2: the heads' q);
+        1.0 on the first pass or without PASS_GAINS."""
+        if pass_idx == 0 or self.pass_gains is None:
+            return 1.0
+        return 1.0 + self.pass_gains[pass_idx - 1, layer - self.cfg.loop_start, which]
 
     def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         mix = self.resid_mix[layer]
         x = mix[0] * x + mix[1] * x0
         ln = self.ln_factors[layer]
         normed = rms_norm(x) * ln
-        attn = self.attn_scale[layer] * self.attention(normed, layer, pass_idx, slot, layout)
+        attn_scale = self.attn_scale[layer] * self.pass_gain(layer, pass_idx, 0)
+        mlp_scale = self.mlp_scale[layer] * self.pass_gain(layer, pass_idx, 1)
+        attn = attn_scale * self.attention(normed, layer, pass_idx, slot, layout)
         if layer >= self.cfg.parallel_residual_start:
             # Parallel residual: attention and MLP read the same input (PR #1493).
-            return x + attn + self.mlp_scale[layer] * self.mlp(normed, layer, pass_idx, slot)
+            return x + attn + mlp_scale * self.mlp(normed, layer, pass_idx, slot)
         x = x + attn
-        return x + self.mlp_scale[layer] * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
+        return x + mlp_scale * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(input_ids)
@@ -1145,7 +1192,7 @@ class GPT(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Raw logits of the tied head (bf16 under autocast), before the soft-cap."""
         logits = F.linear(x, self.tok_emb.weight)
-        if self.ttt_lora is not None:
+        if self.ttt_lora is not None and "head" in self.ttt_lora.A:
             logits = logits + self.ttt_lora.delta("head", 0, x)
         return logits
 
@@ -1161,7 +1208,7 @@ class GPT(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         params = list(self.lora_A.values()) + list(self.lora_B.values())
-        return params + ([self.pass_embed] if self.pass_embed is not None else [])
+        return params + [p for p in (self.pass_embed, self.pass_gains) if p is not None]
 
     def bank_parameters(self) -> list[nn.Parameter]:
         return [self.qo_bank, self.kv_bank, self.up_bank, self.down_bank]
@@ -1370,6 +1417,8 @@ class Runtime:
     kernels: AttentionKernels | None = None  # chosen once per run, in run()
     activity: str = "starting"
     activity_since: float = field(default_factory=time.monotonic)
+    activity_changed: threading.Event = field(default_factory=threading.Event)  # wakes the StallMonitor
+    monitor: threading.Thread | None = None  # the StallMonitor of a multi-process run
 
     @property
     def is_main(self) -> bool:
@@ -1387,6 +1436,7 @@ class Runtime:
     def doing(self, activity: str) -> None:
         """Record what this process is doing; StallMonitor names it if the run hangs."""
         self.activity, self.activity_since = activity, time.monotonic()
+        self.activity_changed.set()
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -2379,18 +2429,109 @@ def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end:
 # each rank takes whole batches by a fixed rule, so the score never depends on timing.
 
 
+def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position t: a 64-bit hash of tokens t-order..t-1, and whether all of them lie in
+    target t's own document (its BOS included)."""
+    n, tokens = len(val), val.long()
+    mixed = torch.zeros(n, dtype=torch.long, device=val.device)
+    for back in range(order, 0, -1):  # int64 products wrap: a polynomial hash mod 2^64
+        shifted = torch.zeros_like(mixed)
+        shifted[back:] = tokens[:n - back] + 1
+        mixed = mixed * 0x100000001B3 + shifted
+    positions = torch.arange(n, device=val.device)
+    bos_at = torch.where(tokens == bos_id, positions, torch.zeros_like(positions))
+    doc_start = torch.cat([positions[:1] * 0, torch.cummax(bos_at, 0).values[:-1]])  # the last BOS among t's inputs
+    return mixed, positions - order >= doc_start
+
+
+def scoring_order(docs: list[tuple[int, int]], batches: list[list[int]], chunks: list[int], device) -> torch.Tensor:
+    """Every target position of per-document TTT in the plan's order, the order one process
+    scores them in: batch by batch, chunk by chunk (batch b's chunk length chunks[b]), inside
+    a chunk document by document, then position by position."""
+    doc = torch.tensor([d for batch in batches for d in batch])
+    batch = torch.repeat_interleave(torch.arange(len(batches)), torch.tensor([len(b) for b in batches])).to(device)
+    row = torch.cat([torch.arange(len(b)) for b in batches]).to(device)
+    starts = torch.tensor([s for s, _ in docs])[doc].to(device)
+    counts = torch.tensor([n for _, n in docs])[doc].to(device)
+    chunk = torch.tensor(chunks, device=device)[batch]
+    rows, widest = max(len(b) for b in batches), max(chunks)
+    most_chunks = max(-(-docs[b[0]][1] // c) for b, c in zip(batches, chunks))  # batches are longest first
+    assert len(batches) * most_chunks * rows * widest < 2**62, "the scoring order's sort key would overflow"
+    per_target = lambda x: torch.repeat_interleave(x, counts)
+    offset = torch.arange(int(counts.sum()), device=device) - per_target(torch.cumsum(counts, 0) - counts)
+    length = per_target(chunk)
+    key = ((per_target(batch) * most_chunks + offset // length) * rows + per_target(row)) * widest + offset % length
+    return (per_target(starts) + 1 + offset)[torch.argsort(key)]
+
+
+class NgramTilt:
+    """Token n-gram tilt of the scored loss (PR #2135, in the token-only form the maintainers
+    accept). The ORDER tokens before a target, all from its own document, are hashed; the hash
+    indexes counts of the tokens that followed the same context in targets scored *before* it,
+    in the plan's scoring order (not file order: PR #2135 counted in file order while scoring
+    longest documents first, so a hint could come from a target scored later). When one token h
+    holds at least THRESHOLD of a context's count, the scored distribution becomes
+    p'(y) = p(y) e^(beta [y = h]) / (1 + q (e^beta - 1)), q = p(h): again a distribution over the
+    whole vocabulary, so NLL' = NLL - beta [y = h] + log(1 + q (e^beta - 1)). Only scores change;
+    TTT trains on the plain NLL.
+
+    Every hint is computed up front by sorting (a running count per context, in scoring order),
+    equal to counting target by target, on the device. Every rank computes all of them from the
+    same plan, so a rank scoring batch b uses the counts of batches before b even when another
+    rank scores those: the score is exactly the one-process score, on any number of processes."""
+
+    def __init__(self, val: torch.Tensor, order: torch.Tensor, bos_id: int, context: int, threshold: float, beta: float):
+        self.beta = beta
+        hashes, full = context_hashes(val, bos_id, context)
+        seq = order[full[order]]  # targets with a whole context, in scoring order
+        keys, ys = hashes[seq], val.long()[seq]
+        m = len(seq)
+        index = torch.arange(m, device=val.device)
+        zero = torch.zeros_like(index)
+        by_key = torch.argsort(keys, stable=True)  # grouped by context, in scoring order inside a group
+        keys, ys = keys[by_key], ys[by_key]
+        new_group = torch.ones(m, dtype=torch.bool, device=val.device)
+        new_group[1:] = keys[1:] != keys[:-1]
+        group = torch.cumsum(new_group.long(), 0) - 1
+        seen = index - torch.cummax(torch.where(new_group, index, zero), 0).values  # targets of this context before
+        # How often this target's token followed its context, this target included.
+        pair = group * (int(ys.max()) + 1 if m else 1) + ys
+        by_pair = torch.argsort(pair, stable=True)
+        new_pair = torch.ones(m, dtype=torch.bool, device=val.device)
+        new_pair[1:] = pair[by_pair][1:] != pair[by_pair][:-1]
+        count = torch.empty_like(index)
+        count[by_pair] = index - torch.cummax(torch.where(new_pair, index, zero), 0).values + 1
+        # The context's top count after each target; before it, the top after the previous one.
+        top = torch.cummax(group * (m + 1) + count, 0).values - group * (m + 1)
+        top_before = torch.where(new_group, zero, torch.roll(top, 1))
+        # A token takes the lead only by passing the top count: a tie keeps the earlier leader.
+        leader = torch.cummax(torch.where(count > top_before, index, zero), 0).values
+        leader_before = torch.where(new_group, index, torch.roll(leader, 1))
+        confident = (seen > 0) & (top_before.double() >= threshold * seen.double())
+        self.hint = torch.zeros(len(val), dtype=torch.long, device=val.device)
+        self.confident = torch.zeros(len(val), dtype=torch.bool, device=val.device)
+        self.hint[seq[by_key]] = torch.where(confident, ys[leader_before], zero)
+        self.confident[seq[by_key]] = confident
+
+    def tilt(self, nll: torch.Tensor, hint_nll: torch.Tensor, hit: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
+        q = torch.exp(-hint_nll)
+        tilted = nll - self.beta * hit.to(nll.dtype) + torch.log1p(q * math.expm1(self.beta))
+        return torch.where(confident, tilted, nll)
+
+
 class TTTLoRA(nn.Module):
     """Batched per-document adapters: row d of the batch gets its own rank-r delta
-    (alpha / r) * (x A_d^T) B_d^T on q, k, v, o of every virtual layer (each pass of a looped
-    layer its own, on top of the trained per-pass LoRA), a model_dim -> model_dim adapter
-    beside each MLP, and the output head. GPT.project() and GPT.mlp() call delta()."""
+    (alpha / r) * (x A_d^T) B_d^T on each of `targets`: q, k, v, o of every virtual layer (each
+    pass of a looped layer its own, on top of the trained per-pass LoRA), a model_dim -> model_dim
+    adapter beside each MLP, and the output head. GPT.project(), mlp() and head() call delta()."""
 
-    def __init__(self, model: GPT, docs: int, rank: int, alpha: float):
+    def __init__(self, model: GPT, docs: int, rank: int, alpha: float, targets: tuple[str, ...] = TTT_LORA_TARGETS):
         super().__init__()
         c = model.cfg
         slots = len(virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, True))
         shapes = {"q": (c.model_dim, c.model_dim), "k": (c.kv_dim, c.model_dim), "v": (c.kv_dim, c.model_dim),
                   "o": (c.model_dim, c.model_dim), "mlp": (c.model_dim, c.model_dim), "head": (c.vocab_size, c.model_dim)}
+        shapes = {t: shape for t, shape in shapes.items() if t in targets}
         device = model.tok_emb.weight.device
         self.scale = alpha / rank
         self.A = nn.ParameterDict({t: nn.Parameter(torch.zeros(1 if t == "head" else slots, docs, rank, i, device=device))
@@ -2444,8 +2585,8 @@ def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: 
     for b, batch in enumerate(batches):
         if b in phase_ends:
             load = [0] * world_size
-        chunks = math.ceil(docs[batch[0]][1] / h.ttt_doc_chunk_tokens)
-        work = sum(min((c + 1) * h.ttt_doc_chunk_tokens, h.eval_seq_len) for c in range(chunks))
+        chunk = h.doc_chunk_tokens(docs[batch[0]][1])
+        work = sum(min((c + 1) * chunk, h.eval_seq_len) for c in range(math.ceil(docs[batch[0]][1] / chunk)))
         rank = min(range(world_size), key=lambda r: (load[r], r))
         owner.append(rank)
         load[rank] += work
@@ -2454,12 +2595,14 @@ def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: 
 
 def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]], lora: TTTLoRA, opt,
                          h: Hyperparameters, tables: ByteTables, meter: BpbMeter, rt: Runtime, order_base: int,
-                         recorder: NllRecorder | None = None, audit: list | None = None) -> None:
+                         recorder: NllRecorder | None = None, audit: list | None = None,
+                         ngram: NgramTilt | None = None) -> None:
     """Read a batch of documents chunk by chunk: score chunk c of every document (at most
     EVAL_SEQ_LEN tokens of context, all from the same document), then one Adam step on the
     mean loss of each document's chunk c, except for a document's last chunk. The scores come
-    from the forward that the step then differentiates: they are taken before the step."""
-    C, W, rows = h.ttt_doc_chunk_tokens, h.eval_seq_len, h.ttt_doc_batch
+    from the forward that the step then differentiates: they are taken before the step. With
+    an n-gram tilt, the same forward also gives each target's hint-token NLL (NgramTilt)."""
+    C, W, rows = h.doc_chunk_tokens(max(d[1] for d in docs)), h.eval_seq_len, h.ttt_doc_batch
     device = val.device
     # Per row (padding rows have no targets): computed on the host, so the loop never waits on the device.
     starts = torch.tensor([d[0] for d in docs] + [0] * (rows - len(docs)))
@@ -2470,7 +2613,8 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         end = torch.clamp(targets, max=(c + 1) * C)  # one past the chunk's last input, per row
         window_start = torch.clamp(end - W, min=0)
         pos = torch.arange(width + 1)[None, :]
-        index = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1).to(device)
+        index_host = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1)
+        index = index_host.to(device)
         tokens = val[index]
         valid = (pos[:, :-1] < (end - window_start)[:, None]).to(device)
         inputs, labels = torch.where(valid, tokens[:, :-1], 0), torch.where(valid, tokens[:, 1:], 0)
@@ -2479,13 +2623,24 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         scored = scored_host.to(device)
         trains_host = c < chunks - 1
         trains = trains_host.to(device)
+        positions = (starts[:, None] + rel + 1)[scored_host]
+        wanted = labels
+        if ngram is not None:
+            target_at = (starts[:, None] + rel + 1).clamp(max=len(val) - 1).to(device)
+            hints = torch.where(scored, ngram.hint[target_at], 0)
+            wanted = torch.stack([labels, hints], dim=-1)
         with torch.set_grad_enabled(bool(trains_host.any())), rt.autocast():
-            nll = score_fn(inputs, labels, reduction="none").float()
+            nll = score_fn(inputs, wanted, reduction="none").float()
+        if ngram is not None:
+            nll, hint_nll = nll[..., 0], nll[..., 1]
+        score = nll.detach()[scored]
+        if ngram is not None:
+            hit = (labels == hints)[scored]
+            score = ngram.tilt(score, hint_nll.detach()[scored], hit, ngram.confident[target_at][scored])
         nbytes = tables.target_bytes(inputs, labels, index[:, 1:])
-        meter.add(nll.detach()[scored], nbytes[scored])
+        meter.add(score, nbytes[scored])
         if recorder is not None:
-            positions = (starts[:, None] + rel + 1)[scored_host]
-            recorder.add(positions, nll.detach()[scored], nbytes[scored], torch.full_like(positions, order_base + c))
+            recorder.add(positions, score, nbytes[scored], torch.full_like(positions, order_base + c))
         if audit is not None:
             audit += [("score", int(starts[r] + rel[r][scored_host[r]].min() + 1), int(starts[r] + rel[r][scored_host[r]].max() + 1))
                       for r in range(rows) if scored_host[r].any()]
@@ -2536,7 +2691,16 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha)
+    lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha, h.ttt_targets())
+    ngram = None
+    if h.ngram_tilt:
+        rt.doing("counting the n-gram hints in scoring order")
+        started = time.perf_counter()
+        chunks = [h.doc_chunk_tokens(docs[batch[0]][1]) for batch in plan.batches]
+        ngram = NgramTilt(val, scoring_order(docs, plan.batches, chunks, val.device), model.cfg.bos_id,
+                          h.ngram_order, h.ngram_threshold, h.ngram_beta)
+        rt.log(f"ngram_tilt order:{h.ngram_order} threshold:{h.ngram_threshold:g} beta:{h.ngram_beta:g} "
+               f"targets:{len(val) - 1} tilted:{int(ngram.confident.sum())} time:{1000 * (time.perf_counter() - started):.0f}ms")
     generator = torch.Generator(rt.device).manual_seed(h.seed)
     lora.reset(True, generator)
     meter = BpbMeter(rt.device)
@@ -2559,7 +2723,7 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
         model.ttt_lora, model.rows_are_documents = lora, True
         try:
             score_document_batch(runners.documents, val, [docs[d] for d in batch], lora, opt, h, tables, meter, rt,
-                                 b << 32, recorder, audit)
+                                 b << 32, recorder, audit, ngram)
         finally:
             model.ttt_lora, model.rows_are_documents = None, False
     for p in model.parameters():
@@ -2576,14 +2740,17 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
 
     def forward_backward(run, rows: int, width: int, train: bool, sliced: bool = True) -> None:
         # Inputs laid out as the stage's are (slices of one token tensor, or fresh tensors for
-        # per-document rows): a compiled graph is specialised to its inputs' strides.
+        # per-document rows, with a hint token beside each target under NGRAM_TILT): a compiled
+        # graph is specialised to its inputs' strides and ranks.
         tokens = torch.randint(2, h.vocab_size, (rows, width + 1), device=rt.device)
         inputs, targets = (tokens[:, :-1], tokens[:, 1:]) if sliced else (tokens[:, :-1].clone(), tokens[:, 1:].clone())
+        if not sliced and h.ngram_tilt:
+            targets = torch.stack([targets, torch.randint_like(targets, 2, h.vocab_size)], dim=-1)
         with compile_timer(rt, f"ttt_{'train' if train else 'score'}_{rows}x{width}"):
             with torch.set_grad_enabled(train), rt.autocast():
                 nll = run(inputs, targets, reduction="none")
             if train:
-                nll.float().mean().backward()
+                nll.float()[..., 0].mean().backward() if nll.dim() == 3 else nll.float().mean().backward()
 
     model.train()
     if h.ttt_mode == "chunked":
@@ -2591,9 +2758,11 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
     else:
         for p in model.parameters():
             p.requires_grad_(False)
-        model.ttt_lora, model.rows_are_documents = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha), True
+        model.ttt_lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha, h.ttt_targets())
+        model.rows_are_documents = True
         try:
-            for width in (h.ttt_doc_chunk_tokens, h.eval_seq_len):
+            # The long chunk first (batches come longest first), then the window; short chunks last.
+            for width in dict.fromkeys((h.ttt_doc_chunk_tokens, h.eval_seq_len, h.doc_chunk_tokens(1))):
                 for train in (True, False):
                     forward_backward(runners.documents, h.ttt_doc_batch, width, train, sliced=False)
         finally:
@@ -2618,34 +2787,74 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
 # best one. A bad setting or file ends the run with one line and its own exit status.
 # ---------------------------------------------------------------------------------------------
 
-EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
+EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 5, 6, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: torchrun sends it to every rank once one rank has failed."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective that failed because the other end of a connection went away."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and re.search(
+        r"Connection (reset|closed) by peer|Broken pipe|ProcessGroupNCCL|NCCL (error|communicator)", str(exc)) is not None
+
+
+def process_gone(pid: int) -> bool:
+    """True when a process on this host has exited (a zombie waiting for its launcher counts)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the kernel directly
+        try:
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
 
 
 class StallMonitor(threading.Thread):
-    """Ends a multi-process run that stopped progressing. Each process publishes a heartbeat
-    with what it is doing (Runtime.doing) to the rendezvous store every few seconds; when this
-    process has spent DIST_TIMEOUT_SECONDS on one activity (a collective waiting for a peer),
-    it names the ranks whose heartbeat went silent and what they last did, and exits."""
+    """Names the rank that holds a multi-process run up. Each process publishes a heartbeat
+    (time, pid, host, what it is doing) to the rendezvous store whenever its activity changes
+    and every few seconds otherwise, so the activity a peer reads is current. When this process
+    has spent DIST_TIMEOUT_SECONDS on one activity (a collective waiting for a peer) it reports
+    the ranks whose heartbeat went silent and exits; `lost_ranks` answers the same question
+    when a collective failed because a peer died."""
 
     def __init__(self, rt: Runtime, timeout: float):
         super().__init__(daemon=True, name="stall-monitor")
         self.rt, self.timeout = rt, timeout
         self.interval = max(0.5, min(5.0, timeout / 10))
+        self.host = socket.gethostname()
         self.store = dist.distributed_c10d._get_default_store()
         self.store.set_timeout(datetime.timedelta(seconds=max(2.0, 2 * self.interval)))
 
     def run(self) -> None:
         while True:
+            self.rt.activity_changed.clear()
             try:
-                self.store.set(f"heartbeat/{self.rt.rank}", f"{time.time():.3f} {self.rt.activity}")
+                self.store.set(f"heartbeat/{self.rt.rank}",
+                               f"{time.time():.3f} {os.getpid()} {self.host} {self.rt.activity}")
             except Exception:
-                pass  # the store lives in rank 0: if it is gone, the report below says so
+                pass  # the store is gone with its host: the report below says so
             waited = time.monotonic() - self.rt.activity_since
             if waited > self.timeout:
                 self.fail(waited)
-            time.sleep(self.interval)
+            self.rt.activity_changed.wait(self.interval)
 
-    def peers(self) -> str:
+    def peer_states(self) -> tuple[list[str], list[str]]:
+        """(silent, alive): one phrase per other rank. A rank on this host whose process has
+        exited is silent at once; elsewhere a rank is silent when its heartbeat is 3 intervals old."""
         silent, alive = [], []
         for rank in range(self.rt.world_size):
             if rank == self.rt.rank:
@@ -2654,25 +2863,65 @@ class StallMonitor(threading.Thread):
             if not self.store.check([key]):
                 silent.append(f"rank {rank} never reported")
                 continue
-            stamp, _, activity = self.store.get(key).decode().partition(" ")
+            stamp, pid, host, activity = self.store.get(key).decode().split(" ", 3)
             age = time.time() - float(stamp)
-            if age > 3 * self.interval:
+            if host == self.host and process_gone(int(pid)):
+                silent.append(f"rank {rank} (pid {pid}) has exited (last: {activity})")
+            elif age > 3 * self.interval:
                 silent.append(f"rank {rank} has not answered for {age:.0f} s (last: {activity})")
             else:
                 alive.append(f"rank {rank} is {activity}")
+        return silent, alive
+
+    def peers(self) -> str:
+        try:
+            silent, alive = self.peer_states()
+        except Exception:
+            return "the rendezvous store does not answer, so the rank or launcher that hosts it is stopped or gone"
         return "; ".join(silent + alive) or "every other rank still answers"
 
+    def lost_ranks(self) -> str | None:
+        """After a failed collective: the phrase naming the dead ranks, waiting as long as a
+        remote rank's heartbeat takes to go silent; None if every rank still answers."""
+        deadline = time.monotonic() + 3 * self.interval + 1
+        while True:
+            try:
+                silent, _ = self.peer_states()
+            except Exception:
+                return "the rendezvous store does not answer, so the rank or launcher that hosts it is gone"
+            if silent or time.monotonic() > deadline:
+                return "; ".join(silent) or None
+            time.sleep(0.2)
+
     def fail(self, waited: float) -> None:
-        try:
-            peers = self.peers()
-        except Exception:
-            peers = "the rendezvous store on rank 0 does not answer, so rank 0 is stopped or gone"
         message = (f"error: rank {self.rt.rank} waited {waited:.0f} s (DIST_TIMEOUT_SECONDS={self.timeout:g}) while "
-                   f"{self.rt.activity}; {peers}. A stopped, crashed or hung process holds up every collective: check its "
+                   f"{self.rt.activity}; {self.peers()}. A stopped, crashed or hung process holds up every collective: check its "
                    f"output, its memory and its GPU; raise DIST_TIMEOUT_SECONDS only if a step legitimately takes longer.")
-        print(message, file=sys.stderr, flush=True)
-        self.rt.log(message, console=False)
+        report_failure(self.rt, message)
         os._exit(EXIT_STALLED)
+
+
+def report_failure(rt: Runtime | None, message: str) -> None:
+    """The one error line: on stderr, in the log, and in torchrun's error file, so torchrun's
+    own failure summary (printed after ours) repeats it beside this rank's exit status."""
+    print(message, file=sys.stderr, flush=True)
+    if rt is not None:
+        rt.log(message, console=False)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with contextlib.suppress(OSError):
+            Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+
+
+def lost_peer_failure(rt: Runtime | None, cause: str) -> tuple[int, str]:
+    """Exit status and message after a failed collective or a SIGTERM from the launcher."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's SIGTERM must not cut the report short
+    doing = rt.activity if rt is not None else "starting"
+    lost = rt.monitor.lost_ranks() if rt is not None and rt.monitor is not None else None
+    if lost:
+        return EXIT_STALLED, (f"error: rank {rt.rank} lost a peer while {doing} ({cause}): {lost}. Its own output says "
+                              f"why (out of memory, a kill, a crash); no score from this run")
+    return EXIT_TERMINATED, f"error: {cause} while {doing}: no score from this run"
 
 
 def setup_runtime(h: Hyperparameters) -> Runtime:
@@ -2694,7 +2943,8 @@ def setup_runtime(h: Hyperparameters) -> Runtime:
             dist.init_process_group("nccl", device_id=device, timeout=timeout)
         else:
             dist.init_process_group("gloo", timeout=timeout)
-        StallMonitor(rt, h.dist_timeout_seconds).start()
+        rt.monitor = StallMonitor(rt, h.dist_timeout_seconds)
+        rt.monitor.start()
     return rt
 
 
@@ -2786,9 +3036,12 @@ def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
                           f"chunk, TTT never trains; use at most {(len(val) - 1) // 2}.")
     if h.ttt_mode != "chunked":
         documents = split_documents(val.cpu(), BOS_ID)
-        if max(n for _, n in documents) <= h.ttt_doc_chunk_tokens:
-            raise ConfigError(f"TTT_DOC_CHUNK_TOKENS={h.ttt_doc_chunk_tokens} holds every validation document in one chunk: "
-                              f"per-document TTT would never train; lower it.")
+        longest = max(n for _, n in documents)
+        chunk = h.doc_chunk_tokens(longest)
+        if longest <= chunk:
+            via = "" if chunk == h.ttt_doc_chunk_tokens else f" (its short-document chunk: {chunk} tokens)"
+            raise ConfigError(f"TTT_DOC_CHUNK_TOKENS={h.ttt_doc_chunk_tokens}{via} holds every validation document in one "
+                              f"chunk: per-document TTT would never train; lower it.")
         if h.ttt_mode == "phased" and h.phased_ttt_phases > len(documents):
             raise ConfigError(f"PHASED_TTT_PHASES={h.phased_ttt_phases} is more than the {len(documents)} validation "
                               f"documents; use at most {len(documents)} phases.")
@@ -3026,6 +3279,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
 
 def main() -> None:
     rt, code = None, 0
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         h = Hyperparameters()
         rt = setup_runtime(h)
@@ -3035,21 +3289,25 @@ def main() -> None:
             dist.barrier()  # tear down together: no rank leaves while another still communicates
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
-        message = f"interrupted while {rt.activity if rt else 'starting'}: no score from this run"
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        if rt is not None:
-            rt.log(f"error: {message}", console=False)
+        report_failure(rt, f"error: interrupted while {rt.activity if rt else 'starting'}: no score from this run")
+    except Terminated:
+        code, message = lost_peer_failure(rt, "stopped by SIGTERM")
+        report_failure(rt, message)
     except (ConfigError, InputError, TrainingDiverged, KernelFault) as exc:
         code = {ConfigError: EXIT_CONFIG, InputError: EXIT_INPUT, TrainingDiverged: EXIT_DIVERGED,
                 KernelFault: EXIT_KERNEL}[type(exc)]
         # Settings are the same on every rank: one line from rank 0 is enough.
         if rt is None or rt.is_main or not isinstance(exc, ConfigError):
             prefix = f"rank {rt.rank}: " if rt is not None and rt.world_size > 1 and not rt.is_main else ""
-            print(f"error: {prefix}{exc}", file=sys.stderr, flush=True)
-        if rt is not None:
-            rt.log(f"error: {exc}", console=False)
+            report_failure(rt, f"error: {prefix}{exc}")
+    except Exception as exc:
+        if rt is None or rt.world_size == 1 or not is_peer_failure(exc):
+            raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().split(". ")[0])  # drop gloo's source location
+        code, message = lost_peer_failure(rt, f"a collective failed: {reason[:120]}")
+        report_failure(rt, message)
     finally:
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and code not in (EXIT_STALLED, EXIT_TERMINATED):
             dist.destroy_process_group()
     if rt is not None and rt.world_size > 1:
         # About 1 run in 30 of two gloo processes aborted during interpreter shutdown ("terminate

@@ -51,7 +51,8 @@ RECORD_SHAPE = {
 # 47,851,520 validation tokens, of which the three global phases 75-84 s.
 PR1855 = {**RECORD_SHAPE, "DOC_ATTENTION": "1", "MAX_WALLCLOCK_SECONDS": "599.592", "GPTQ_RESERVE_SECONDS": "0",
           "TTT_MODE": "phased", "TTT_LORA_RANK": "80", "TTT_DOC_CHUNK_TOKENS": "48", "TTT_DOC_BATCH": "64",
-          "PHASED_TTT_PREFIX_DOCS": "2500", "PHASED_TTT_PHASES": "3", "GLOBAL_TTT_CHUNK_TOKENS": "32768"}
+          "PHASED_TTT_PREFIX_DOCS": "2500", "PHASED_TTT_PHASES": "3", "GLOBAL_TTT_CHUNK_TOKENS": "32768",
+          "TTT_SHORT_DOC_CHUNKS": "0", "TTT_LORA_TARGETS": "q,k,v,o,mlp,head"}
 PR1855_STEPS = 4945
 PR1855_TOKENS_PER_S_BEFORE = 8.2e6
 PR1855_VAL_TOKENS = 47_851_520
@@ -65,7 +66,8 @@ PR1493_STEPS = 4550
 PR1493_TOKENS_PER_S = (7.7e6, 6.1e6)
 # PR #1530: per-document LoRA TTT (rank 96, 32-token chunks, no phases) in 338 s; assumed here
 # on PR #1493's shape, the SP8192 validation split and batches of 64 documents.
-PR1530 = {**PR1493, "TTT_MODE": "docs", "TTT_LORA_RANK": "96", "TTT_DOC_CHUNK_TOKENS": "32", "TTT_DOC_BATCH": "64"}
+PR1530 = {**PR1493, "TTT_MODE": "docs", "TTT_LORA_RANK": "96", "TTT_DOC_CHUNK_TOKENS": "32", "TTT_DOC_BATCH": "64",
+          "TTT_SHORT_DOC_CHUNKS": "0", "TTT_LORA_TARGETS": "q,k,v,o,mlp,head"}
 PR1530_TTT_S = 338.0
 # Our own code, measured (README, First GPU run, 2026-11-26, one H200, PyTorch 2.11, document
 # attention through flex_attention, before the varlen kernels and the fused loss): 938.7 ms per
@@ -207,10 +209,12 @@ class Counts:
 
     def ttt_lora_params(self, rank: int) -> int:
         """Per-document TTT adapter weights of one document (= matmul weights per token): rank-r
-        factors on q, k, v, o and a D x D MLP adapter per virtual layer, and on the head."""
-        D, kv = self.D, self.kv
-        per_slot = rank * ((D + D) + 2 * (D + kv) + (D + D) + (D + D))
-        return len(self.looped) * per_slot + rank * (D + self.V)
+        factors on each of TTT_LORA_TARGETS (q, k, v, o and a D x D MLP adapter per virtual
+        layer; the head once)."""
+        D, kv, targets = self.D, self.kv, self.h.ttt_targets()
+        sizes = {"q": D + D, "k": D + kv, "v": D + kv, "o": D + D, "mlp": D + D}
+        per_slot = rank * sum(size for t, size in sizes.items() if t in targets)
+        return len(self.looped) * per_slot + (rank * (D + self.V) if "head" in targets else 0)
 
     def newton_schulz_flops(self, world_size: int) -> float:
         """One rank's Newton-Schulz FLOPs: its ceil(matrices / world_size) of every bank."""
@@ -401,13 +405,14 @@ def doc_work(counts: Counts, world_size: int, lengths: np.ndarray, phases: int, 
     """TTT_MODE=docs (phases=0) or phased: per batch of TTT_DOC_BATCH documents (longest first),
     chunk c runs every row at width min((c+1)*chunk, EVAL_SEQ_LEN), padding included; every chunk
     but the batch's last also runs backward (frozen base: input gradients only) and an Adam step."""
-    h, W, C, R = counts.h, counts.h.eval_seq_len, counts.h.ttt_doc_chunk_tokens, counts.h.ttt_doc_batch
+    h, W, R = counts.h, counts.h.eval_seq_len, counts.h.ttt_doc_batch
     docs = val_documents(lengths)
     plan = tg.plan_documents(docs, h, world_size, phases)
     P = counts.matmul_params(counts.looped)
     lora = counts.ttt_lora_params(h.ttt_lora_rank)
     flops, adam_s, padded, chunk_steps = [], [], 0, 0
     for batch in plan.batches:
+        C = h.doc_chunk_tokens(docs[batch[0]][1])  # short batches: 8- or 24-token chunks (PR #2014)
         chunks = math.ceil(docs[batch[0]][1] / C)
         widths = np.minimum((np.arange(chunks) + 1) * C, W).astype(np.float64)
         fwd_tokens, train_tokens = R * widths.sum(), R * widths[:-1].sum()

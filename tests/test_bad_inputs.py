@@ -7,9 +7,11 @@ file system run `run()` in-process, and a few rows go through the script itself 
 one-line message and the exit status."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import resource
+import signal
 import subprocess
 import sys
 import zlib
@@ -117,7 +119,7 @@ def nothing_scored(folder: Path) -> bool:
     ({"EXPORT_ONLY": "no.pt"}, tg.ConfigError, "EXPORT_ONLY=no.pt does not exist"),
     ({"EVAL_ONLY": "1", "ARTIFACT_PATH": "no.ptz"}, tg.ConfigError, "EVAL_ONLY=1 but ARTIFACT_PATH=no.ptz does not exist"),
     ({"TTT_MODE": "chunked", "TTT_CHUNK_TOKENS": "5000"}, tg.ConfigError, "TTT_CHUNK_TOKENS=5000 covers all 2999 validation targets"),
-    ({"TTT_DOC_CHUNK_TOKENS": "64", "EVAL_SEQ_LEN": "64", "VAL_TOKENS_LIMIT": "40"}, tg.ConfigError,
+    ({"TTT_DOC_CHUNK_TOKENS": "64", "EVAL_SEQ_LEN": "64", "VAL_TOKENS_LIMIT": "40", "TTT_SHORT_DOC_CHUNKS": "0"}, tg.ConfigError,
      "TTT_DOC_CHUNK_TOKENS=64 holds every validation document in one chunk"),
     ({"PHASED_TTT_PHASES": "50", "PHASED_TTT_PREFIX_DOCS": "50"}, tg.ConfigError, "PHASED_TTT_PHASES=50 is more than the"),
     ({"VOCAB_SIZE": "1024"}, tg.ConfigError, "set VOCAB_SIZE=512"),
@@ -313,9 +315,11 @@ def worker_ranks(launcher: int) -> dict[int, int]:
     return found
 
 
-def test_a_stopped_rank_ends_the_run_with_a_message_naming_it(tiny_env, tmp_path):
+def signal_rank_one(tiny_env, tmp_path, sig, report_marker: str, within: float):
+    """Start a 2-rank torchrun run, send `sig` to rank 1 at step 30, and wait (at most `within`
+    seconds) for a stderr line containing `report_marker`. Returns (stderr lines, torchrun's
+    exit status or None, the step rank 0 logged last)."""
     import os
-    import signal
     import threading
     import time
 
@@ -331,6 +335,7 @@ def test_a_stopped_rank_ends_the_run_with_a_message_naming_it(tiny_env, tmp_path
                for stream, sink in ((proc.stdout, out), (proc.stderr, err))]
     for reader in readers:
         reader.start()
+    status = None
     try:
         deadline = time.monotonic() + 240
         while not any(line.startswith("step:30/") for line in list(out)):  # heartbeats are a second apart
@@ -338,20 +343,46 @@ def test_a_stopped_rank_ends_the_run_with_a_message_naming_it(tiny_env, tmp_path
             time.sleep(0.2)
         workers = worker_ranks(proc.pid)
         assert set(workers) == {0, 1}, workers
-        os.kill(workers[1], signal.SIGSTOP)
-        stopped_at = time.monotonic()
-        while not any("waited" in line for line in list(err)):
-            assert time.monotonic() - stopped_at < 8 + 60, "no stall report within the timeout"
+        os.kill(workers[1], sig)
+        signalled = time.monotonic()
+        while not any(report_marker in line for line in list(err)):
+            assert time.monotonic() - signalled < within, "no report in time:\n" + "".join(err)[-3000:]
             time.sleep(0.2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            status = proc.wait(timeout=20)  # torchrun prints its summary after the workers exit
     finally:
         for pid in worker_ranks(proc.pid).values():  # workers run in sessions of their own
-            os.kill(pid, signal.SIGKILL)
-        os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+    steps = [int(line.split("/")[0][5:]) for line in out if line.startswith("step:")]
+    return err, status, steps[-1]
+
+
+def test_a_stopped_rank_ends_the_run_with_a_message_naming_it(tiny_env, tmp_path):
+    err, _, last_step = signal_rank_one(tiny_env, tmp_path, signal.SIGSTOP, "waited", within=8 + 60)
     report = next(line for line in err if "waited" in line)
     assert report.startswith("error: rank 0 waited") and "DIST_TIMEOUT_SECONDS=8" in report
-    assert "rank 1 has not answered for" in report and "(last: training step" in report
+    # The stopped rank's activity is current: the step rank 0 waits in, or the one before or after it.
+    stopped_at = int(re.search(r"rank 1 has not answered for \d+ s \(last: training step (\d+)\)", report)[1])
+    assert abs(stopped_at - (last_step + 1)) <= 1, (stopped_at, last_step)
     assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
+
+
+def test_a_killed_rank_is_named_by_the_survivor_with_exit_5(tiny_env, tmp_path):
+    err, status, last_step = signal_rank_one(tiny_env, tmp_path, signal.SIGKILL, "lost a peer", within=30)
+    report = next(line for line in err if "lost a peer" in line)
+    assert report.startswith("error: rank 0 lost a peer while training step"), report
+    assert re.search(r"rank 1 \(pid \d+\) has exited \(last: training step \d+\)", report), report
+    assert sum("Traceback" in line for line in err) <= 1  # torchrun's own, not rank 0's
+    # torchrun's summary repeats our line beside rank 0's exit status.
+    summary = "".join(err)["".join(err).rindex("Failures:"):]
+    assert "exitcode  : 5" in summary and "lost a peer" in summary, summary
+    assert status not in (0, None) and not Path(tiny_env["ARTIFACT_PATH"]).exists()
 
 
 # ---- second pass: no NaN is a score, every config field checked, one line for every failure ----
@@ -514,9 +545,12 @@ def test_the_nll_dump_is_written_at_exactly_the_path_logged(tiny_env, tmp_path):
     assert set(np.load(dump)) >= {"nll", "bytes", "pos"}
 
 
-def test_ctrl_c_logs_one_line_and_exits_130(tiny_env, tmp_path):
+@pytest.mark.parametrize("sig, status, message", [
+    (signal.SIGINT, 130, "error: interrupted while training step"),
+    (signal.SIGTERM, 143, "error: stopped by SIGTERM while training step"),
+], ids=["ctrl-c", "sigterm"])
+def test_a_signal_mid_training_logs_one_line_and_its_own_exit_status(tiny_env, tmp_path, sig, status, message):
     import os
-    import signal
     import time
     env = {**os.environ, "OMP_NUM_THREADS": "1", **tiny_env, "ITERATIONS": "100000", "TRAIN_LOG_EVERY": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env,
@@ -525,10 +559,10 @@ def test_ctrl_c_logs_one_line_and_exits_130(tiny_env, tmp_path):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (log.exists() and "step:3/" in log.read_text()):
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == status, err[-2000:]
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted while training step")
+    assert len(lines) == 1 and lines[0].startswith(message), lines
     assert "Traceback" not in err and not Path(tiny_env["ARTIFACT_PATH"]).exists()
     assert log.read_text().rstrip().endswith(lines[0])

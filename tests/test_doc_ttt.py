@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -29,12 +30,13 @@ def doc_hparams(mode: str, **overrides: str) -> tg.Hyperparameters:
     return h
 
 
-def document_stream(lengths=(50, 7, 33, 12, 90, 3, 41, 26, 64, 18, 9, 55), seed: int = 0) -> torch.Tensor:
-    """Documents of the given lengths (each starting with BOS), random non-BOS tokens inside."""
+def document_stream(lengths=(50, 7, 33, 12, 90, 3, 41, 26, 64, 18, 9, 55), seed: int = 0, alphabet: int = 510) -> torch.Tensor:
+    """Documents of the given lengths (each starting with BOS), random non-BOS tokens inside,
+    drawn from `alphabet` tokens (a small one repeats short contexts, for the n-gram tilt)."""
     gen = torch.Generator().manual_seed(seed)
     parts = []
     for n in lengths:
-        doc = torch.randint(2, 512, (n,), generator=gen)
+        doc = torch.randint(2, 2 + alphabet, (n,), generator=gen)
         doc[0] = BOS
         parts.append(doc)
     return torch.cat(parts)
@@ -152,17 +154,26 @@ def test_without_warm_start_each_documents_score_depends_on_it_alone():
         assert (nll_of(changed) - nll_of(base))[start + 2:start + n].abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("mode, warm", [("docs", "1"), ("phased", "1"), ("docs", "0")])
-def test_perturbing_a_documents_second_half_changes_nothing_scored_before_it(mode, warm):
-    val = document_stream()
+# The n-gram tilt on a stream of 3 tokens, where 4-token contexts recur from the first documents on.
+TILT = {"NGRAM_ORDER": "4", "NGRAM_THRESHOLD": "0.5"}
+
+
+@pytest.mark.parametrize("mode, warm, tilt", [("docs", "1", False), ("phased", "1", False), ("docs", "0", False),
+                                              ("docs", "1", True), ("phased", "1", True)])
+def test_perturbing_a_documents_second_half_changes_nothing_scored_before_it(mode, warm, tilt):
+    val = document_stream(alphabet=3 if tilt else 510)
     docs = tg.split_documents(val, BOS)
-    _, base = run_ttt(mode, val, TTT_WARM_START_A=warm)
+    settings = TILT if tilt else {}
+    _, base = run_ttt(mode, val, TTT_WARM_START_A=warm, **settings)
+    if tilt:  # the tilt acts here, so the test below covers it
+        _, untilted = run_ttt(mode, val, TTT_WARM_START_A=warm, NGRAM_TILT="0")
+        assert (nll_of(untilted) - nll_of(base)).abs().max() > 1e-3
     order = base.order - 1
     processing = sorted(range(len(docs)), key=lambda d: (order[docs[d][0] + 1].item(), d))
     for victim in (processing[4], processing[9]):  # in the first phase's batches and after it
         start, n = docs[victim]
         middle = start + n // 2
-        _, changed = run_ttt(mode, perturbed(val, middle, start + n), TTT_WARM_START_A=warm)
+        _, changed = run_ttt(mode, perturbed(val, middle, start + n), TTT_WARM_START_A=warm, **settings)
         diff = (nll_of(changed) - nll_of(base)).abs()
         assert diff[start + 1:middle].max() <= 1e-6  # its own first half (target t is token t)
         victim_key = order[start + 1].item()
@@ -170,14 +181,15 @@ def test_perturbing_a_documents_second_half_changes_nothing_scored_before_it(mod
         assert diff[middle + 1:start + n + 1].max() > 1e-3
 
 
-@pytest.mark.parametrize("mode", ["docs", "phased"])
-def test_perturbing_the_last_document_processed_changes_no_other_target(mode):
-    val = document_stream()
-    _, base = run_ttt(mode, val)
+@pytest.mark.parametrize("mode, tilt", [("docs", False), ("phased", False), ("docs", True), ("phased", True)])
+def test_perturbing_the_last_document_processed_changes_no_other_target(mode, tilt):
+    val = document_stream(alphabet=3 if tilt else 510)
+    settings = TILT if tilt else {}
+    _, base = run_ttt(mode, val, **settings)
     docs = tg.split_documents(val, BOS)
     last = max(range(len(docs)), key=lambda d: (base.order[docs[d][0] + 1].item(), d))
     start, n = docs[last]
-    _, changed = run_ttt(mode, perturbed(val, start + 1, start + n))
+    _, changed = run_ttt(mode, perturbed(val, start + 1, start + n), **settings)
     outside = torch.ones(len(val), dtype=torch.bool)
     outside[start + 1:start + n + 1] = False
     torch.testing.assert_close(nll_of(changed)[outside], nll_of(base)[outside], atol=1e-6, rtol=0)
@@ -202,7 +214,7 @@ def test_chunked_ttt_is_unchanged_from_before_the_document_modes():
     old_tables = tg.ByteTables(ids % 5, ids % 3 == 0, ids < 4)
     # The model as it was then: none of this round's switches (ModelConfig's defaults turn them on).
     cfg = tg.ModelConfig(vocab_size=512, num_layers=3, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
-                         rope_dims=8, loop_start=1, loop_end=1, num_loops=1, parallel_residual_start=2,
+                         rope_dims=8, qk_gain_init=5.0, loop_start=1, loop_end=1, num_loops=1, parallel_residual_start=2,
                          pass_lora_targets=["q", "k", "v", "o", "up", "down"], xsa_last_n=0, ln_scale=False,
                          skip_gates=False, smear_gate=False, attn_gate=False, ortho_init=False, doc_attention=False)
     torch.manual_seed(3)
@@ -226,11 +238,14 @@ def doc_runs(tiny_data, tmp_path_factory):
     model = randomize(tg.GPT(h.model_config()), 0)
     (work / "random.ptz").write_bytes(tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli"))
     bpb = {}
-    for name, nproc, warm in (("cold1", 1, "0"), ("cold1_again", 1, "0"), ("cold2", 2, "0"), ("warm1", 1, "1"), ("warm2", 2, "1")):
-        run_script({**env, "RUN_ID": name, "TTT_WARM_START_A": warm}, work, nproc=nproc)
+    runs = (("cold1", 1, "0", "0"), ("cold1_again", 1, "0", "0"), ("cold2", 2, "0", "0"), ("warm1", 1, "1", "0"),
+            ("warm2", 2, "1", "0"), ("tilt1", 1, "0", "1"), ("tilt2", 2, "0", "1"))
+    for name, nproc, warm, tilt in runs:
+        run_script({**env, "RUN_ID": name, "TTT_WARM_START_A": warm, "NGRAM_TILT": tilt}, work, nproc=nproc)
         (line,) = log_lines(work, name, "final_ttt ")
         bpb[name] = float(line.split("val_bpb:")[1].split()[0])
     (plan,) = log_lines(work, "cold2", "ttt_docs ")
+    bpb["tilted_targets"] = [int(log_lines(work, name, "ngram_tilt ")[0].split("tilted:")[1].split()[0]) for name in ("tilt1", "tilt2")]
     return bpb, plan
 
 
@@ -250,3 +265,140 @@ def test_warm_start_a_makes_the_score_depend_on_each_ranks_history(doc_runs):
     # rank scored, so world sizes differ by about as much as warm-start A itself moves the score.
     assert bpb["warm1"] != bpb["cold1"] and bpb["warm2"] != bpb["warm1"]
     assert abs(bpb["warm2"] - bpb["cold1"]) < 0.2 and abs(bpb["warm1"] - bpb["cold1"]) < 0.2
+
+
+def test_the_ngram_tilt_scores_the_same_on_one_or_two_processes(doc_runs):
+    bpb, _ = doc_runs
+    one, two = bpb["tilted_targets"]
+    # Source code repeats itself: some 16-token contexts recur, and the tilt moves the score.
+    assert one > 0 and bpb["tilt1"] != bpb["cold1"]
+    # Every rank counts in the plan's order, whoever scores a batch.
+    assert two == one and bpb["tilt2"] == pytest.approx(bpb["tilt1"], abs=1e-6)
+
+
+# ---- the TTT changes of PRs #2014 and #2135 ----
+
+def test_short_document_batches_get_short_chunks():
+    h = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="48", EVAL_SEQ_LEN="2048", GLOBAL_TTT_CHUNK_TOKENS="2048")
+    assert [h.doc_chunk_tokens(n) for n in (1, 256, 257, 2000, 2001, 50000)] == [8, 8, 24, 24, 48, 48]
+    off = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="48", EVAL_SEQ_LEN="2048", GLOBAL_TTT_CHUNK_TOKENS="2048",
+                      TTT_SHORT_DOC_CHUNKS="0")
+    assert {off.doc_chunk_tokens(n) for n in (1, 300, 5000)} == {48}
+    small = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="4")  # never longer than the long chunk
+    assert small.doc_chunk_tokens(10) == 4
+
+
+def test_each_batch_trains_on_the_chunk_its_longest_document_asks_for_and_scores_first():
+    # Batches of 3: (300, 280, 260) take the long 16-token chunk, (50, 30, 12) the short 8.
+    lengths = (300, 280, 260, 50, 30, 12)
+    val = document_stream(lengths)
+    audit: list = []
+    run_ttt("docs", val, audit=audit, TTT_DOC_CHUNK_TOKENS="16")
+    docs = tg.split_documents(val, BOS)
+    spans: dict[int, set[int]] = {}  # document index -> lengths of the chunks it trained on
+    for kind, first, last in audit:
+        if kind == "train":
+            doc = next(i for i, (s, n) in enumerate(docs) if s < first <= s + n)
+            spans.setdefault(doc, set()).add(last - first + 1)
+    assert [spans[d] for d in range(6)] == [{16}] * 3 + [{8}] * 3, spans
+    scored = set()
+    for kind, first, last in audit:  # still score first
+        if kind == "score":
+            scored.update(range(first, last + 1))
+        else:
+            assert set(range(first, last + 1)) <= scored
+
+
+def test_ttt_lora_targets_choose_the_adapted_projections():
+    model = eval_model(1)
+    lora = tg.TTTLoRA(model, 2, 4, 8.0, ("q", "v", "o", "mlp", "head"))
+    assert set(lora.A) == set(lora.B) == {"q", "v", "o", "mlp", "head"}
+    assert doc_hparams("docs").ttt_targets() == ("q", "v", "o", "mlp", "head")
+    with pytest.raises(tg.ConfigError, match="TTT_LORA_TARGETS='q,x' must name some of q,k,v,o,mlp,head"):
+        doc_hparams("docs", TTT_LORA_TARGETS="q,x")
+    # Without an MLP or head adapter the forward still runs and only trains what is there.
+    for targets in (("o",), ("k", "head")):
+        val = document_stream()
+        bpb, recorder = run_ttt("docs", val, TTT_LORA_TARGETS=",".join(targets))
+        assert math.isfinite(bpb) and torch.all(recorder.count[1:] == 1)
+
+
+# ---- the n-gram tilt ----
+
+def test_the_tilted_distribution_sums_to_one_over_the_vocabulary():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    nll_all = -torch.log_softmax(logits, -1)  # NLL of every token as the target
+    tilt = tg.NgramTilt(torch.tensor([1, 2, 3]), torch.tensor([1, 2]), BOS, 1, 0.8, 2.625)
+    for row in range(6):
+        h = row * 7 % 50
+        hint = torch.full((50,), h)
+        tilted = tilt.tilt(nll_all[row], nll_all[row][hint], torch.arange(50) == h, torch.ones(50, dtype=torch.bool))
+        assert abs(torch.exp(-tilted.double()).sum().item() - 1) <= 1e-6
+        others = torch.arange(50) != h
+        assert tilted[h] < nll_all[row][h] and torch.all(tilted[others] > nll_all[row][others])
+
+
+def counted_one_by_one(val: torch.Tensor, order: torch.Tensor, context: int, threshold: float):
+    """The tilt's hints as the plain definition gives them: walk the targets in scoring order,
+    hint from the counts so far, then count the target (a tie keeps the earlier leader)."""
+    hashes, full = tg.context_hashes(val, BOS, context)
+    counts, leader = {}, {}
+    hint, confident = torch.zeros(len(val), dtype=torch.long), torch.zeros(len(val), dtype=torch.bool)
+    for pos in order.tolist():
+        if not full[pos]:
+            continue
+        key, y = int(hashes[pos]), int(val[pos])
+        top = leader.get(key)
+        if top is not None and top[1] >= threshold * top[2]:
+            hint[pos], confident[pos] = top[0], True
+        seen = counts.setdefault(key, {})
+        seen[y] = seen.get(y, 0) + 1
+        token, top_count, total = leader.get(key, (y, 0, 0))
+        leader[key] = (y, seen[y], total + 1) if seen[y] > top_count else (token, top_count, total + 1)
+    return hint, confident
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_sorted_counting_equals_counting_target_by_target(trial):
+    gen = torch.Generator().manual_seed(trial)
+    lengths = torch.randint(2, 80, (5 + 3 * trial,), generator=gen).tolist()
+    val = document_stream(lengths, seed=trial, alphabet=[3, 4, 6, 50][trial % 4])
+    docs = tg.split_documents(val, BOS)
+    by_length = sorted(range(len(docs)), key=lambda d: (-docs[d][1], d))
+    batches = [by_length[i:i + 3] for i in range(0, len(by_length), 3)]
+    order = tg.scoring_order(docs, batches, [[8, 4, 16][b % 3] for b in range(len(batches))], "cpu")
+    assert sorted(order.tolist()) == list(range(1, len(val)))  # every target once
+    for context, threshold in ((2, 0.5), (3, 0.8), (1, 0.34)):
+        tilt = tg.NgramTilt(val, order, BOS, context, threshold, 2.625)
+        hint, confident = counted_one_by_one(val, order, context, threshold)
+        assert torch.equal(tilt.confident, confident) and torch.equal(tilt.hint, hint)
+        assert confident.any()
+
+
+def test_the_scoring_order_is_the_order_ttt_scores_in():
+    val = document_stream()
+    _, recorder = run_ttt("docs", val, **TILT)
+    h = doc_hparams("docs", **TILT)
+    docs = tg.split_documents(val, BOS)
+    plan = tg.plan_documents(docs, h, 1, 0)
+    order = tg.scoring_order(docs, plan.batches, [h.doc_chunk_tokens(docs[b[0]][1]) for b in plan.batches], "cpu")
+    keys = recorder.order[order]  # the batch and chunk each target was scored in
+    assert torch.all(keys[1:] >= keys[:-1])
+
+
+def test_hints_come_only_from_targets_before_them_and_never_cross_a_document():
+    #                   0  1  2  3  4  5  6  7  8  9 10 11 12
+    val = torch.tensor([1, 5, 6, 7, 5, 6, 7, 5, 6, 1, 5, 6, 7])
+    # A target needs 2 tokens of its own document (its BOS included) before it: not 10, whose
+    # context would reach back past the BOS at 9 into the document before.
+    _, full = tg.context_hashes(val, BOS, 2)
+    assert [t for t in range(13) if full[t]] == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12]
+    # Scored in this order: 3 (context (5, 6) -> 7) first, then 12, 6, 9, then the rest.
+    order = torch.tensor([3, 12, 6, 9, 1, 2, 4, 5, 7, 8, 10, 11])
+    tilt = tg.NgramTilt(val, order, BOS, 2, 0.8, 2.625)
+    assert not tilt.confident[3]  # nothing counted before it
+    assert tilt.confident[12] and tilt.confident[6] and tilt.hint[12] == tilt.hint[6] == 7  # either document
+    assert tilt.confident[9] and tilt.hint[9] == 7  # 3 of 3 so far said 7; 9 itself is a BOS
+    assert tilt.confident[7] and tilt.hint[7] == 5  # (6, 7) -> 5 at 4, scored before 7
+    assert not tilt.confident[4] and not tilt.confident[2]  # the first of their contexts in this order

@@ -23,7 +23,7 @@ SMALL = {
     "MLP_MULT": "2", "ROPE_DIMS": "4", "LOOP_START": "1", "LOOP_END": "3", "NUM_LOOPS": "2",
     "PARALLEL_RESIDUAL_START": "3", "PASS_LORA_RANK": "1", "PASS_LORA_TARGETS": "q,k,v,o,up,down",
 }
-ADAPTER_PREFIXES = ("lora_A.", "lora_B.", "pass_embed")
+ADAPTER_PREFIXES = ("lora_A.", "lora_B.", "pass_embed", "pass_gains")
 
 
 def small_hparams(**overrides: str) -> tg.Hyperparameters:
@@ -97,24 +97,25 @@ def test_model_schedule_follows_its_looping_switch():
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_zero_adapters_give_exactly_the_shared_weight_model(rank):
-    adapted = small_model(PASS_LORA_RANK=str(rank))
+    adapted = small_model(PASS_LORA_RANK=str(rank), PASS_GAINS="1")
     give_shared_weights_structure(adapted)
     plain = small_model(PASS_LORA_RANK="0", PASS_EMBED="0")
     assert adapter_names(plain) == []
     result = plain.load_state_dict(adapted.state_dict(), strict=False)
     assert result.missing_keys == []
     assert sorted(result.unexpected_keys) == sorted(adapter_names(adapted))
-    # Fresh adapters: B and the pass embeddings start at zero, A does not.
-    assert all(not p.any() for n, p in adapted.named_parameters() if n.startswith(("lora_B.", "pass_embed")))
+    # Fresh adapters: B, the pass embeddings and the pass gains start at zero, A does not.
+    assert all(not p.any() for n, p in adapted.named_parameters() if n.startswith(("lora_B.", "pass_embed", "pass_gains")))
     assert all(p.abs().min() > 0 for n, p in adapted.named_parameters() if n.startswith("lora_A."))
     ids = tokens()
     for looping in (True, False):
         torch.testing.assert_close(logits_of(adapted, ids, looping), logits_of(plain, ids, looping), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["lora_B.q", "lora_B.k", "lora_B.v", "lora_B.o", "lora_B.up", "lora_B.down", "pass_embed"])
+@pytest.mark.parametrize("name", ["lora_B.q", "lora_B.k", "lora_B.v", "lora_B.o", "lora_B.up", "lora_B.down", "pass_embed",
+                                  "pass_gains"])
 def test_nonzero_adapter_changes_looped_output_only(name):
-    model = small_model()
+    model = small_model(PASS_GAINS="1")
     give_shared_weights_structure(model)
     ids = tokens()
     looped, unlooped = logits_of(model, ids, True), logits_of(model, ids, False)
@@ -125,10 +126,10 @@ def test_nonzero_adapter_changes_looped_output_only(name):
     assert torch.equal(logits_of(model, ids, False), unlooped)
 
 
-@pytest.mark.parametrize("name", ["lora_B.q", "pass_embed"])
+@pytest.mark.parametrize("name", ["lora_B.q", "pass_embed", "pass_gains"])
 def test_every_pass_and_layer_has_its_own_adapter_slot(name):
     # Changing any one (pass, layer) slot changes the looped output: no slot is shared or unused.
-    model = small_model()
+    model = small_model(PASS_GAINS="1")
     give_shared_weights_structure(model)
     ids = tokens()
     base = logits_of(model, ids, True)
@@ -296,3 +297,18 @@ def test_default_model_builds_and_runs_a_forward_on_cpu():
           f"virtual layers {layers}\nparameters {params:,} (adapters {adapter_params:,}), "
           f"train_gpt.py code bytes {code_bytes:,}")
     assert adapter_params > 0 and params > 10 * 2**20
+
+
+def test_each_pass_gain_scales_what_it_names():
+    # Gain 0 of a slot scales that pass's attention output, gain 1 its MLP output, gains 2: its
+    # heads' q gains; -1 switches the attention or MLP branch of that pass off entirely.
+    model = small_model(PASS_GAINS="1", PASS_LORA_RANK="0", PASS_EMBED="0")
+    give_shared_weights_structure(model)
+    assert model.pass_gains.shape == (2, 3, 2 + model.cfg.num_heads)
+    assert model.pass_gain(model.cfg.loop_start, 0, 0) == 1.0  # the first pass is the shared layer
+    with torch.no_grad():
+        model.pass_gains[0, 0, 0] = -1.0
+        model.pass_gains[1, 2, 3] = 0.5
+        layer = model.cfg.loop_start
+        assert model.pass_gain(layer, 1, 0).item() == 0.0 and model.pass_gain(layer, 1, 1).item() == 1.0
+        assert model.pass_gain(layer + 2, 2, slice(2, None)).tolist() == [1.0, 1.5] + [1.0] * (model.cfg.num_heads - 2)

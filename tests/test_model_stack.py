@@ -22,6 +22,7 @@ ALL_NEW_SWITCHES_OFF = {
     "ATTN_GATE": "0", "DOC_ATTENTION": "0", "NEWTON_SCHULZ": "quintic", "MIN_LR": "0",
     "EMBED_WD": "0.02", "ADAM_WD": "0",  # before: 0.02 on the embedding, none on the scalars
     "BETA2": "0.95", "MATRIX_LR": "0.022",  # defaults before PR #1855's
+    "QK_GAIN_INIT": "5.0",  # before PR #1953
 }
 BOS = 1
 
