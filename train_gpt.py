@@ -2436,7 +2436,7 @@ def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Te
     mixed = torch.zeros(n, dtype=torch.long, device=val.device)
     for back in range(order, 0, -1):  # int64 products wrap: a polynomial hash mod 2^64
         shifted = torch.zeros_like(mixed)
-        shifted[back:] = tokens[:n - back] + 1
+        shifted[back:] = tokens[:max(n - back, 0)] + 1
         mixed = mixed * 0x100000001B3 + shifted
     positions = torch.arange(n, device=val.device)
     bos_at = torch.where(tokens == bos_id, positions, torch.zeros_like(positions))
@@ -2613,8 +2613,7 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         end = torch.clamp(targets, max=(c + 1) * C)  # one past the chunk's last input, per row
         window_start = torch.clamp(end - W, min=0)
         pos = torch.arange(width + 1)[None, :]
-        index_host = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1)
-        index = index_host.to(device)
+        index = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1).to(device)
         tokens = val[index]
         valid = (pos[:, :-1] < (end - window_start)[:, None]).to(device)
         inputs, labels = torch.where(valid, tokens[:, :-1], 0), torch.where(valid, tokens[:, 1:], 0)
@@ -2623,10 +2622,10 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         scored = scored_host.to(device)
         trains_host = c < chunks - 1
         trains = trains_host.to(device)
-        positions = (starts[:, None] + rel + 1)[scored_host]
+        target_pos = starts[:, None] + rel + 1  # each input's target, as a position of the validation stream
         wanted = labels
         if ngram is not None:
-            target_at = (starts[:, None] + rel + 1).clamp(max=len(val) - 1).to(device)
+            target_at = target_pos.clamp(max=len(val) - 1).to(device)
             hints = torch.where(scored, ngram.hint[target_at], 0)
             wanted = torch.stack([labels, hints], dim=-1)
         with torch.set_grad_enabled(bool(trains_host.any())), rt.autocast():
@@ -2640,6 +2639,7 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         nbytes = tables.target_bytes(inputs, labels, index[:, 1:])
         meter.add(score, nbytes[scored])
         if recorder is not None:
+            positions = target_pos[scored_host]
             recorder.add(positions, score, nbytes[scored], torch.full_like(positions, order_base + c))
         if audit is not None:
             audit += [("score", int(starts[r] + rel[r][scored_host[r]].min() + 1), int(starts[r] + rel[r][scored_host[r]].max() + 1))

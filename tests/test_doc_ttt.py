@@ -402,3 +402,9 @@ def test_hints_come_only_from_targets_before_them_and_never_cross_a_document():
     assert tilt.confident[9] and tilt.hint[9] == 7  # 3 of 3 so far said 7; 9 itself is a BOS
     assert tilt.confident[7] and tilt.hint[7] == 5  # (6, 7) -> 5 at 4, scored before 7
     assert not tilt.confident[4] and not tilt.confident[2]  # the first of their contexts in this order
+
+
+def test_a_stream_shorter_than_the_context_gives_no_hints():
+    val = torch.tensor([1, 5, 6, 1, 7])
+    tilt = tg.NgramTilt(val, torch.tensor([1, 2, 3, 4]), BOS, 16, 0.8, 2.625)
+    assert not tilt.confident.any()
