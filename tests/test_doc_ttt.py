@@ -229,7 +229,7 @@ def test_chunked_ttt_is_unchanged_from_before_the_document_modes():
 @pytest.fixture(scope="module")
 def doc_runs(tiny_data, tmp_path_factory):
     """EVAL_ONLY runs of one random tiny artifact in docs mode: warm-start A off on one and two
-    processes (twice on one), and warm-start A on on one and two."""
+    processes (twice on one), warm-start A on on one and two, and the n-gram tilt on on one and two."""
     work = tmp_path_factory.mktemp("docs")
     env = {**TINY_RUN_ENV, **tiny_data, "EVAL_ONLY": "1", "ARTIFACT_PATH": str(work / "random.ptz"), "TTT_MODE": "docs",
            "SLIDING_ENABLED": "0", "TTT_DOC_BATCH": "2", "TTT_LORA_LR": "0.01", "VAL_TOKENS_LIMIT": "6000"}
