@@ -62,7 +62,7 @@ PRESETS = {
         "VOCAB_SIZE": "1024", "DATA_PATH": "data/datasets/local_sp1024", "TOKENIZER_PATH": "data/tokenizers/local_1024_bpe.model",
         "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3",
         "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
-        "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32",
+        "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32", "PROGRESSIVE_CONTEXT": "",
         # Steps, not the clock: the same score on a fast, slow or busy machine (the quick start once
         # trained 26 steps instead of 362 on a machine running another job).
         "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0", "COMPILE": "0",
@@ -74,9 +74,10 @@ PRESETS = {
         "SLIDING_ENABLED": "1", "TTT_DOC_BATCH": "4", "TTT_DOC_CHUNK_TOKENS": "64", "TTT_LORA_RANK": "16",
         "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
         # The constants the README's quick-start score was measured with; the 8xH100 defaults
-        # took PRs #1953-#2135's values on 2026-12-02, not yet measured at this scale.
+        # took PRs #1908-#2135's values on 2026-12-02 (the README's ablation measures them here).
         "QK_GAIN_INIT": "5.0", "MATRIX_LR": "0.026", "TTT_LORA_LR": "1e-4", "TTT_WEIGHT_DECAY": "0.5",
         "TTT_LORA_TARGETS": "q,k,v,o,mlp,head", "TTT_SHORT_DOC_CHUNKS": "0", "NGRAM_TILT": "0",
+        "AWQ_GROUPS": "0", "LQER_RANK": "0",
     },
 }
 # Set by torchrun, read by setup_runtime(): not settings, but not typos either.
@@ -86,7 +87,8 @@ LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "G
 # of them is almost surely a typo (TTT_LRR) and stops the run before it wastes a GPU hour.
 OWN_PREFIXES = ("TTT_", "PHASED_", "GLOBAL_TTT_", "GPTQ_", "MUON_", "EVAL_", "TRAIN_", "LOOP_", "PASS_", "EMA_",
                 "EMBED_", "ATTN_", "MLP_", "XSA_", "SMEAR_", "SKIP_", "DOC_", "MATRIX_", "ARTIFACT_", "CHECKPOINT_",
-                "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_")
+                "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_",
+                "PROGRESSIVE_", "CONTEXT_", "AWQ_", "LQER_")
 
 
 @dataclass
@@ -197,8 +199,12 @@ class Hyperparameters:
         self.max_wallclock_seconds = knob("MAX_WALLCLOCK_SECONDS", 600.0, 0)
         self.gptq_reserve_seconds = knob("GPTQ_RESERVE_SECONDS", 8.0, 0)
         self.train_batch_tokens = knob("TRAIN_BATCH_TOKENS", 786_432, 1)
-        self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048, 1)
-        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48, 1)
+        self.train_seq_len = knob("TRAIN_SEQ_LEN", 3072, 1)  # PR #2014's final context (2048 in PR #1855)
+        # Progressive context (PR #2014): rows of these lengths until these fractions of the
+        # budget ("length:until,..."), then TRAIN_SEQ_LEN; the same tokens per step throughout.
+        self.progressive_context = knob("PROGRESSIVE_CONTEXT", "1024:0.1,2048:0.7")
+        self.context_lr_ramp_steps = knob("CONTEXT_LR_RAMP_STEPS", 32, 0)  # LR back up over these steps after a switch
+        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 32, 1)  # rows of TRAIN_SEQ_LEN: 98,304 tokens
         self.warmup_steps = knob("WARMUP_STEPS", 20, 0)
         self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85, 0, 1)
         self.min_lr = knob("MIN_LR", 0.10, 0, 1)
@@ -239,6 +245,15 @@ class Hyperparameters:
         self.gptq_compile = knob("GPTQ_COMPILE", False)
         self.gptq_damp = knob("GPTQ_DAMP", 0.01, above=0)
         self.gptq_block = knob("GPTQ_BLOCK", 128, 1)
+        # AWQ-lite (PR #1908): the most salient column groups (activation RMS x mean |W|, over all
+        # matrices) quantized on an int8 grid inside the GPTQ solve; 0 turns it off.
+        self.awq_groups = knob("AWQ_GROUPS", 1, 0)
+        self.awq_group_cols = knob("AWQ_GROUP_COLS", 64, 1)
+        # LQER (PR #2135): a rank-LQER_RANK correction of the LQER_TENSORS matrices with the largest
+        # quantisation error, left factor int2, right factor int4 in groups of LQER_GROUP; rank 0: off.
+        self.lqer_rank = knob("LQER_RANK", 4, 0)
+        self.lqer_tensors = knob("LQER_TENSORS", 3, 1)
+        self.lqer_group = knob("LQER_GROUP", 32, 1)
         self.compressor = knob("COMPRESSOR", "brotli", choices=COMPRESSORS)
         self.artifact_limit_bytes = knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1)
         self.artifact_path = knob("ARTIFACT_PATH", "final_model.ptz")
@@ -247,7 +262,7 @@ class Hyperparameters:
         self.eval_only = knob("EVAL_ONLY", False)
 
         # Evaluation and test-time training.
-        self.eval_seq_len = knob("EVAL_SEQ_LEN", 2048, 1)
+        self.eval_seq_len = knob("EVAL_SEQ_LEN", 3072, 1)  # PR #2014 (2048 in PR #1855)
         self.eval_stride = knob("EVAL_STRIDE", 64, 1)
         self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32, 1)
         self.sliding_enabled = knob("SLIDING_ENABLED", False)
@@ -302,6 +317,35 @@ class Hyperparameters:
     def ttt_targets(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.ttt_lora_targets.split(",") if t.strip())
 
+    def context_phases(self) -> list[tuple[int, float]]:
+        """(row length, fraction of the budget it lasts until) of each training phase; the last
+        is TRAIN_SEQ_LEN until the end. Raises ConfigError on a malformed PROGRESSIVE_CONTEXT."""
+        phases = []
+        for item in filter(None, (part.strip() for part in self.progressive_context.split(","))):
+            try:
+                length, until = item.split(":")
+                phases.append((int(length), float(until)))
+            except ValueError:
+                raise ConfigError(f"PROGRESSIVE_CONTEXT={self.progressive_context!r}: {item!r} is not length:until "
+                                  f"(e.g. 1024:0.1,2048:0.7).") from None
+        return phases + [(self.train_seq_len, 1.0)]
+
+    def context_at(self, progress: float) -> int:
+        """The training row length at this fraction of the budget."""
+        return next(length for length, until in self.context_phases() if progress < until or until == 1.0)
+
+    def training_states(self) -> list[tuple[int, bool]]:
+        """Every (row length, looping) pair a run meets, in order: each is its own compiled graph."""
+        starts = [0.0] + [until for _, until in self.context_phases()[:-1]]
+        if self.num_loops > 0 and 0 < self.enable_looping_at < 1:
+            starts.append(self.enable_looping_at)
+        states = []
+        for progress in sorted(set(starts)):
+            state = (self.context_at(progress), self.num_loops > 0 and progress >= self.enable_looping_at)
+            if state not in states:
+                states.append(state)
+        return states
+
     def doc_chunk_tokens(self, longest: int) -> int:
         """Chunk length for a batch of documents whose longest has `longest` targets: short
         batches train their adapters every 8 or 24 tokens instead of 48 (PR #2014)."""
@@ -346,11 +390,19 @@ class Hyperparameters:
         unknown = set(self.ttt_targets()) - set(TTT_LORA_TARGETS)
         require(not unknown and self.ttt_targets(), f"TTT_LORA_TARGETS={self.ttt_lora_targets!r} must name some of "
                 f"{','.join(TTT_LORA_TARGETS)} (unknown: {sorted(unknown)}).")
-        seqs, rem = divmod(self.train_batch_tokens, self.train_seq_len)
-        require(rem == 0 and seqs >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={self.train_seq_len}.")
-        require(seqs % world_size == 0,
-                f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {seqs} sequences, which do not split over "
-                f"{world_size} processes; use a multiple of {self.train_seq_len * world_size}.")
+        phases = self.context_phases()
+        require(all(0 < until < later_until and length < later for (length, until), (later, later_until) in zip(phases, phases[1:])),
+                f"PROGRESSIVE_CONTEXT={self.progressive_context!r} must list increasing lengths below TRAIN_SEQ_LEN="
+                f"{self.train_seq_len}, each until an increasing fraction of the budget below 1 (e.g. 1024:0.1,2048:0.7; "
+                f"empty: TRAIN_SEQ_LEN throughout).")
+        window = self.window_len
+        what = f"TRAIN_SEQ_LEN={self.train_seq_len}" if window == self.train_seq_len else (
+            f"{window}, the least common multiple of TRAIN_SEQ_LEN={self.train_seq_len} and the PROGRESSIVE_CONTEXT lengths")
+        windows, rem = divmod(self.train_batch_tokens, window)
+        require(rem == 0 and windows >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of {what}.")
+        require(windows % world_size == 0,
+                f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {windows} sequences of {window} tokens, which do "
+                f"not split over {world_size} processes; use a multiple of {window * world_size}.")
         require(self.max_wallclock_seconds == 0 or self.max_wallclock_seconds > self.gptq_reserve_seconds,
                 f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS="
                 f"{self.gptq_reserve_seconds} (or be 0 for no clock).")
@@ -365,13 +417,24 @@ class Hyperparameters:
         require(self.val_tokens_limit != 1, "VAL_TOKENS_LIMIT=1 leaves nothing to score; use 0 (whole split) or at least 2.")
         require(not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both.")
 
+    @property
+    def window_len(self) -> int:
+        """Tokens in one training window (targets: one more): every phase's rows tile it exactly."""
+        return math.lcm(*(length for length, _ in self.context_phases()))
+
     def micro_batch(self, world_size: int) -> int:
-        """MICRO_BATCH_SEQS, or the largest divisor of each process's sequences below it."""
-        per_rank = self.train_batch_tokens // self.train_seq_len // world_size
-        return max(d for d in range(1, min(self.micro_batch_seqs, per_rank) + 1) if per_rank % d == 0)
+        """Windows per micro-batch: the largest divisor of each process's windows that holds at most
+        MICRO_BATCH_SEQS rows of TRAIN_SEQ_LEN tokens (one window at least)."""
+        per_rank = self.train_batch_tokens // self.window_len // world_size
+        most = max(1, self.micro_batch_seqs * self.train_seq_len // self.window_len)
+        return max(d for d in range(1, min(most, per_rank) + 1) if per_rank % d == 0)
 
     def grad_accum_steps(self, world_size: int) -> int:
-        return self.train_batch_tokens // self.train_seq_len // world_size // self.micro_batch(world_size)
+        return self.train_batch_tokens // self.window_len // world_size // self.micro_batch(world_size)
+
+    def calibration_rows(self, world_size: int) -> int:
+        """Rows of TRAIN_SEQ_LEN per GPTQ calibration forward: one training micro-batch's tokens."""
+        return self.train_batch_tokens // self.train_seq_len // world_size // self.grad_accum_steps(world_size)
 
     def model_config(self) -> "ModelConfig":
         cfg = ModelConfig(**{name: getattr(self, name) for name in MODEL_SETTINGS})
@@ -1458,6 +1521,12 @@ def lr_multiplier(progress: float, warmdown_frac: float, min_lr: float = 0.0) ->
     return max(min_lr, (1.0 - progress) / warmdown_frac)
 
 
+def ramp_after_switch(steps_since: int, ramp_steps: int) -> float:
+    """The LR factor `steps_since` steps after a context switch: linear from 1/ramp_steps back
+    to 1 (PR #2014: longer rows change the gradient's scale; 0 turns the ramp off)."""
+    return 1.0 if ramp_steps <= 0 else min(1.0, (steps_since + 1) / ramp_steps)
+
+
 class WeightEMA:
     """Exponential moving average of all parameters, with a horizon tied to the run's length.
 
@@ -1616,20 +1685,26 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
     gives (val_loss, val_bpb)."""
     compiled = runners.train
     opt = Optimizers(model, h, rt.rank, rt.world_size)
-    global_seqs = h.train_batch_tokens // h.train_seq_len
-    loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed)
+    window = h.window_len
+    global_seqs = h.train_batch_tokens // window
+    loader = TrainLoader(h.data_path, window, global_seqs, rt.rank, rt.world_size, h.seed)
     accum, micro = h.grad_accum_steps(rt.world_size), h.micro_batch(rt.world_size)
-    adapted = "" if micro == h.micro_batch_seqs else (
-        f" (MICRO_BATCH_SEQS={h.micro_batch_seqs} adapted: the largest divisor of {micro * accum} sequences per process not above it)")
-    rt.log(f"train_setup global_seqs:{global_seqs} grad_accum:{accum} micro_batch_seqs:{micro} "
+    adapted = "" if micro * window == h.micro_batch_seqs * h.train_seq_len else (
+        f" (MICRO_BATCH_SEQS={h.micro_batch_seqs} adapted: the largest divisor of {micro * accum} windows per process "
+        f"that holds at most {h.micro_batch_seqs * h.train_seq_len} tokens)")
+    rt.log(f"train_setup global_seqs:{global_seqs} window_len:{window} tokens_per_step:{global_seqs * window} "
+           f"row_lens:{','.join(str(length) for length, _ in h.context_phases())} grad_accum:{accum} micro_batch_seqs:{micro} "
            f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}{adapted}")
 
-    def run_step(lr_mult: float, momentum: float) -> torch.Tensor:
+    def run_step(lr_mult: float, momentum: float, row_len: int) -> torch.Tensor:
         batch = loader.next_batch(rt.device)
         total = torch.zeros((), device=rt.device)
         for micro in batch.chunk(accum):
+            inputs, targets = micro[:, :-1], micro[:, 1:]
+            if row_len != window:  # each window cut into rows of this phase's length: every target kept
+                inputs, targets = inputs.reshape(-1, row_len), targets.reshape(-1, row_len)
             with rt.autocast():
-                loss = compiled(micro[:, :-1], micro[:, 1:])
+                loss = compiled(inputs, targets)
             (loss / accum).backward()
             total += loss.detach()
         opt.set_schedule(lr_mult, momentum)
@@ -1637,34 +1712,35 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         opt.zero_grad()
         return total / accum
 
-    loop_later = h.num_loops > 0 and h.enable_looping_at > 0
+    states = h.training_states()  # every (row length, looping) graph the run will meet
     if h.warmup_steps > 0:
         t0, graphs = time.perf_counter(), graphs_compiled()
         initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
-        for i in range(h.warmup_steps):
+        warmup_steps = max(h.warmup_steps, len(states))  # at least one step per graph
+        for i in range(warmup_steps):
             rt.doing(f"compile warm-up step {i + 1}")
-            first_of_state = i == 0 or model.looping != (h.num_loops > 0 and (not loop_later or i >= h.warmup_steps // 2))
-            model.looping = h.num_loops > 0 and (not loop_later or i >= h.warmup_steps // 2)
-            if first_of_state:
-                with compile_timer(rt, f"train_{'looped' if model.looping else 'unlooped'}"):
-                    run_step(1.0, h.muon_momentum_warmup_start)
+            row_len, model.looping = states[i * len(states) // warmup_steps]
+            if i * len(states) % warmup_steps < len(states):  # the first step of its state
+                with compile_timer(rt, f"train_{'looped' if model.looping else 'unlooped'}_{row_len}"):
+                    run_step(1.0, h.muon_momentum_warmup_start, row_len)
             else:
-                run_step(1.0, h.muon_momentum_warmup_start)
+                run_step(1.0, h.muon_momentum_warmup_start, row_len)
         model.load_state_dict(initial_model)
         opt.load_state_dict(initial_opt)
         loader.reset()
         if h.quant_method == "gptq" and h.compile and h.gptq_compile:
             with compile_timer(rt, "calibration"):
-                warm_up_calibration(model, runners, h, rt, micro)
+                warm_up_calibration(model, runners, h, rt)
         rt.synchronize()
-        rt.log(f"warmup_done steps:{h.warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
+        rt.log(f"warmup_done steps:{warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
         log_compiles(rt, "warmup", graphs)
     graphs = graphs_compiled()
 
-    model.looping = h.num_loops > 0 and not loop_later
+    row_len, model.looping = states[0]
+    switched_at = None  # the step of the last context switch: the LR ramps back up from it
     budget_ms = 1000.0 * (h.max_wallclock_seconds - h.gptq_reserve_seconds) if h.max_wallclock_seconds > 0 else 0.0
     ema = WeightEMA(model, h.ema_horizon_frac) if h.ema_enabled else None
-    tokens_per_step = global_seqs * h.train_seq_len
+    tokens_per_step = global_seqs * window
     clock = SlowestClock(rt)
     host_ms, step, stopped_by_clock = 0.0, 0, False
     rt.synchronize()
@@ -1685,10 +1761,16 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
             model.looping = True
             layers = " ".join(str(layer) for layer, _ in model.schedule())
             rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
+        if h.context_at(progress) != row_len:
+            row_len, switched_at = h.context_at(progress), step
+            rt.log(f"context_switch step:{step} progress:{progress:.3f} seq_len:{row_len}")
         frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
         momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+        lr_mult = lr_multiplier(progress, h.warmdown_frac, h.min_lr)
+        if switched_at is not None:
+            lr_mult *= ramp_after_switch(step - switched_at, h.context_lr_ramp_steps)
         rt.doing(f"training step {step + 1}")
-        loss = run_step(lr_multiplier(progress, h.warmdown_frac, h.min_lr), momentum)
+        loss = run_step(lr_mult, momentum, row_len)
         step += 1
         now = host_ms + 1000 * (time.perf_counter() - t_start)
         logged = step <= 10 or step % h.train_log_every == 0 or step == h.iterations
@@ -1718,7 +1800,7 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
 
 
 @torch.no_grad()
-def warm_up_calibration(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime, micro: int) -> None:
+def warm_up_calibration(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> None:
     """Compile the GPTQ calibration graph before the clock starts, so the GPTQ reserve holds only
     the work: one forward of random tokens in calibration's shape, its statistics discarded."""
     was_training, was_looping = model.training, model.looping
@@ -1726,7 +1808,7 @@ def warm_up_calibration(model: GPT, runners: Runners, h: Hyperparameters, rt: Ru
     model.looping = h.num_loops > 0
     model.hessians = model.hessian_buffers()
     try:
-        tokens = torch.randint(0, h.vocab_size, (micro, h.train_seq_len + 1), device=rt.device)
+        tokens = torch.randint(0, h.vocab_size, (h.calibration_rows(rt.world_size), h.train_seq_len + 1), device=rt.device)
         with rt.autocast():
             runners.calibrate(tokens[:, :-1])  # a slice, as calibration's are: the same strides, the same graph
     finally:
@@ -1859,6 +1941,18 @@ def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
         level_bits = min(bits, max(0.0, math.log2(qmax / clip * math.sqrt(2 * math.pi * math.e))))
         rows = param.numel() // param.size(-1)
         total_bits += level_bits * param.numel() + 16 * rows
+    # Bounds from the largest candidates (the chosen ones are known only after GPTQ): AWQ-lite's
+    # groups cost log2(127 / qmax) more bits a level, LQER's factors 2 and 4 bits plus fp16 scales.
+    matrices = [(p.shape[-2], p.shape[-1], quant_spec(name, h)[0]) for name, p in model.named_parameters()
+                if name in quantized for _ in range(p.shape[0] if p.dim() == 3 else 1)]
+    if h.quant_method == "gptq" and h.awq_groups > 0:
+        extra = sorted((rows * h.awq_group_cols * math.log2(WIDE_QMAX / (2 ** (bits - 1) - 1))
+                        for rows, cols, bits in matrices if cols >= h.awq_group_cols), reverse=True)
+        total_bits += sum(extra[:h.awq_groups])
+    if h.lqer_rank > 0:
+        fixes = sorted((r * (2 * rows + 4 * cols + 16 * -(-cols // h.lqer_group)) + 16
+                        for rows, cols, _ in matrices for r in [min(h.lqer_rank, rows, cols)]), reverse=True)
+        total_bits += sum(fixes[:h.lqer_tensors])
     return int(total_bits / 8)
 
 
@@ -1871,7 +1965,7 @@ def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime, calibrate=None
     global_seqs = h.train_batch_tokens // h.train_seq_len
     # A seed of its own: calibration reads training shards only, never the validation split.
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed + 1)
-    micro_seqs = global_seqs // rt.world_size // h.grad_accum_steps(rt.world_size)
+    micro_seqs = h.calibration_rows(rt.world_size)
     was_training = model.training
     model.eval()
     model.hessians = model.hessian_buffers()
@@ -1898,26 +1992,44 @@ def sdclip_scale(weight: torch.Tensor, bits: int, clip_sigmas: float) -> torch.T
     return scale.half().float()  # stored as fp16: quantize against the value that is stored
 
 
-def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
+WIDE_QMAX = 127  # AWQ-lite's columns: int8 levels on the same clipping range, so steps of scale * qmax / 127
+
+
+def column_grid(cols: int, bits: int, wide: list[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest level, step as a fraction of the row scale) of every column: qmax and 1, except in
+    AWQ-lite's `wide` column ranges [start, end): 127 and qmax / 127 (the same clipping range, finer)."""
     qmax = 2 ** (bits - 1) - 1
+    levels = torch.full((cols,), float(qmax), device=device)
+    steps = torch.ones(cols, device=device)
+    for start, end in wide:
+        levels[start:end], steps[start:end] = WIDE_QMAX, qmax / WIDE_QMAX
+    return levels, steps
+
+
+def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float,
+                 wide: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     scale = sdclip_scale(weight, bits, clip_sigmas)
-    q = torch.clamp(torch.round(weight.float() / scale[:, None]), -qmax, qmax)
+    levels, steps = column_grid(weight.size(1), bits, wide, weight.device)
+    q = torch.clamp(torch.round(weight.float() / (scale[:, None] * steps[None, :])), -levels, levels)
     return q.to(torch.int8), scale.half()
 
 
 def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_sigmas: float,
-                  damp: float, block: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+                  damp: float, block: int, wide: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor, int]:
     """GPTQ on a (rows, cols) matrix. Returns int8 levels, fp16 row scales and the number of
-    damping increases needed for the Cholesky factorisation to succeed."""
-    qmax = 2 ** (bits - 1) - 1
+    damping increases needed for the Cholesky factorisation to succeed. Columns in the `wide`
+    ranges are quantized on the int8 grid (AWQ-lite), and the solve carries their smaller error on."""
     w = weight.float().clone()
     scale = sdclip_scale(w, bits, clip_sigmas)
+    levels, steps = column_grid(w.size(1), bits, wide, w.device)
     H = hessian.float().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     w[:, dead] = 0.0
     order = torch.argsort(torch.diag(H), descending=True)
     w, H = w[:, order], H[order][:, order]
+    step_of = scale[:, None] * steps[order][None, :]  # (rows, cols): one view per column in the loop, no kernel
+    top_of, bottom_of = levels[order], -levels[order]
     eye = torch.eye(H.size(0), device=H.device)
     for retries in range(8):
         factor, info = torch.linalg.cholesky_ex(H + damp * 10**retries * torch.diag(H).mean() * eye)
@@ -1933,10 +2045,10 @@ def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_s
         i2 = min(i1 + block, w.size(1))
         w_block, errors = w[:, i1:i2].clone(), torch.zeros(w.size(0), i2 - i1, device=w.device)
         for j in range(i2 - i1):
-            col = w_block[:, j]
-            q_col = torch.clamp(torch.round(col / scale), -qmax, qmax)
+            col, step = w_block[:, j], step_of[:, i1 + j]
+            q_col = torch.clamp(torch.round(col / step), bottom_of[i1 + j], top_of[i1 + j])
             q[:, i1 + j] = q_col
-            err = (col - q_col * scale) / hinv[i1 + j, i1 + j]
+            err = (col - q_col * step) / hinv[i1 + j, i1 + j]
             w_block[:, j:] -= err[:, None] * hinv[i1 + j, i1 + j:i2][None, :]
             errors[:, j] = err
         w[:, i2:] -= errors @ hinv[i1:i2, i2:]
@@ -1944,11 +2056,80 @@ def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_s
     return q.to(torch.int8), scale.half(), retries
 
 
+@dataclass
+class QuantizedTensor:
+    """One quantized parameter, a matrix or a bank of them (slot: the matrix's index in the bank,
+    -1 for a whole matrix): int8 levels times fp16 row scales. `wide` lists AWQ-lite's column
+    ranges on the int8 grid, [slot, start, end]; `lqer` the low-rank corrections, [slot, group,
+    A levels, A scale, B levels, B group scales]."""
+    bits: int
+    q: torch.Tensor
+    scale: torch.Tensor
+    wide: list = field(default_factory=list)
+    lqer: list = field(default_factory=list)
+
+    def dequantized(self) -> torch.Tensor:
+        weight = self.q.float() * self.scale.float().unsqueeze(-1)
+        finer = (2 ** (self.bits - 1) - 1) / WIDE_QMAX
+        for slot, start, end in self.wide:
+            (weight if slot < 0 else weight[slot])[:, start:end] *= finer
+        for slot, group, a, a_scale, b, b_scale in self.lqer:
+            (weight if slot < 0 else weight[slot]).add_(lqer_product(group, a, a_scale, b, b_scale))
+        return weight
+
+
+LQER_A_LEVELS = (-2, 1)  # int2
+LQER_B_LEVELS = (-8, 7)  # int4
+
+
+def lqer_product(group: int, a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    """The dequantized correction A B: A's levels times its one scale, B's times its group scales."""
+    b_steps = b_scale.float().repeat_interleave(group, dim=1)[:, :b.size(1)]
+    return (a.float() * a_scale.float()) @ (b.float() * b_steps)
+
+
+def lqer_factors(error: torch.Tensor, rank: int, group: int) -> tuple[torch.Tensor, ...]:
+    """A rank-`rank` SVD of a quantisation error, E ~ (U S) V^T (PR #2135): U S on int2 levels
+    [-2, 1] with one fp16 scale max|U S| / 1.5, V^T on int4 levels [-8, 7] with an fp16 scale
+    (max / 7.5) per `group` columns. Returns (A levels, A scale, B levels, B scales)."""
+    u, sv, vh = torch.linalg.svd(error.float(), full_matrices=False)
+    left, right = u[:, :rank] * sv[:rank], vh[:rank]
+    tiny = torch.finfo(torch.float16).tiny  # a stored scale is never 0
+    a_scale = (left.abs().max() / 1.5).clamp_min(tiny).half().view(1)
+    a = torch.clamp(torch.round(left / a_scale.float()), *LQER_A_LEVELS)
+    cols, groups = right.size(1), -(-right.size(1) // group)
+    padded = F.pad(right, (0, groups * group - cols)).view(right.size(0), groups, group)
+    b_scale = (padded.abs().amax(dim=-1) / 7.5).clamp_min(tiny).half()
+    b = torch.clamp(torch.round(padded / b_scale.float()[..., None]), *LQER_B_LEVELS).view(right.size(0), -1)[:, :cols]
+    return a.to(torch.int8), a_scale, b.to(torch.int8), b_scale
+
+
+def awq_columns(model: GPT, units: list, hessians: dict[str, torch.Tensor], h: Hyperparameters) -> dict[int, list]:
+    """AWQ-lite (PR #1908): the AWQ_GROUPS most salient groups of AWQ_GROUP_COLS input columns
+    over every quantized matrix, saliency = RMS of the group's input activations (the Hessian's
+    diagonal) x the mean |W| over the group. {unit index: [(start, end), ...]}."""
+    params, width, scored = dict(model.named_parameters()), h.awq_group_cols, []
+    for i, (name, slot, key) in enumerate(units):
+        weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
+        whole = weight.size(1) // width * width  # whole groups only
+        if whole == 0:
+            continue
+        power = torch.diag(hessians[key]).float().clamp_min(0)[:whole].view(-1, width).mean(1)
+        magnitude = weight.float().abs().mean(0)[:whole].view(-1, width).mean(1)
+        for g, value in enumerate((power.sqrt() * magnitude).tolist()):
+            scored.append((value, i, g * width))
+    chosen: dict[int, list] = {}
+    for _, i, start in sorted(scored, reverse=True)[:h.awq_groups]:
+        chosen.setdefault(i, []).append((start, start + width))
+    return chosen
+
+
 def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hyperparameters, rt: Runtime) -> dict:
-    """Quantize every unit (units spread over ranks, results broadcast) and return the tensors
-    of the artifact: {name: ("int", bits, levels, scales) | ("fp16", tensor)}."""
+    """Quantize every unit (units spread over ranks, results broadcast), then add the LQER
+    corrections; returns the tensors of the artifact: {name: QuantizedTensor | fp16 tensor}."""
     params = dict(model.named_parameters())
     units = quant_units(model)
+    wide_of = awq_columns(model, units, hessians, h) if h.quant_method == "gptq" and h.awq_groups > 0 else {}
     results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     needed_damping = []
     for i, (name, slot, key) in enumerate(units):
@@ -1956,7 +2137,8 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
         bits, clip = quant_spec(name, h)
         if i % rt.world_size == rt.rank:
             if h.quant_method == "gptq":
-                q, scale, retries = quantize_gptq(weight, hessians[key], bits, clip, h.gptq_damp, h.gptq_block)
+                q, scale, retries = quantize_gptq(weight, hessians[key], bits, clip, h.gptq_damp, h.gptq_block,
+                                                  wide_of.get(i, []))
                 if retries:
                     needed_damping.append(f"{name}[{slot}]x{10**retries}")
             else:
@@ -1974,23 +2156,48 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
         needed_damping = [m for part in gathered for m in part]
     if needed_damping:
         rt.log(f"gptq_damping_raised matrices:{len(needed_damping)} {' '.join(needed_damping)}")
-    tensors: dict[str, tuple] = {}
+    if wide_of:
+        rt.log("awq_lite int8_columns:" + ",".join(f"{units[i][0]}[{units[i][1]}]:{a}-{b}" for i, ranges in wide_of.items()
+                                                   for a, b in ranges))
+    tensors: dict[str, QuantizedTensor | torch.Tensor] = {}
     for name, param in params.items():
-        mine = [(slot, results[i]) for i, (n, slot, _) in enumerate(units) if n == name]
+        mine = sorted((slot, i) for i, (n, slot, _) in enumerate(units) if n == name)
         if not mine:
-            tensors[name] = ("fp16", param.detach().half().cpu())
+            tensors[name] = param.detach().half().cpu()
             continue
-        bits = quant_spec(name, h)[0]
-        if mine[0][0] < 0:
-            q, scale = mine[0][1]
-            tensors[name] = ("int", bits, q.cpu(), scale.cpu())
-        else:
-            mine.sort(key=lambda item: item[0])
-            tensors[name] = ("int", bits, torch.stack([r[0] for _, r in mine]).cpu(), torch.stack([r[1] for _, r in mine]).cpu())
-    quantized = sum(1 for t in tensors.values() if t[0] == "int")
+        stack = (lambda k: results[mine[0][1]][k].cpu()) if mine[0][0] < 0 else (
+            lambda k: torch.stack([results[i][k] for _, i in mine]).cpu())
+        tensors[name] = QuantizedTensor(quant_spec(name, h)[0], stack(0), stack(1),
+                                        [[slot, a, b] for slot, i in mine for a, b in wide_of.get(i, [])])
+    if h.lqer_rank > 0:
+        add_lqer_corrections(tensors, params, units, h, rt)
+    quantized = sum(1 for t in tensors.values() if isinstance(t, QuantizedTensor))
     rt.log(f"quantize method:{h.quant_method} quantized_tensors:{quantized} matrices:{len(units)} "
            f"fp16_passthrough_tensors:{len(tensors) - quantized} matrix_bits:{h.matrix_bits} embed_bits:{h.embed_bits}")
     return tensors
+
+
+def add_lqer_corrections(tensors: dict, params: dict, units: list, h: Hyperparameters, rt: Runtime) -> None:
+    """LQER (PR #2135): the LQER_TENSORS matrices whose quantisation error W - W_hat has the
+    largest Frobenius norm get a low-rank correction (lqer_factors); one that would not lower
+    that error is dropped. Every rank computes the same corrections from the same tensors."""
+    errors, approx = [], {name: tensors[name].dequantized() for name, _, _ in units}
+    for i, (name, slot, _) in enumerate(units):
+        error = params[name].detach().float().cpu() - approx[name]
+        error = error if slot < 0 else error[slot]
+        if torch.isfinite(error).all():  # an overflowed scale ends the export right after, naming the tensor
+            errors.append((error, i))
+    errors.sort(key=lambda item: -float(item[0].norm()))
+    kept = []
+    for error, i in errors[:h.lqer_tensors]:
+        name, slot, _ = units[i]
+        rank = min(h.lqer_rank, *error.shape)
+        a, a_scale, b, b_scale = lqer_factors(error, rank, h.lqer_group)
+        after = float((error - lqer_product(h.lqer_group, a, a_scale, b, b_scale)).norm())
+        if after < float(error.norm()):
+            tensors[name].lqer.append([slot, h.lqer_group, a, a_scale, b, b_scale])
+            kept.append(f"{name}[{slot}]:{float(error.norm()):.4f}->{after:.4f}")
+    rt.log(f"lqer rank:{h.lqer_rank} group:{h.lqer_group} corrected:{len(kept)} error_norms:{','.join(kept) or '-'}")
 
 
 def _shuffled_bytes(array: np.ndarray) -> bytes:
@@ -2019,12 +2226,15 @@ def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str) -> bytes:
         return ref
 
     for name, item in tensors.items():
-        if item[0] == "int":
-            _, bits, q, scale = item
-            entries[name] = {"kind": "int", "bits": bits, "q": add(q.numpy()), "scale": add(scale.numpy())}
+        if isinstance(item, QuantizedTensor):
+            entries[name] = {"kind": "int", "bits": item.bits, "q": add(item.q.numpy()), "scale": add(item.scale.numpy()),
+                             "wide": item.wide,
+                             "lqer": [{"slot": slot, "group": group, "a": add(a.numpy()), "a_scale": add(a_scale.numpy()),
+                                       "b": add(b.numpy()), "b_scale": add(b_scale.numpy())}
+                                      for slot, group, a, a_scale, b, b_scale in item.lqer]}
         else:
-            entries[name] = {"kind": "fp16", "data": add(item[1].numpy())}
-    header = json.dumps({"format": 2, "config": asdict(cfg), "tensors": entries}).encode()
+            entries[name] = {"kind": "fp16", "data": add(item.numpy())}
+    header = json.dumps({"format": 3, "config": asdict(cfg), "tensors": entries}).encode()
     payload = len(header).to_bytes(4, "little") + header + b"".join(arrays)
     return seal_artifact(method, compress(payload, method))
 
@@ -2056,7 +2266,7 @@ def checked_config(raw: dict, vocab_size: int, artifact_bytes: int) -> ModelConf
         fields_seen = sorted(raw) if isinstance(raw, dict) else raw
         raise InputError(f"the artifact's model config has the fields {fields_seen!r}, not this script's; it was not "
                          f"written by this train_gpt.py")
-    env = {"TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048"}
+    env = {"TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048", "PROGRESSIVE_CONTEXT": ""}  # only the model is checked
     for name, variable in MODEL_SETTINGS.items():
         text = setting_text(raw[name])
         if text is None:
@@ -2125,15 +2335,42 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
         if set(entries) != set(shapes):
             raise corrupt(f"tensors {sorted(set(entries) ^ set(shapes))} do not match the model")
         expected = []
+
+        def check(ref: dict, dtype: str, shape: tuple, what: str) -> None:
+            if ref["dtype"] != dtype or tuple(ref["shape"]) != tuple(shape):
+                raise corrupt(f"{what} is {ref['dtype']}{ref['shape']}, expected {dtype}{list(shape)}")
+            expected.append(ref)
+
+        def matrix_of(name: str, slot) -> tuple[int, int]:
+            """(rows, cols) of one matrix of tensor `name`; slot -1 for a matrix, an index for a bank."""
+            shape = shapes[name]
+            banked = len(shape) == 3
+            if not isinstance(slot, int) or isinstance(slot, bool) or not (0 <= slot < shape[0] if banked else slot == -1):
+                raise corrupt(f"{name} has no matrix {slot!r}")
+            return shape[-2], shape[-1]
+
         for name, entry in entries.items():
-            rows = math.prod(shapes[name][:-1])
-            refs = {"q": ("|i1", shapes[name]), "scale": ("<f2", shapes[name][:-1])} if entry["kind"] == "int" \
-                else {"data": ("<f2", shapes[name])}
-            for key, (dtype, shape) in refs.items():
-                ref = entry[key]
-                if ref["dtype"] != dtype or tuple(ref["shape"]) != tuple(shape):
-                    raise corrupt(f"{name}.{key} is {ref['dtype']}{ref['shape']}, expected {dtype}{list(shape)} ({rows} rows)")
-                expected.append(ref)
+            if entry["kind"] != "int":
+                check(entry["data"], "<f2", shapes[name], f"{name}.data")
+                continue
+            check(entry["q"], "|i1", shapes[name], f"{name}.q")
+            check(entry["scale"], "<f2", shapes[name][:-1], f"{name}.scale")
+            if not isinstance(entry["bits"], int) or not 2 <= entry["bits"] <= 8:
+                raise corrupt(f"{name} has {entry['bits']!r} bits")
+            entry.setdefault("wide", [])  # format 2 (before AWQ-lite and LQER) had neither
+            entry.setdefault("lqer", [])
+            for slot, start, end in entry["wide"]:
+                if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= matrix_of(name, slot)[1]):
+                    raise corrupt(f"{name}[{slot}] has int8 columns {start}-{end} outside the matrix")
+            for fix in entry["lqer"]:
+                rows, cols = matrix_of(name, fix["slot"])
+                rank, group = fix["a"]["shape"][-1], fix["group"]
+                if not (isinstance(rank, int) and 1 <= rank <= min(rows, cols) and isinstance(group, int) and group >= 1):
+                    raise corrupt(f"{name}[{fix['slot']}] has an LQER correction of rank {rank!r}, group {group!r}")
+                check(fix["a"], "|i1", (rows, rank), f"{name} LQER A")
+                check(fix["a_scale"], "<f2", (1,), f"{name} LQER A scale")
+                check(fix["b"], "|i1", (rank, cols), f"{name} LQER B")
+                check(fix["b_scale"], "<f2", (rank, -(-cols // group)), f"{name} LQER B scales")
         total = sum(math.prod(r["shape"]) * np.dtype(r["dtype"]).itemsize for r in expected)
         data = stream.read(total)
         if len(data) < total:
@@ -2148,10 +2385,19 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
             chunk = data[ref["offset"]: ref["offset"] + size]
             return torch.from_numpy(_unshuffled(chunk, ref["dtype"], ref["shape"]).copy())
 
+        def levels(ref: dict, low: int, high: int, what: str) -> torch.Tensor:
+            values = read(ref)
+            if values.numel() and not (low <= int(values.min()) and int(values.max()) <= high):
+                raise corrupt(f"{what} has levels outside [{low}, {high}]")
+            return values
+
         state = {}
         for name, entry in entries.items():
             if entry["kind"] == "int":
-                state[name] = read(entry["q"]).float() * read(entry["scale"]).float().view(*shapes[name][:-1], 1)
+                lqer = [[fix["slot"], fix["group"], levels(fix["a"], *LQER_A_LEVELS, f"{name} LQER A"), read(fix["a_scale"]),
+                         levels(fix["b"], *LQER_B_LEVELS, f"{name} LQER B"), read(fix["b_scale"])] for fix in entry["lqer"]]
+                state[name] = QuantizedTensor(entry["bits"], read(entry["q"]), read(entry["scale"]),
+                                              entry["wide"], lqer).dequantized()
             else:
                 state[name] = read(entry["data"]).float()
         broken = [name for name, t in state.items() if not torch.isfinite(t).all()]
@@ -3126,7 +3372,7 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
     rt.doing("quantizing")
     tensors = quantize_model(model, hessians, h, rt)
     broken = [name for name, item in tensors.items()
-              if not all(torch.isfinite(t.float()).all() for t in item if isinstance(t, torch.Tensor))]
+              if not torch.isfinite(item.dequantized() if isinstance(item, QuantizedTensor) else item.float()).all()]
     if broken:
         raise TrainingDiverged(f"export: the quantized weights of {', '.join(broken)} are not finite (they overflow fp16), so "
                                f"no artifact or score is produced. Lower the learning rates (EMBED_LR, MATRIX_LR, SCALAR_LR).")

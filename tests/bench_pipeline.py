@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -39,7 +40,8 @@ PRESETS = {
     # Seconds per step on a laptop CPU; what tests/test_bench.py uses.
     "tiny": {"NUM_LAYERS": "4", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "2",
              "ROPE_DIMS": "8", "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
-             "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "1024", "MICRO_BATCH_SEQS": "16", "WARMUP_STEPS": "2",
+             "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "1024", "MICRO_BATCH_SEQS": "16", "PROGRESSIVE_CONTEXT": "",
+             "WARMUP_STEPS": "2",
              "EVAL_SEQ_LEN": "64", "EVAL_STRIDE": "32", "EVAL_BATCH_SEQS": "8", "TTT_CHUNK_TOKENS": "1024",
              "TTT_BATCH_SEQS": "4", "GPTQ_CALIB_BATCHES": "1", "GPTQ_RESERVE_SECONDS": "1", "TTT_DOC_BATCH": "2",
              "TTT_DOC_CHUNK_TOKENS": "16", "TTT_LORA_RANK": "4", "PHASED_TTT_PREFIX_DOCS": "2", "PHASED_TTT_PHASES": "1",
@@ -102,6 +104,32 @@ def ms(value: str) -> float:
     return float(value.removesuffix("ms"))
 
 
+def stretch_rates(lines: list[str]) -> list[tuple[int, bool, float, int, int]]:
+    """(row length, looped, ms per step, first step, last step) of each stretch of training
+    between two switches (context_switch, looping_enabled), timed from the second step after
+    its switch (the first pays for the switch) to its last step line."""
+    setup = next((fields(l) for l in lines if l.startswith("train_setup")), {})
+    if "row_lens" not in setup:
+        return []
+    switches = [(0, int(setup["row_lens"].split(",")[0]), False)]  # (step, row length, looped) from that step on
+    steps = []
+    for line in lines:
+        if line.startswith(("context_switch", "looping_enabled")):
+            f, (_, length, looped) = fields(line), switches[-1]
+            switches.append((int(f["step"]), int(f.get("seq_len", length)), looped or line.startswith("looping_enabled")))
+        elif line.startswith("step:") and "train_loss:" in line:
+            f = fields(line)
+            steps.append((int(f["step"].split("/")[0]), ms(f["train_time"])))
+    stretches = []
+    for i, (start, length, looped) in enumerate(switches):
+        end = switches[i + 1][0] if i + 1 < len(switches) else math.inf
+        timed = [(n, t) for n, t in steps if start + 2 <= n <= end]
+        if len(timed) >= 2 and timed[-1][0] > timed[0][0]:
+            (n0, t0), (n1, t1) = timed[0], timed[-1]
+            stretches.append((length, looped, (t1 - t0) / (n1 - n0), n0, n1))
+    return stretches
+
+
 def summarize(log: str, nproc: int, val_tokens: int, full_val_tokens: int, first_step: float | None, total_s: float) -> list[tuple[str, str]]:
     lines = log.splitlines()
     steps = [fields(l) for l in lines if l.startswith("step:") and "train_loss:" in l]
@@ -111,8 +139,7 @@ def summarize(log: str, nproc: int, val_tokens: int, full_val_tokens: int, first
     def find(prefix: str) -> dict[str, str]:
         return next((fields(l) for l in lines if l.startswith(prefix)), {})
 
-    seq_len = re.search(r"^hparam TRAIN_SEQ_LEN=(\d+)$", log, re.M)
-    tokens_per_step = int(find("train_setup").get("global_seqs", 0)) * int(seq_len[1] if seq_len else 0)
+    tokens_per_step = int(find("train_setup").get("tokens_per_step", 0))
 
     def rate(selected: list[dict[str, str]]) -> tuple[float, float] | None:
         """(ms per step, tokens/s per device) between the first and last selected step lines."""
@@ -137,6 +164,9 @@ def summarize(log: str, nproc: int, val_tokens: int, full_val_tokens: int, first
             rows.append((f"step time, {label}", f"{measured[0]:.1f} ms"))
             rows.append((f"tokens/s per device, {label}", f"{measured[1]:,.0f}"))
             rows.append((f"projected tokens/s on 8 devices, {label}", f"{8 * measured[1]:,.0f}"))
+    for length, looped, step_ms, n0, n1 in stretch_rates(lines):
+        rows.append((f"step time, rows of {length}, {'looped' if looped else 'unlooped'} (steps {n0}-{n1})",
+                     f"{step_ms:.1f} ms, {tokens_per_step / (step_ms / 1000) / nproc:,.0f} tokens/s per device"))
     if steps:
         rows.append(("training steps in the budget", f"{step_no(steps[-1])} (looping from step {loop_at})"))
     memory = find("peak_memory")

@@ -44,7 +44,8 @@ import train_gpt as tg  # noqa: E402
 RECORD_SHAPE = {
     "VOCAB_SIZE": "8192", "NUM_LAYERS": "11", "MODEL_DIM": "512", "NUM_HEADS": "8", "NUM_KV_HEADS": "4",
     "MLP_MULT": "4", "LOOP_START": "3", "LOOP_END": "5", "NUM_LOOPS": "2", "ENABLE_LOOPING_AT": "0.35",
-    "TRAIN_BATCH_TOKENS": "786432", "TRAIN_SEQ_LEN": "2048", "EVAL_SEQ_LEN": "2048", "GPTQ_CALIB_BATCHES": "16",
+    "TRAIN_BATCH_TOKENS": "786432", "TRAIN_SEQ_LEN": "2048", "PROGRESSIVE_CONTEXT": "", "EVAL_SEQ_LEN": "2048",
+    "GPTQ_CALIB_BATCHES": "16",
 }
 # PR #1855 (#1 record): 4,945 steps in 599,592 ms of training (looping on at step 2,178, 35 % of
 # the time), ~8.2M tokens/s before looping; Hessians 4.6-4.9 s; phased TTT 455-509 s on
@@ -54,6 +55,11 @@ PR1855 = {**RECORD_SHAPE, "DOC_ATTENTION": "1", "MAX_WALLCLOCK_SECONDS": "599.59
           "PHASED_TTT_PREFIX_DOCS": "2500", "PHASED_TTT_PHASES": "3", "GLOBAL_TTT_CHUNK_TOKENS": "32768",
           "TTT_SHORT_DOC_CHUNKS": "0", "TTT_LORA_TARGETS": "q,k,v,o,mlp,head"}
 PR1855_STEPS = 4945
+# PR #2014: PR #1855's shape with progressive context (1024 to 10 %, 2048 to 70 %, then 3072),
+# eval context 3072 and a 4 s GPTQ reserve: 122.0 ms per step on average. A check, not a fit.
+PR2014 = {**PR1855, "TRAIN_SEQ_LEN": "3072", "PROGRESSIVE_CONTEXT": "1024:0.1,2048:0.7", "EVAL_SEQ_LEN": "3072",
+          "MAX_WALLCLOCK_SECONDS": "600", "GPTQ_RESERVE_SECONDS": "4"}
+PR2014_MS_PER_STEP = 122.0
 PR1855_TOKENS_PER_S_BEFORE = 8.2e6
 PR1855_VAL_TOKENS = 47_851_520
 PR1855_HESSIAN_S = (4.6, 4.9)
@@ -250,45 +256,56 @@ def padded_rows(count: int, batch: int) -> int:
 # --- Training --------------------------------------------------------------------------------
 
 
+def state_fractions(h: tg.Hyperparameters) -> list[tuple[tuple[int, bool], float]]:
+    """((row length, looping), fraction of the budget) of each stretch of training, in order, as
+    train_model switches them (h.context_at and ENABLE_LOOPING_AT at the stretch's start)."""
+    loop_at = h.enable_looping_at if h.num_loops > 0 else 1.0
+    points = sorted({0.0, 1.0, *(until for _, until in h.context_phases()[:-1]), *([loop_at] if 0 < loop_at < 1 else [])})
+    return [((h.context_at(p0), h.num_loops > 0 and p0 >= loop_at), p1 - p0) for p0, p1 in zip(points, points[1:])]
+
+
 def training(counts: Counts, world_size: int, a: Assumptions, mfu: float) -> dict:
+    """Step time of every (row length, looping) state, and the steps the budget holds.
+    "before" / "after" are the unlooped / looped states at the longest rows each reaches."""
     h = counts.h
     tokens = h.train_batch_tokens
-    windows = tokens // h.train_seq_len
-    full_pairs = h.train_seq_len ** 2 / 2
-    pairs = training_pairs_per_window(h.train_seq_len, a) if h.doc_attention else full_pairs
     comm_bytes = counts.step_comm_bytes(world_size)
     comm_s = comm_bytes / a.bus_bandwidth
     ns = counts.newton_schulz_flops(world_size)
-    out = {"pairs_per_window": pairs, "pairs_fraction_of_causal": pairs / full_pairs, "comm_bytes_per_rank": comm_bytes,
-           "comm_s": comm_s, "newton_schulz_flops_per_rank": ns}
-    for name, schedule in (("before", counts.unlooped), ("after", counts.looped)):
+    out = {"comm_bytes_per_rank": comm_bytes, "comm_s": comm_s, "newton_schulz_flops_per_rank": ns, "states": []}
+    for (length, looped), fraction in state_fractions(h):
+        schedule = counts.looped if looped else counts.unlooped
+        full_pairs = length ** 2 / 2
+        pairs = training_pairs_per_window(length, a) if h.doc_attention else full_pairs
         matmul = 6.0 * tokens * counts.matmul_params(schedule)
-        attention = 3.0 * windows * counts.attention_flops(schedule, pairs)
+        attention = 3.0 * tokens / length * counts.attention_flops(schedule, pairs)
         per_rank = (matmul + attention) / world_size + ns
         step_s = per_rank / (a.peak_flops * mfu) + comm_s
-        out[name] = {"virtual_layers": len(schedule), "matmul_params_per_token": counts.matmul_params(schedule),
-                     "matmul_flops": matmul, "attention_flops": attention, "flops_per_rank": per_rank,
-                     "step_s": step_s, "tokens_per_s_per_gpu": tokens / world_size / step_s}
-    out.update(steps_in_budget(h, out["before"]["step_s"], out["after"]["step_s"]))
+        out["states"].append({"seq_len": length, "looped": looped, "fraction": fraction, "virtual_layers": len(schedule),
+                              "matmul_params_per_token": counts.matmul_params(schedule), "pairs_per_window": pairs,
+                              "pairs_fraction_of_causal": pairs / full_pairs, "matmul_flops": matmul,
+                              "attention_flops": attention, "flops_per_rank": per_rank, "step_s": step_s,
+                              "tokens_per_s_per_gpu": tokens / world_size / step_s})
+    for name, looped in (("before", False), ("after", True)):  # a run without one of them: the other twice
+        chosen = [st for st in out["states"] if st["looped"] == looped] or out["states"]
+        out[name] = max(chosen, key=lambda st: st["seq_len"])
+    out.update(steps_in_budget(h, out["states"]))
     return out
 
 
-def steps_in_budget(h: tg.Hyperparameters, t0: float, t1: float) -> dict:
-    """Steps before the clock (MAX_WALLCLOCK_SECONDS - GPTQ_RESERVE_SECONDS) runs out: the first
-    ENABLE_LOOPING_AT of it unlooped, the rest looped; ITERATIONS caps it (and alone, without a clock)."""
-    f = h.enable_looping_at if h.num_loops > 0 else 1.0
-    if h.max_wallclock_seconds > 0:
-        clock = h.max_wallclock_seconds - h.gptq_reserve_seconds
-        before = min(f * clock / t0, h.iterations)
-        after = min((1 - f) * clock / t1, h.iterations - before)
-    else:
-        clock = 0.0
-        before = math.ceil(f * h.iterations)
-        after = h.iterations - before
-    seconds = before * t0 + after * t1
-    steps = before + after
-    return {"clock_s": clock, "steps": steps, "loop_from_step": before, "train_s": seconds,
-            "ms_per_step": 1000 * seconds / max(steps, 1e-9)}
+def steps_in_budget(h: tg.Hyperparameters, states: list[dict]) -> dict:
+    """Steps before the clock (MAX_WALLCLOCK_SECONDS - GPTQ_RESERVE_SECONDS) runs out, each state
+    taking its fraction of it at its own step time; ITERATIONS caps it (and alone, without a clock)."""
+    clock = h.max_wallclock_seconds - h.gptq_reserve_seconds if h.max_wallclock_seconds > 0 else 0.0
+    steps, seconds, loop_from = 0.0, 0.0, None
+    for st in states:
+        if st["looped"] and loop_from is None:
+            loop_from = steps
+        n = min(st["fraction"] * clock / st["step_s"], h.iterations - steps) if clock else st["fraction"] * h.iterations
+        st["steps"] = n
+        steps, seconds = steps + n, seconds + n * st["step_s"]
+    return {"clock_s": clock, "steps": steps, "loop_from_step": steps if loop_from is None else loop_from,
+            "train_s": seconds, "ms_per_step": 1000 * seconds / max(steps, 1e-9)}
 
 
 # --- GPTQ ------------------------------------------------------------------------------------
@@ -456,10 +473,22 @@ def phase_work(counts: Counts, world_size: int, lengths: np.ndarray, a: Assumpti
     return flops, other
 
 
+def ngram_seconds(h: tg.Hyperparameters, val_tokens: int, a: Assumptions) -> float:
+    """NgramTilt's counts (docs and phased modes), computed up front on the device by every rank:
+    memory-bound sorts and scans over the validation targets, at the achieved HBM bandwidth."""
+    if not h.ngram_tilt:
+        return 0.0
+    sorts = 3 * 8 * 2 * 16 * val_tokens  # 3 radix sorts of int64 keys (order, context, pair): 8 passes, key + index in and out
+    hashes = h.ngram_order * 3 * 8 * val_tokens  # per context token: read the shifted token and the hash, write the hash
+    scans = 40 * 8 * val_tokens  # ~40 int64 passes of gathers, cumsums and cummaxes
+    return (sorts + hashes + scans) / a.hbm_bandwidth
+
+
 def evaluation(counts: Counts, world_size: int, lengths: np.ndarray, a: Assumptions, rates: Rates) -> dict:
     h = counts.h
     rate = a.peak_flops * rates.mfu
     out = stream_eval(counts, world_size, DocStream(lengths), a, rate)
+    out["ngram_s"] = ngram_seconds(h, int(lengths.sum()), a)
     for mode, phases in (("docs", 0), ("phased", h.phased_ttt_phases)):
         work = doc_work(counts, world_size, lengths, phases, a)
         docs_s, phase_s = work.seconds(rate, rate)
@@ -476,7 +505,7 @@ def evaluation(counts: Counts, world_size: int, lengths: np.ndarray, a: Assumpti
                      "phase_seconds_calibrated": phase_cal, "seconds_calibrated": docs_cal + phase_cal}
     fixed = out["roundtrip"]["seconds"] + (out["sliding"]["seconds"] if h.sliding_enabled else 0.0)
     for mode in TTT_MODES:
-        ttt = out[mode].get("seconds_calibrated", out[mode]["seconds"])
+        ttt = out[mode].get("seconds_calibrated", out[mode]["seconds"]) + (out["ngram_s"] if mode != "chunked" else 0.0)
         out[mode]["stage_total_s"] = fixed + ttt
         out[mode]["fits"] = fixed + ttt <= EVAL_BUDGET_S
     out["configured_mode"] = h.ttt_mode if h.ttt_enabled else "none"
@@ -529,6 +558,7 @@ def calibrate(a: Assumptions) -> tuple[Rates, dict]:
     rates = Rates(mfu, our_mfu, docs_mfu, phase_mfu, hessian_scale)
 
     check = training(record(PR1493), 8, a, mfu)
+    progressive = training(record(PR2014), 8, a, mfu)
     c1530 = record(PR1530)
     ttt_1530 = doc_work(c1530, 8, lengths, 0, a).seconds(a.peak_flops * docs_mfu, a.peak_flops)[0]
     checks = {
@@ -538,6 +568,8 @@ def calibrate(a: Assumptions) -> tuple[Rates, dict]:
         "pr1493_steps": check["steps"], "pr1493_steps_error_pct": 100 * (check["steps"] / PR1493_STEPS - 1),
         "pr1493_tokens_per_s_before": check["before"]["tokens_per_s_per_gpu"] * 8,
         "pr1493_tokens_per_s_after": check["after"]["tokens_per_s_per_gpu"] * 8,
+        "pr2014_ms_per_step": progressive["ms_per_step"],
+        "pr2014_error_pct": 100 * (progressive["ms_per_step"] / PR2014_MS_PER_STEP - 1),
         "pr1530_ttt_s": ttt_1530, "pr1530_ttt_error_pct": 100 * (ttt_1530 / PR1530_TTT_S - 1),
         "ours_before_s": training(ours, 1, a, our_mfu)["before"]["step_s"],
         "ours_after_s": training(ours, 1, a, our_mfu)["after"]["step_s"],
@@ -590,7 +622,11 @@ def rows(p: dict) -> list[tuple[str, str]]:
         ("training FLOPs per step (matmul + attention), before / after",
          f"{flops(b['matmul_flops'])} + {flops(b['attention_flops'])} / "
          f"{flops(f['matmul_flops'])} + {flops(f['attention_flops'])}"),
-        ("attended pairs per window (fraction of causal)", f"{t['pairs_per_window']:,.0f} ({t['pairs_fraction_of_causal']:.2f})"),
+        ("attended pairs per row, longest unlooped rows (fraction of causal)",
+         f"{b['pairs_per_window']:,.0f} ({b['pairs_fraction_of_causal']:.2f}) in rows of {b['seq_len']:,}"),
+        ("training stretches: rows, looping, share of the clock: step time, steps",
+         "; ".join(f"{st['seq_len']} {'looped' if st['looped'] else 'unlooped'} {100 * st['fraction']:.0f} %: "
+                   f"{1000 * st['step_s']:.1f} ms, {st['steps']:,.0f}" for st in t["states"])),
         ("Newton-Schulz FLOPs per rank per step", flops(t["newton_schulz_flops_per_rank"])),
         ("collectives per rank per step", f"{t['comm_bytes_per_rank'] / 1e6:.0f} MB, {1000 * t['comm_s']:.2f} ms"),
         ("step time, before / after looping", f"{1000 * b['step_s']:.1f} / {1000 * f['step_s']:.1f} ms"),
@@ -616,6 +652,8 @@ def rows(p: dict) -> list[tuple[str, str]]:
         out.append((f"eval: TTT {mode} (training MFU / calibrated)",
                     f"{m['seconds']:.0f} / {m['seconds_calibrated']:.0f} s{phases}; {flops(m['flops_total'])} total, "
                     f"{m['padded_tokens'] / e['val_tokens']:.1f}x tokens with padding and context"))
+    out.append(("eval: n-gram tilt counts (docs, phased; modelled at HBM bandwidth)",
+                f"{e['ngram_s']:.2f} s" if e["ngram_s"] else "off"))
     d = e["docs"]
     out.append(("per-document TTT critical path (calibrated, docs mode)",
                 f"the first batch (longest document: {d['longest_doc']:,} tokens) "
@@ -648,6 +686,8 @@ def assumption_lines(p: dict) -> list[str]:
         f"{PR1493_STEPS:,} measured ({c['pr1493_steps_error_pct']:+.1f} %); {c['pr1493_tokens_per_s_before'] / 1e6:.2f}M / "
         f"{c['pr1493_tokens_per_s_after'] / 1e6:.2f}M tok/s before / after looping vs ~{PR1493_TOKENS_PER_S[0] / 1e6:.1f}M / "
         f"~{PR1493_TOKENS_PER_S[1] / 1e6:.1f}M measured.",
+        f"- Check (not fitted), PR #2014 (progressive context 1024/2048/3072, 596 s clock): "
+        f"{c['pr2014_ms_per_step']:.1f} ms/step predicted vs {PR2014_MS_PER_STEP:.1f} measured ({c['pr2014_error_pct']:+.1f} %).",
         f"- Our own fit (second MFU, {r['our_mfu']:.3f}): our code as measured on one H200 (2026-11-26, flex_attention, "
         f"before the varlen kernels): {OURS_H200_STEP_S[0] * 1000:.1f} ms per step before looping (fitted), "
         f"{c['ours_after_s'] * 1000:.1f} ms predicted after vs {OURS_H200_STEP_S[1] * 1000:.1f} ms measured. Until a GPU "

@@ -405,13 +405,8 @@ def training_rate(proc: Process, looped: bool, tokens_per_step: int) -> tuple[fl
     return step_ms, tokens_per_step / (step_ms / 1000), n0, n1
 
 
-def tokens_per_step(proc: Process, out: Path) -> int:
-    seq_len = proc.env.get("TRAIN_SEQ_LEN", "2048")
-    log = out / "logs" / f"{proc.run_id}.txt"
-    if log.is_file():
-        found = re.search(r"^hparam TRAIN_SEQ_LEN=(\d+)$", log.read_text(encoding="utf-8"), re.M)
-        seq_len = found[1] if found else seq_len
-    return int(proc.first("train_setup").get("global_seqs", 0)) * int(seq_len)
+def tokens_per_step(proc: Process) -> int:
+    return int(proc.first("train_setup").get("tokens_per_step", 0))
 
 
 def memory_text(entry: dict | None, before: dict | None) -> str:
@@ -461,7 +456,7 @@ def rows_of(proc: Process, out: Path) -> list[Row]:
             t_end = proc.lines[found[end]][0]
             entry = trace_at.get(steps[end][2])
             r.seconds, r.memory = t_end - previous_end, memory_text(entry, previous_entry)
-            r.tokens_per_s, r.detail = describe(row, proc, out)
+            r.tokens_per_s, r.detail = describe(row, proc)
             previous_end, previous_entry = t_end, entry
         rows.append(r)
     return rows
@@ -471,7 +466,7 @@ def seconds(value: str | None) -> str:
     return f"{ms(value) / 1000:.1f} s" if value else "?"
 
 
-def describe(row: str, proc: Process, out: Path) -> tuple[str, str]:
+def describe(row: str, proc: Process) -> tuple[str, str]:
     """(tokens/s per GPU, detail) of a stage that passed, from its contract lines."""
     texts = proc.texts()
 
@@ -491,10 +486,15 @@ def describe(row: str, proc: Process, out: Path) -> tuple[str, str]:
         warm = proc.first("warmup_done")
         return "-", f"warmup_done {seconds(warm.get('time'))} ({warm.get('steps', '?')} steps): {listed}; {new_graphs('warmup')}"
     if row in ("train_unlooped", "train_looped", "compare_train_unlooped", "compare_train_looped"):
-        rate = training_rate(proc, row.endswith("_looped"), tokens_per_step(proc, out))  # not "_unlooped"
+        looped = row.endswith("_looped")  # not "_unlooped"
+        rate = training_rate(proc, looped, tokens_per_step(proc))
         if rate is None:
             return "-", "too few step lines to time"
-        extra = f"; {new_graphs('training')} while training" if row.endswith("train_looped") else ""
+        # Progressive context: each row length's own step time inside this row's steps.
+        stretches = [f"rows of {length} {step_ms:.1f} ms/step (steps {n0}-{n1})"
+                     for length, is_looped, step_ms, n0, n1 in bp.stretch_rates(texts) if is_looped == looped]
+        extra = "".join(f"; {s}" for s in stretches if len(stretches) > 1)
+        extra += f"; {new_graphs('training')} while training" if row.endswith("train_looped") else ""
         return f"{rate[1]:,.0f}", f"{rate[0]:.1f} ms/step (steps {rate[2]}-{rate[3]}){extra}"
     if row == "gptq":
         timed = (proc.first("wallclock") or proc.first("export ")).get("gptq_time")  # after serialize: may be absent

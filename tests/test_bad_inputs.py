@@ -56,7 +56,7 @@ BAD_SETTINGS = [
     ({"NUM_LAYERS": "abc"}, "NUM_LAYERS='abc' is not a valid int"),
     ({"TTT_MODE": "perdoc"}, "TTT_MODE=perdoc must be one of chunked, docs, phased"),
     ({"TTT_LORA_RANK": "0"}, "TTT_LORA_RANK=0 must be at least 1"),
-    ({"TTT_DOC_CHUNK_TOKENS": "4096"}, "TTT_DOC_CHUNK_TOKENS=4096 must be at most EVAL_SEQ_LEN=2048"),
+    ({"TTT_DOC_CHUNK_TOKENS": "4096"}, "TTT_DOC_CHUNK_TOKENS=4096 must be at most EVAL_SEQ_LEN=3072"),
     ({"PHASED_TTT_PHASES": "9", "PHASED_TTT_PREFIX_DOCS": "4"}, "PHASED_TTT_PHASES=9 must be at most PHASED_TTT_PREFIX_DOCS=4"),
     ({"DIST_TIMEOUT_SECONDS": "0"}, "DIST_TIMEOUT_SECONDS=0.0 must be greater than 0"),
     ({"NEWTON_SCHULZ": "cubic"}, "NEWTON_SCHULZ=cubic must be one of quintic, polar_express"),
@@ -79,11 +79,17 @@ def test_our_settings_and_the_launchers_are_never_reported_as_unknown():
 
 
 def test_micro_batch_that_does_not_divide_adapts_instead_of_failing():
-    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": "16384", "TRAIN_SEQ_LEN": "256"})
-    h.validate(1)  # 64 sequences per process; the default 48 does not divide them
+    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": "16384", "TRAIN_SEQ_LEN": "256", "PROGRESSIVE_CONTEXT": "",
+                                    "MICRO_BATCH_SEQS": "48"})
+    h.validate(1)  # 64 sequences per process; 48 does not divide them
     assert h.micro_batch(1) == 32 and h.grad_accum_steps(1) == 2
-    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": str(7 * 2048), "MICRO_BATCH_SEQS": "5"})
+    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": str(7 * 3072), "MICRO_BATCH_SEQS": "5", "PROGRESSIVE_CONTEXT": ""})
     assert h.micro_batch(1) == 1 and h.grad_accum_steps(1) == 7  # 7 is prime
+    # Progressive context: windows of lcm(1024, 2048, 3072) = 6144 tokens, 16 of them per
+    # micro-batch of at most 32 x 3072 tokens; calibration reads the same tokens as 32 rows of 3072.
+    h = tg.Hyperparameters(environ={})
+    assert (h.window_len, h.micro_batch(1), h.grad_accum_steps(1), h.calibration_rows(1)) == (6144, 16, 8, 32)
+    assert (h.micro_batch(8), h.grad_accum_steps(8), h.calibration_rows(8)) == (16, 1, 32)
 
 
 # ---- checks that need the data or the file system (run() in-process) ----
@@ -387,14 +393,16 @@ def test_a_killed_rank_is_named_by_the_survivor_with_exit_5(tiny_env, tmp_path):
 
 # ---- second pass: no NaN is a score, every config field checked, one line for every failure ----
 
-def crafted(artifact: bytes, edit_config=None, payload_edit=None) -> bytes:
-    """The artifact with its config (or raw payload) edited and a valid checksum."""
+def crafted(artifact: bytes, edit_config=None, payload_edit=None, edit_tensors=None) -> bytes:
+    """The artifact with its config, tensor entries or raw payload edited and a valid checksum."""
     import brotli
     payload = payload_of(artifact)
     header_len = int.from_bytes(payload[:4], "little")
     header = json.loads(payload[4:4 + header_len])
     if edit_config is not None:
         edit_config(header["config"])
+    if edit_tensors is not None:
+        edit_tensors(header["tensors"])
     raw = json.dumps(header).encode()
     body = len(raw).to_bytes(4, "little") + raw + payload[4 + header_len:]
     if payload_edit is not None:
@@ -442,6 +450,55 @@ def test_a_maximal_config_bomb_is_refused_before_allocation(artifact, tmp_path):
     outcome, message, grew = load_in_subprocess(tmp_path, bomb)
     assert outcome == "refused" and "parameters from" in message and "at most 64 a byte" in message
     assert grew < 200, f"the loader's peak memory grew by {grew} MiB"
+
+
+def first_lqer(tensors: dict) -> dict:
+    return next(fix for entry in tensors.values() if entry["kind"] == "int" for fix in entry["lqer"])
+
+
+ENTRY_EDITS = [
+    (lambda t: t["up_bank"].__setitem__("wide", [[0, 0, 999]]), "int8 columns 0-999 outside the matrix"),
+    (lambda t: t["up_bank"].__setitem__("wide", [[99, 0, 8]]), "up_bank has no matrix 99"),
+    (lambda t: t["tok_emb.weight"].__setitem__("wide", [[0, 0, 8]]), "tok_emb.weight has no matrix 0"),
+    (lambda t: t["up_bank"].__setitem__("bits", 99), "up_bank has 99 bits"),
+    (lambda t: first_lqer(t)["b"].__setitem__("shape", [4, 1]), "LQER B is |i1[4, 1], expected |i1"),
+    (lambda t: first_lqer(t).__setitem__("group", 0), "LQER correction of rank 4, group 0"),
+    (lambda t: first_lqer(t)["a"].__setitem__("shape", [64, 999]), "LQER correction of rank 999"),
+]
+
+
+@pytest.mark.parametrize("edit, message", ENTRY_EDITS, ids=["wide-columns", "wide-slot", "wide-slot-of-matrix", "bits",
+                                                             "lqer-shape", "lqer-group", "lqer-rank"])
+def test_awq_and_lqer_entries_are_checked_before_use(artifact, edit, message):
+    assert first_lqer(json.loads(payload_of(artifact)[4:4 + int.from_bytes(payload_of(artifact)[:4], "little")])["tensors"])
+    with pytest.raises(tg.InputError, match=re.escape(message)):
+        tg.deserialize_artifact(crafted(artifact, edit_tensors=edit), 512)
+
+
+def test_an_artifact_of_the_format_before_awq_and_lqer_still_loads():
+    h = tg.Hyperparameters(environ={**TINY_RUN_ENV, "QUANT_METHOD": "rtn", "LQER_RANK": "0"})
+    torch.manual_seed(0)
+    model = randomize(tg.GPT(h.model_config()), 0)
+    current = tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli")
+
+    def format_2(tensors):  # int entries without the "wide" and "lqer" keys
+        for entry in tensors.values():
+            entry.pop("wide", None), entry.pop("lqer", None)
+    _, state = tg.deserialize_artifact(crafted(current, edit_tensors=format_2), 512)
+    _, expected = tg.deserialize_artifact(current, 512)
+    assert all(torch.equal(state[name], expected[name]) for name in expected)
+
+
+def test_lqer_levels_outside_their_range_are_refused(artifact):
+    payload = payload_of(artifact)
+    header_len = int.from_bytes(payload[:4], "little")
+    ref = first_lqer(json.loads(payload[4:4 + header_len])["tensors"])["a"]
+
+    def out_of_range(body: bytes, start: int) -> bytes:  # int2 levels stop at 1
+        lo = start + ref["offset"]
+        return body[:lo] + b"\x05" * ref["nbytes"] + body[lo + ref["nbytes"]:]
+    with pytest.raises(tg.InputError, match=re.escape("LQER A has levels outside [-2, 1]")):
+        tg.deserialize_artifact(crafted(artifact, payload_edit=out_of_range), 512)
 
 
 def test_non_finite_weights_in_an_artifact_are_refused(artifact):

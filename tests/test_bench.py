@@ -60,3 +60,18 @@ def test_sweep_tool_tabulates_variants_from_their_final_lines(tiny_data, tmp_pat
         assert 0 < float(prequant.split()[0]) < 12 and 0 < float(roundtrip.split()[0]) < 12 and model_bytes > 0
         assert (tmp_path / "logs" / f"sweep_{name}_1337.txt").is_file()
     assert int(rows["rank0"][3].replace(",", "")) < int(rows["default"][3].replace(",", ""))  # no adapters to store
+
+
+def test_step_times_are_split_at_every_context_and_looping_switch():
+    sys.path.insert(0, str(ROOT / "tests"))
+    import bench_pipeline as bp
+    steps = [f"step:{n}/12 train_loss:1.0 train_time:{t}ms step_avg:1ms tok_s:1" for n, t in
+             [(1, 50), (2, 60), (3, 70), (4, 80), (5, 100), (6, 120), (7, 140), (8, 170), (9, 200), (10, 230), (11, 260), (12, 290)]]
+    lines = ["train_setup global_seqs:16 window_len:64 tokens_per_step:1024 row_lens:16,32,64 grad_accum:1",
+             *steps[:3], "context_switch step:3 progress:0.250 seq_len:32", *steps[3:6],
+             "looping_enabled step:6 progress:0.500 virtual_layers:0 1 2 1 2 3", *steps[6:9],
+             "context_switch step:9 progress:0.750 seq_len:64", *steps[9:]]
+    # Each stretch is timed from its second step after the switch to its last step line.
+    assert bp.stretch_rates(lines) == [(16, False, 10.0, 2, 3), (32, False, 20.0, 5, 6), (32, True, 30.0, 8, 9),
+                                       (64, True, 30.0, 11, 12)]
+    assert bp.stretch_rates(lines[1:]) == []  # no train_setup line: nothing to attribute

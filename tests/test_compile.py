@@ -185,20 +185,24 @@ def compiled_by_stage(folder) -> dict[str, int]:
     return stages
 
 
-@pytest.mark.parametrize("mode, gptq_compile, expected", [
-    ("phased", "0", {"warmup": 2, "training": 0, "gptq": 0, "prequant": 1, "roundtrip": 0, "sliding": 0,
-                     "ttt_warmup": 3, "ttt": 0}),
-    ("chunked", "1", {"warmup": 3, "training": 0, "gptq": 0, "prequant": 1, "roundtrip": 0, "sliding": 0,
-                      "ttt_warmup": 1, "ttt": 0}),
-])
+@pytest.mark.parametrize("mode, gptq_compile, context, expected", [
+    ("phased", "0", "", {"warmup": 2, "training": 0, "gptq": 0, "prequant": 1, "roundtrip": 0, "sliding": 0,
+                         "ttt_warmup": 3, "ttt": 0}),
+    ("chunked", "1", "", {"warmup": 3, "training": 0, "gptq": 0, "prequant": 1, "roundtrip": 0, "sliding": 0,
+                          "ttt_warmup": 1, "ttt": 0}),
+    # Rows of 32 until 25 %, then 64: three training graphs (32 unlooped, 64 unlooped, 64 looped).
+    ("phased", "0", "32:0.25", {"warmup": 3, "training": 0, "gptq": 0, "prequant": 1, "roundtrip": 0, "sliding": 0,
+                                "ttt_warmup": 3, "ttt": 0}),
+], ids=["phased", "chunked-compiled-calibration", "progressive-context"])
 def test_a_whole_run_compiles_exactly_the_listed_graphs(backend, tiny_data, tmp_path, monkeypatch, mode, gptq_compile,
-                                                         expected):
-    """Warm-up (looping off, looping on, calibration when compiled) before the clock; nothing new
-    when looping switches on mid-run, in GPTQ, for the last partial evaluation batch, on the
-    artifact's fresh model, for TTT chunks of unequal width or after a phase."""
+                                                         context, expected):
+    """Warm-up (each row length and looping state, calibration when compiled) before the clock;
+    nothing new when looping or the context switches mid-run, in GPTQ, for the last partial
+    evaluation batch, on the artifact's fresh model, for TTT chunks of unequal width or after a phase."""
     backend("eager")  # dynamo alone decides what is recompiled; no code is generated
     monkeypatch.chdir(tmp_path)
-    env = {**AUDIT_ENV, **tiny_data, "TTT_MODE": mode, "GPTQ_COMPILE": gptq_compile, "ARTIFACT_PATH": str(tmp_path / "m.ptz")}
+    env = {**AUDIT_ENV, **tiny_data, "TTT_MODE": mode, "GPTQ_COMPILE": gptq_compile, "PROGRESSIVE_CONTEXT": context,
+           "ARTIFACT_PATH": str(tmp_path / "m.ptz")}
     h = tg.Hyperparameters(environ=env)
     val = tg.load_validation_tokens(tiny_data["DATA_PATH"], h.val_tokens_limit)
     assert (len(val) - 1) // h.eval_seq_len % h.eval_batch_seqs != 0  # a partial last batch is exercised

@@ -18,7 +18,7 @@ import train_gpt as tg  # noqa: E402
 
 SHAPE = {"VOCAB_SIZE": "8192", "NUM_LAYERS": "11", "MODEL_DIM": "512", "NUM_HEADS": "8", "NUM_KV_HEADS": "4",
          "MLP_MULT": "4", "LOOP_START": "3", "LOOP_END": "5", "NUM_LOOPS": "2", "ENABLE_LOOPING_AT": "0.35",
-         "TRAIN_BATCH_TOKENS": "786432", "TRAIN_SEQ_LEN": "2048"}
+         "TRAIN_BATCH_TOKENS": "786432", "TRAIN_SEQ_LEN": "2048", "PROGRESSIVE_CONTEXT": ""}
 ASSUMPTIONS = bt.Assumptions()
 
 
@@ -58,6 +58,17 @@ def test_pr1493_shape_is_predicted_within_ten_percent():
     train = predict({**SHAPE, "DOC_ATTENTION": "0", "MAX_WALLCLOCK_SECONDS": "600", "GPTQ_RESERVE_SECONDS": "12"})["train"]
     assert train["clock_s"] == 588
     assert train["steps"] == pytest.approx(4550, rel=0.10)
+
+
+def test_pr2014s_progressive_context_is_predicted_within_five_percent(default_prediction):
+    # Not fitted: PR #1855's shape with rows of 1024 / 2048 / 3072 and a 596 s clock averaged
+    # 122.0 ms per step; the model predicts 121.4 ms (-0.5 %).
+    assert default_prediction["checks"]["pr2014_ms_per_step"] == pytest.approx(122.0, rel=0.05)
+    # The default is PR #2014's schedule: four stretches in the order train_model meets them.
+    states = default_prediction["train"]["states"]
+    assert [(st["seq_len"], st["looped"]) for st in states] == [(1024, False), (2048, False), (2048, True), (3072, True)]
+    assert sum(st["fraction"] for st in states) == pytest.approx(1.0)
+    assert states[0]["step_s"] < states[1]["step_s"] and states[2]["step_s"] < states[3]["step_s"]  # longer rows, more pairs
 
 
 def test_document_pairs_match_the_scripts_own_document_ids():

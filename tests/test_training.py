@@ -51,7 +51,7 @@ def train_losses(cwd: Path, run_id: str) -> list[tuple[str, float]]:
     ({"PASS_LORA_RANK": "3"}, 1, ["PASS_LORA_RANK"]),
     ({"PASS_LORA_TARGETS": "q,gate"}, 1, ["PASS_LORA_TARGETS", "gate"]),
     ({"TRAIN_BATCH_TOKENS": "1000"}, 1, ["TRAIN_BATCH_TOKENS", "TRAIN_SEQ_LEN"]),
-    ({}, 5, ["TRAIN_BATCH_TOKENS"]),  # 384 sequences do not split over 5 processes
+    ({}, 5, ["TRAIN_BATCH_TOKENS"]),  # 256 sequences do not split over 5 processes
 ], ids=["width-vs-heads", "heads-vs-kv-heads", "loop-end-past-last-layer", "loop-start-after-end",
         "span-outside-fewer-layers", "lora-rank-3", "unknown-lora-target", "batch-not-whole-sequences",
         "sequences-not-divisible-by-ranks"])
@@ -63,16 +63,60 @@ def test_invalid_configuration_fails_naming_the_variable(env, world_size, names)
         assert name in str(err.value)
 
 
+# ---- progressive context ----
+
+def test_the_default_context_grows_as_pr_2014s_and_every_graph_is_listed():
+    h = tg.Hyperparameters(environ={})
+    assert h.context_phases() == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]
+    assert [h.context_at(p) for p in (0.0, 0.0999, 0.1, 0.5, 0.6999, 0.7, 0.9999, 1.0)] == [1024] * 2 + [2048] * 3 + [3072] * 3
+    # Looping from 35 %: four graphs, in the order the run meets them.
+    assert h.training_states() == [(1024, False), (2048, False), (2048, True), (3072, True)]
+    assert tg.Hyperparameters(environ={"PROGRESSIVE_CONTEXT": "", "ENABLE_LOOPING_AT": "0"}).training_states() == [(3072, True)]
+    assert tg.Hyperparameters(environ={"NUM_LOOPS": "0"}).training_states() == [(1024, False), (2048, False), (3072, False)]
+    assert [tg.ramp_after_switch(k, 32) for k in (0, 15, 31, 100)] == [1 / 32, 0.5, 1.0, 1.0]
+    assert tg.ramp_after_switch(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("env", [
+    {"PROGRESSIVE_CONTEXT": "1000:0.1"},  # does not divide 3072
+    {"PROGRESSIVE_CONTEXT": "2048:0.1,1024:0.7"},  # lengths not increasing
+    {"PROGRESSIVE_CONTEXT": "1024:0.7,2048:0.1"},  # fractions not increasing
+    {"PROGRESSIVE_CONTEXT": "1024:1.0"},  # no time left for TRAIN_SEQ_LEN
+    {"PROGRESSIVE_CONTEXT": "3072:0.5"},  # not shorter than TRAIN_SEQ_LEN
+    {"PROGRESSIVE_CONTEXT": "1024"},
+    {"PROGRESSIVE_CONTEXT": "short:0.1"},
+    {"TRAIN_SEQ_LEN": "2048"},  # the default phases do not fit a shorter final context
+])
+def test_a_bad_progressive_context_fails_naming_it(env):
+    with pytest.raises(tg.ConfigError, match="PROGRESSIVE_CONTEXT"):
+        tg.Hyperparameters(environ=env).validate(1)
+
+
+def test_progressive_context_switches_rows_on_schedule(tiny_env, tmp_path):
+    env = {**tiny_env, **QUICK, "ITERATIONS": "20", "ENABLE_LOOPING_AT": "0.5", "PROGRESSIVE_CONTEXT": "16:0.25,32:0.5"}
+    run_script(env, tmp_path)
+    assert log_lines(tmp_path, "tiny", "context_switch") == ["context_switch step:5 progress:0.250 seq_len:32",
+                                                             "context_switch step:10 progress:0.500 seq_len:64"]
+    first = log_lines(tmp_path, "tiny", "step:20/20")
+    # Rows of 16 see less context than rows of 64: the same tokens, another model.
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    run_script({**env, "PROGRESSIVE_CONTEXT": "", "CHECKPOINT_PATH": str(fixed / "model.pt"),
+                "ARTIFACT_PATH": str(fixed / "model.ptz")}, fixed)
+    assert log_lines(fixed, "tiny", "context_switch") == []
+    assert log_lines(fixed, "tiny", "step:20/20")[0].split()[1] != first[0].split()[1]
+
+
 def test_looping_span_is_not_checked_when_looping_is_off():
     tg.Hyperparameters(environ={"NUM_LAYERS": "4", "NUM_LOOPS": "0"}).validate(1)
 
 
-@pytest.mark.parametrize("world_size, accum, micro", [(1, 8, 48), (2, 4, 48), (4, 2, 48), (8, 1, 48), (16, 1, 24)])
+@pytest.mark.parametrize("world_size, accum, micro", [(1, 8, 16), (2, 4, 16), (4, 2, 16), (8, 1, 16), (16, 1, 8)])
 def test_default_batch_splits_over_any_power_of_two_world_size(world_size, accum, micro):
     h = tg.Hyperparameters(environ={})
     h.validate(world_size)
-    global_seqs = h.train_batch_tokens // h.train_seq_len
-    assert (h.train_batch_tokens, h.train_seq_len, h.micro_batch_seqs, global_seqs) == (786_432, 2048, 48, 384)
+    global_seqs = h.train_batch_tokens // h.window_len  # windows of 6144 tokens (progressive context)
+    assert (h.train_batch_tokens, h.train_seq_len, h.micro_batch_seqs, global_seqs) == (786_432, 3072, 32, 128)
     assert h.grad_accum_steps(world_size) == accum
     # train_model's per-rank micro-batch is this, and its chunks cover the rank's share exactly.
     per_rank_micro = global_seqs // world_size // accum
@@ -199,7 +243,8 @@ def test_tiny_gpt_learns_a_markov_source_to_its_entropy_rate(tmp_path):
         "DATA_PATH": str(tmp_path), "VOCAB_SIZE": str(MARKOV_SYMBOLS), "SEED": "0",
         "NUM_LAYERS": "4", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "2",
         "ROPE_DIMS": "8", "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
-        "ENABLE_LOOPING_AT": "0.3", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "2048", "MICRO_BATCH_SEQS": "32",
+        "ENABLE_LOOPING_AT": "0.3", "TRAIN_SEQ_LEN": "64", "PROGRESSIVE_CONTEXT": "", "TRAIN_BATCH_TOKENS": "2048",
+        "MICRO_BATCH_SEQS": "32",
         "ITERATIONS": "200", "MAX_WALLCLOCK_SECONDS": "0", "WARMUP_STEPS": "0", "TRAIN_LOG_EVERY": "100",
         "MUON_MOMENTUM_WARMUP_STEPS": "50",
     }
