@@ -1761,8 +1761,8 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
             model.looping = True
             layers = " ".join(str(layer) for layer, _ in model.schedule())
             rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
-        if h.context_at(progress) != row_len:
-            row_len, switched_at = h.context_at(progress), step
+        if (length := h.context_at(progress)) != row_len:
+            row_len, switched_at = length, step
             rt.log(f"context_switch step:{step} progress:{progress:.3f} seq_len:{row_len}")
         frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
         momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
