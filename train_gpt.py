@@ -2006,11 +2006,10 @@ def column_grid(cols: int, bits: int, wide: list[tuple[int, int]], device) -> tu
     return levels, steps
 
 
-def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float,
-                 wide: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
+    qmax = 2 ** (bits - 1) - 1
     scale = sdclip_scale(weight, bits, clip_sigmas)
-    levels, steps = column_grid(weight.size(1), bits, wide, weight.device)
-    q = torch.clamp(torch.round(weight.float() / (scale[:, None] * steps[None, :])), -levels, levels)
+    q = torch.clamp(torch.round(weight.float() / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8), scale.half()
 
 
