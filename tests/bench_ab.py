@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=ROOT)
     p.add_argument("--script", type=Path, default=ROOT / "train_gpt.py", help="the training script to run")
     p.add_argument("--torchrun", type=int, default=1, metavar="N", help="processes per run (torchrun when > 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at once; each gets OMP_NUM_THREADS=cores/N unless it is set")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples of the documents")
     p.add_argument("--aa", action=argparse.BooleanOptionalAction, default=True,
                    help=f"also run A with SEED+{AA_SEED_OFFSET} for an A/A row")
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) < 2 or len(set(names)) != len(names) or not all(re.fullmatch(r"[\w.-]+", n) for n in names):
         raise SystemExit("bench_ab: give two or more --variant NAME ..., with distinct names made of letters, "
                          "digits, '.', '-' and '_'.")
+    if args.jobs < 1:
+        raise SystemExit("bench_ab: --jobs must be 1 or more.")
     base, ref = parse_pairs(args.base), names[0]
     rows = {name: parse_pairs(settings) for name, *settings in args.variant}
     aa_row = f"A/A: {ref} seed+{AA_SEED_OFFSET}"
@@ -340,9 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"bench_ab: {workdir}/logs/{tag}.txt exists from an earlier comparison; "
                              f"remove the ab_* logs or choose another --workdir.")
 
-    nll: dict[tuple[str, int], np.ndarray] = {}
-    docs = None
-    for row, name, seed, run_seed in runs:
+    def launch(run):
+        row, name, seed, run_seed = run
         tag = tags[row, seed]
         env = {k: v.replace("{seed}", str(run_seed)).replace("{variant}", name)
                for k, v in run_settings(base, rows[row], name, args.stage).items()}
@@ -350,17 +354,33 @@ def main(argv: list[str] | None = None) -> int:
         env.update(SEED=str(run_seed), RUN_ID=tag, NLL_DUMP_PATH=str(dump_path))
         env.setdefault("ARTIFACT_PATH", str(workdir / "logs" / f"{tag}.ptz"))
         env.setdefault("CHECKPOINT_PATH", "")  # the comparison needs no checkpoint; set one to keep it
+        if args.jobs > 1 and "OMP_NUM_THREADS" not in env and "OMP_NUM_THREADS" not in os.environ:
+            # runs side by side each on all cores slow each other down several times over
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
         t0 = time.perf_counter()
         data_line, dumped = run_once(env, workdir, script, args.torchrun)
-        seconds = time.perf_counter() - t0
         if dumped != args.stage:
             raise SystemExit(f"bench_ab: {tag} dumped its {dumped} stage, not {args.stage}; is {script} a train_gpt.py "
                              f"whose last stage follows SLIDING_ENABLED / TTT_ENABLED?")
+        print(f"{tag}: done ({time.perf_counter() - t0:.0f}s)", flush=True)
         with np.load(dump_path) as f:
-            dump = {key: f[key] for key in ("pos", "nll", "bytes")}
+            return data_line, {key: f[key] for key in ("pos", "nll", "bytes")}
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(launch, run) for run in runs]
+        try:
+            finished = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()  # runs not yet started; those running finish their subprocess
+            raise
+    nll: dict[tuple[str, int], np.ndarray] = {}
+    docs = None
+    for (row, name, seed, run_seed), (data_line, dump) in zip(runs, finished):
+        tag = tags[row, seed]
         docs = docs or Documents(data_line, workdir, dump, tag)
         nll[row, seed] = docs.nll(data_line, dump, tag)
-        print(f"{name} seed {run_seed}: {args.stage} bpb={docs.bpb(nll[row, seed]):.4f} ({seconds:.0f}s)", flush=True)
+        print(f"{name} seed {run_seed}: {args.stage} bpb={docs.bpb(nll[row, seed]):.4f}", flush=True)
 
     results = {}
     for row in rows:

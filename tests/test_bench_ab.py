@@ -214,7 +214,8 @@ def test_validation_tokens_are_the_sorted_shards_prefix_without_byte_sidecars(tm
 
 
 # One comparison, on the first 12,000 validation tokens (8 documents): A, a copy of A, A trained
-# for half the steps, and the A/A row (A at seed 1001). Four tiny runs, about 10 s each.
+# for half the steps, and the A/A row (A at seed 1001). Four tiny runs, about 10 s each, two at a
+# time (--jobs 2), so results are paired by run, not by the order they finish in.
 VAL_TOKENS = 12000
 
 
@@ -227,7 +228,7 @@ def comparison(tiny_data, tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert bench_ab.main(["--base", *(f"{k}={v}" for k, v in base.items()), "--stage", "roundtrip",
                               "--variant", "A", "--variant", "copy", "--variant", "short", "ITERATIONS=3",
-                              "--seeds", "1", "--workdir", str(workdir), "--json", str(out)]) == 0
+                              "--seeds", "1", "--jobs", "2", "--workdir", str(workdir), "--json", str(out)]) == 0
     print(printed.getvalue())  # shown with -s, or when a test fails
     return workdir, json.loads(out.read_text()), printed.getvalue(), tiny_data
 
