@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import re
 import signal
@@ -28,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -126,14 +128,17 @@ class Hyperparameters:
         preset = env.get("PRESET", "")
         if preset and preset not in PRESETS:
             raise ConfigError(f"PRESET={preset!r} is unknown; choose one of {', '.join(PRESETS)} or leave it unset.")
-        env = {**PRESETS.get(preset, {}), **env}
+        preset_values = PRESETS.get(preset, {})
+        env = {**preset_values, **env}
         self.knobs: dict[str, Knob] = {}
 
         def knob(name: str, default, low=None, high=None, above=None, choices=None):
             raw = env.get(name)
-            # An empty string means "use the default" for numbers and switches, but is a value
-            # for strings: CHECKPOINT_PATH= turns the checkpoint off.
-            if raw is None or (raw == "" and not isinstance(default, str)):
+            # An empty string means "unset" for numbers and switches (the preset's value, else the
+            # default), but is a value for strings: CHECKPOINT_PATH= turns the checkpoint off.
+            if raw == "" and not isinstance(default, str):
+                raw = preset_values.get(name)
+            if raw is None:
                 value = default
             elif isinstance(default, bool) and raw not in ("0", "1"):
                 raise ConfigError(f"{name}={raw!r} must be 0 or 1.")
@@ -165,7 +170,7 @@ class Hyperparameters:
         self.model_dim = knob("MODEL_DIM", 512, 2, 16384)
         self.num_heads = knob("NUM_HEADS", 8, 1)
         self.num_kv_heads = knob("NUM_KV_HEADS", 4, 1)
-        self.mlp_mult = knob("MLP_MULT", 4.0, above=0)
+        self.mlp_mult = knob("MLP_MULT", 4.0, above=0, high=64)
         self.rope_dims = knob("ROPE_DIMS", 16, 0)
         self.rope_base = knob("ROPE_BASE", 10000.0, above=1)
         self.qk_gain_init = knob("QK_GAIN_INIT", 5.25, above=0)  # PR #1953: -0.00019 against 5.0
@@ -1078,6 +1083,16 @@ class GPT(nn.Module):
         # Output projections start at zero: every block begins as the identity on the residual.
         self.qo_bank[L:].zero_()
         self.down_bank.zero_()
+
+    def init_probe(self) -> list[float]:
+        """Four values of each randomly initialised tensor (the embedding and the q, k/v and up
+        banks), spread over it: the packager rebuilds them from a log's SEED and settings on any
+        machine (records/package.py), so a log relabelled with another seed is refused."""
+        values = []
+        for tensor in (self.tok_emb.weight, self.qo_bank[: self.cfg.num_layers], self.kv_bank, self.up_bank):
+            flat = tensor.detach().flatten()
+            values += [float(flat[i]) for i in (0, flat.numel() // 3, 2 * flat.numel() // 3, flat.numel() - 1)]
+        return values
 
     def schedule(self) -> list[tuple[int, int]]:
         c = self.cfg
@@ -2244,63 +2259,104 @@ def seal_artifact(method: str, stream: bytes) -> bytes:
     return ARTIFACT_MAGIC + body[:1] + zlib.crc32(body).to_bytes(4, "little") + body[1:]
 
 
-def setting_text(value) -> str | None:
-    """An artifact config value as the environment variable would spell it, or None when its
-    type could never have come from one (a list of non-strings, a dict, None)."""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, (int, float, str)):
+CONFIG_KINDS = {f.name: f.type for f in fields(ModelConfig)}
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", list: "a list of strings"}
+
+
+def setting_text(value, kind: type) -> str | None:
+    """An artifact config value as the environment variable would spell it, or None unless its
+    JSON type is the one this script writes for the field: an integer is never 1.0 or "128",
+    a switch is true or false, and a number is never a string."""
+    if kind is bool:
+        return str(int(value)) if isinstance(value, bool) else None
+    if kind is int and type(value) is int or kind is float and type(value) in (int, float):
         return str(value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return ",".join(value)
     return None
 
 
-def checked_config(raw: dict, vocab_size: int, artifact_bytes: int) -> ModelConfig:
-    """The artifact's model settings, refused before anything is built unless they are a model
-    this script could have written for this data: every field through the same checks as the
-    environment's settings (MODEL_SETTINGS), this vocabulary and BOS id, and no more parameters
-    than the artifact's bytes could hold or the device's memory could evaluate."""
+def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str = "the artifact") -> ModelConfig:
+    """The model settings of an artifact (or of a checkpoint: `source` names the file), refused
+    before anything is built unless they are a model this script could have written for this
+    data: every field through the same checks as the environment's settings (MODEL_SETTINGS),
+    this vocabulary and BOS id, and no more parameters than the file's bytes could hold or the
+    device's memory could evaluate."""
     if not isinstance(raw, dict) or set(raw) != set(MODEL_SETTINGS) | {"bos_id"}:
         fields_seen = sorted(raw) if isinstance(raw, dict) else raw
-        raise InputError(f"the artifact's model config has the fields {fields_seen!r}, not this script's; it was not "
+        raise InputError(f"{source}'s model config has the fields {fields_seen!r}, not this script's; it was not "
                          f"written by this train_gpt.py")
     env = {"TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048", "PROGRESSIVE_CONTEXT": ""}  # only the model is checked
     for name, variable in MODEL_SETTINGS.items():
-        text = setting_text(raw[name])
+        kind = CONFIG_KINDS[name]
+        text = setting_text(raw[name], kind)
         if text is None:
-            raise InputError(f"the artifact's model config has {name}={raw[name]!r}, which no {variable} setting can be")
+            raise InputError(f"{source}'s model config has {name}={raw[name]!r}, which is not {KIND_NAMES[kind]} "
+                             f"(the {variable} setting it stands for)")
         env[variable] = text
     try:
         h = Hyperparameters(environ=env)
         h.validate(1)
     except ConfigError as exc:
-        raise InputError(f"the artifact's model config is invalid ({exc})") from None
+        raise InputError(f"{source}'s model config is invalid ({exc})") from None
     if h.vocab_size != vocab_size:
-        raise InputError(f"the artifact's model has a {h.vocab_size}-token vocabulary but the data and tokenizer have "
+        raise InputError(f"{source}'s model has a {h.vocab_size}-token vocabulary but the data and tokenizer have "
                          f"{vocab_size}; evaluate it with the VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH it was trained on")
-    if raw["bos_id"] != BOS_ID or isinstance(raw["bos_id"], bool):
-        raise InputError(f"the artifact's model config has bos_id={raw['bos_id']!r}; the challenge's tokenizers put BOS at {BOS_ID}")
+    if type(raw["bos_id"]) is not int or raw["bos_id"] != BOS_ID:
+        raise InputError(f"{source}'s model config has bos_id={raw['bos_id']!r}; the challenge's tokenizers put BOS at {BOS_ID}")
     cfg = h.model_config()
-    with torch.device("meta"):
-        params = sum(p.numel() for p in GPT(cfg).parameters())
+    params = parameter_count(cfg)
     # A real artifact stores 2-3 parameters per byte (int6 after brotli); 64 per byte would need
     # weights far more regular than any trained model's: a few compressed bytes never build a giant.
     if params > 64 * artifact_bytes:
-        raise InputError(f"the artifact's model config asks for {params:,} parameters from {artifact_bytes:,} bytes "
+        raise InputError(f"{source}'s model config asks for {params:,} parameters from {artifact_bytes:,} bytes "
                          f"(at most 64 a byte); refusing to build it")
     need, have = 16 * params, device_memory_bytes()
     if need > have:
-        raise InputError(f"the artifact's model ({params:,} parameters) needs about {need / 2**30:.1f} GiB to evaluate, "
+        raise InputError(f"{source}'s model ({params:,} parameters) needs about {need / 2**30:.1f} GiB to evaluate, "
                          f"more than this device's {have / 2**30:.1f} GiB")
     return cfg
 
 
+def parameter_count(cfg: ModelConfig) -> int:
+    """The model's parameters, counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(cfg).parameters())
+
+
 def device_memory_bytes() -> int:
-    """Memory of the device a model will live on: the GPU's, else the machine's physical memory."""
+    """Memory of the device a model will live on: the GPU's, else this process's share of the
+    machine's physical memory (the processes torchrun started on this host split it)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local_processes
+
+
+def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int]:
+    """(parameters, a lower bound on one process's training memory): 20 bytes a parameter (fp32
+    weights, gradients, EMA and at least one optimizer moment), what one micro-batch saves for
+    the backward pass (its residual, q/k/v/attention outputs and the MLP's hidden layer before
+    and after the activation, 2 bytes each, in every virtual layer) and its fp32 logits with
+    their gradient. For the default model's 98,304-token micro-batch that is 25.8 GiB; the first
+    GPU run measured 44.0 GiB allocated for the same micro-batch (README: First GPU run)."""
+    cfg = h.model_config()
+    params = parameter_count(cfg)
+    tokens = h.micro_batch(world_size) * h.window_len
+    depth = cfg.num_layers + cfg.loop_len * cfg.num_loops
+    saved = tokens * depth * (4 * cfg.model_dim + 2 * cfg.mlp_dim) * 2
+    logits = tokens * cfg.vocab_size * 4 * 2
+    return params, 20 * params + saved + logits
+
+
+def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
+    """Refuse, before anything is allocated, a model and micro-batch that cannot fit to train."""
+    params, need = training_memory_bytes(h, rt.world_size)
+    have = device_memory_bytes()
+    if need > have:
+        raise ConfigError(f"these settings' model ({params:,} parameters: NUM_LAYERS={h.num_layers} MODEL_DIM={h.model_dim} "
+                          f"MLP_MULT={h.mlp_mult}) needs at least {need / 2**30:.1f} GiB a process to train, more than "
+                          f"this device's {have / 2**30:.1f} GiB; lower NUM_LAYERS, MODEL_DIM, MLP_MULT or MICRO_BATCH_SEQS.")
 
 
 def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -3032,7 +3088,8 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
 # best one. A bad setting or file ends the run with one line and its own exit status.
 # ---------------------------------------------------------------------------------------------
 
-EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 5, 6, 130, 143
+EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_MEMORY = 2, 3, 4, 5, 6, 7
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 class Terminated(BaseException):
@@ -3049,6 +3106,12 @@ def is_peer_failure(exc: BaseException) -> bool:
         return True
     return isinstance(exc, RuntimeError) and re.search(
         r"Connection (reset|closed) by peer|Broken pipe|ProcessGroupNCCL|NCCL (error|communicator)", str(exc)) is not None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation the device could not satisfy (CUDA's own error, or the CPU allocator's)."""
+    return isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def process_gone(pid: int) -> bool:
@@ -3226,10 +3289,13 @@ def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
                 break
         if problem is None and writes[0][1].exists():
             problem = f"RUN_ID={h.run_id}: logs/{h.run_id}.txt already exists; choose another RUN_ID (or remove that log) so no run is overwritten."
-        if problem is None and h.export_only and not Path(h.export_only).is_file():
-            problem = f"EXPORT_ONLY={h.export_only} does not exist; point it at the final_model.pt a training run saved."
-        if problem is None and h.eval_only and not Path(h.artifact_path).is_file():
-            problem = f"EVAL_ONLY=1 but ARTIFACT_PATH={h.artifact_path} does not exist."
+        reads = [("EXPORT_ONLY", h.export_only, "; point it at the final_model.pt a training run saved")] if h.export_only else []
+        if h.eval_only:
+            reads.append(("EVAL_ONLY=1 but ARTIFACT_PATH", h.artifact_path, ""))
+        for name, path, hint in reads:
+            if problem is None and not Path(path).is_file():
+                what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+                problem = f"{name}={path} {what}{hint}."
     agree(rt, problem)
 
 
@@ -3332,18 +3398,34 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
         rt.log(f"hparam {name}={value}", console=False)
 
 
-def load_checkpoint(path: str, device: torch.device) -> GPT:
-    """A full-precision checkpoint written by a training run (weights only: nothing executes)."""
-    if not Path(path).is_file():
-        raise InputError(f"EXPORT_ONLY={path} does not exist; point it at the final_model.pt a training run saved.")
-    try:  # weights_only: nothing in the file is ever unpickled as code
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = GPT(ModelConfig(**saved["config"])).to(device)
+def load_checkpoint(path: str, device: torch.device, vocab_size: int) -> GPT:
+    """A full-precision checkpoint written by a training run. Read with weights_only, so nothing
+    in it executes; its config goes through the artifact's checks before the model is built."""
+    def damaged(reason: str) -> InputError:
+        return InputError(f"EXPORT_ONLY={path} is damaged or not a checkpoint of this script ({reason}); re-save it "
+                          f"with a training run (CHECKPOINT_PATH).")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on pickle protocols: the load is refused or fine
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)", str(exc))
+        named = (f": {found.group(1)}" if found.group(1) else f": pickle opcode {found.group(2)}") if found else ""
+        raise damaged(f"it holds Python objects other than tensors{named}; refused without unpickling them") from None
+    except PermissionError as exc:
+        raise damaged(f"it cannot be read: {exc.strerror}") from None
+    except Exception as exc:  # the zip reader's errors or an OSError for a cut file, a KeyError for a text file
+        truncated = "zip archive" in str(exc) or isinstance(exc, (EOFError, OSError))
+        raise damaged("truncated or corrupt" if truncated else f"not a torch.save file: {type(exc).__name__}") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and isinstance(saved.get("state_dict"), dict)):
+        raise damaged("it does not hold a config and a state_dict")
+    cfg = checked_config(saved["config"], vocab_size, Path(path).stat().st_size, source=f"EXPORT_ONLY={path}")
+    model = GPT(cfg).to(device)
+    try:
         model.load_state_dict(saved["state_dict"], strict=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"EXPORT_ONLY={path} is damaged or not a checkpoint of this script ({reason}); re-save it "
-                         f"with a training run (CHECKPOINT_PATH).") from None
+    except RuntimeError as exc:
+        raise damaged(f"its weights do not fit its config: {str(exc).strip().splitlines()[-1].strip()[:160]}") from None
     model.looping = model.cfg.num_loops > 0
     return model
 
@@ -3455,6 +3537,8 @@ def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_byt
 def run(h: Hyperparameters, rt: Runtime) -> None:
     h.validate(rt.world_size)
     check_outputs(h, rt)
+    if not (h.eval_only or h.export_only):
+        check_training_memory(h, rt)
     source, code_bytes = script_source()
     start_log(h, rt, source, code_bytes)
     if not h.eval_only:
@@ -3464,6 +3548,9 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     rt.log(rt.kernels.line())
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
+    if h.export_only:  # the checkpoint before the data: a damaged one wastes nothing
+        rt.doing("loading the checkpoint")
+        model = load_checkpoint(h.export_only, rt.device, h.vocab_size)
     rt.doing("loading the tokenizer and the validation tokens")
     sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
     tables = build_byte_tables(sp, h.vocab_size)
@@ -3493,7 +3580,6 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         return evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt)
 
     if h.export_only:
-        model = load_checkpoint(h.export_only, rt.device)
         runners = prepare_model(model, h, rt)
         rt.log(f"export_only checkpoint:{h.export_only}")
         blob, quant_ms = export_model(model, runners, h, rt)
@@ -3503,7 +3589,10 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         rt.doing("checking the training shards' token ids")
         check_train_tokens(h, rt)
         rt.log(f"train_tokens_checked time:{1000 * (time.perf_counter() - t0):.0f}ms")
-        model = GPT(h.model_config()).to(rt.device)
+        torch.manual_seed(h.seed)  # the init depends on SEED alone: the packager rebuilds init_probe from it
+        model = GPT(h.model_config())
+        rt.log(f"init_probe seed:{h.seed} values:{','.join(f'{v:.7g}' for v in model.init_probe())}")
+        model = model.to(rt.device)
         runners = prepare_model(model, h, rt)
         predicted = predicted_model_bytes(model, h)
         rt.log(f"artifact_plan predicted_model_bytes:{predicted} code_bytes:{code_bytes} predicted_total_bytes:{predicted + code_bytes} "
@@ -3546,11 +3635,19 @@ def main() -> None:
             prefix = f"rank {rt.rank}: " if rt is not None and rt.world_size > 1 and not rt.is_main else ""
             report_failure(rt, f"error: {prefix}{exc}")
     except Exception as exc:
-        if rt is None or rt.world_size == 1 or not is_peer_failure(exc):
+        if is_out_of_memory(exc):
+            code = EXIT_MEMORY
+            asked = re.search(r"tried to allocate [\d.]+ ?\w+", str(exc), re.IGNORECASE)
+            report_failure(rt, f"error: out of memory while {rt.activity if rt else 'starting'} "
+                               f"({asked.group(0) if asked else type(exc).__name__}): no score "
+                               f"from this run; lower MICRO_BATCH_SEQS (training), EVAL_BATCH_SEQS or TTT_DOC_BATCH "
+                               f"(evaluation), or the model (NUM_LAYERS, MODEL_DIM, MLP_MULT)")
+        elif rt is None or rt.world_size == 1 or not is_peer_failure(exc):
             raise
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().split(". ")[0])  # drop gloo's source location
-        code, message = lost_peer_failure(rt, f"a collective failed: {reason[:120]}")
-        report_failure(rt, message)
+        else:
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().split(". ")[0])  # drop gloo's source location
+            code, message = lost_peer_failure(rt, f"a collective failed: {reason[:120]}")
+            report_failure(rt, message)
     finally:
         if dist.is_available() and dist.is_initialized() and code not in (EXIT_STALLED, EXIT_TERMINATED):
             dist.destroy_process_group()

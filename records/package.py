@@ -31,7 +31,9 @@ from the current directory), which must hold the challenge's 50,000 documents; w
 shards are absent, --full-val-tokens N gives the count. A record must also run on 8xH100 with
 the 600 s clock; --non-record lifts that and the submission says so. `--rescore` re-runs
 `EVAL_ONLY=1` of the shipped train_gpt.py on each shipped artifact with the run's own logged
-settings and refuses a score that differs from the log's by more than --rescore-tolerance.
+settings and refuses a score that differs from the log's by more than --rescore-tolerance, and
+rebuilds each run's initial model from its logged SEED to check its init_probe line. Without
+--rescore nothing is run, so a log edited consistently throughout passes; no check retrains.
 
 A wrapper is three lines that set `_WRAPPED_SOURCE` to the original source and exec it with
 the wrapper's own `__file__`, so train_gpt.py logs the same readable source either way and
@@ -72,7 +74,7 @@ ARTIFACT_FIELDS = ("code_bytes", "model_bytes", "total_bytes", "limit_bytes")
 # serialize (training, EXPORT_ONLY) and artifact_loaded (EVAL_ONLY) name the artifact file.
 ARTIFACT_FILE_TAGS = ("serialize", "artifact_loaded")
 ONCE_TAGS = ("artifact", "final_score", *(f"final_{s}" for s in STAGE_ORDER), "script", "data",
-             *ARTIFACT_FILE_TAGS)
+             "init_probe", *ARTIFACT_FILE_TAGS)
 # Seeds of one submission may differ only in these; anything else means a different run.
 PER_RUN_HPARAMS = {"SEED", "RUN_ID", "DATA_PATH", "TOKENIZER_PATH", "NLL_DUMP_PATH", "ARTIFACT_PATH", "CHECKPOINT_PATH"}
 # Always spelled out in the reproduction command when the script's default can't be found.
@@ -101,6 +103,10 @@ RESCORE_SKIP = {"RUN_ID", "ARTIFACT_PATH", "CHECKPOINT_PATH", "EVAL_ONLY", "EXPO
                 "NLL_DUMP_PATH"}
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                       "MASTER_PORT")
+
+
+NOT_RESCORED = ("note: not rescored: the scores are as logged, checked for agreement only; --rescore "
+                "re-evaluates each artifact and rebuilds each seed's initial model")
 
 
 class PackageError(Exception):
@@ -141,6 +147,7 @@ class RunLog:
     caseops: bool = False  # the data line: a CaseOps tokenizer
     data_path: str | None = None
     curve: list[tuple[str, str]] = field(default_factory=list)  # (step, train_loss) as logged
+    init_probe: tuple[int, list[float]] | None = None  # the init_probe line: seed, values
     # Set by validate_runs: whether the run scored the challenge's whole validation split.
     full_split: bool | None = None
     # Where the checked lines are: tag -> (line number, line), for ONCE_TAGS, score_withheld
@@ -262,6 +269,9 @@ def parse_log(text: str, name: str = "log") -> RunLog:
                 run.artifact = {k: int(p[k]) for k in ARTIFACT_FIELDS}
             elif tag == "wallclock":
                 run.wallclock = {k: int(_number(v)) for k, v in _pairs(rest).items()}
+            elif tag == "init_probe":
+                p = _pairs(rest)
+                run.init_probe = (int(p["seed"]), [float(v) for v in p["values"].split(",")])
             elif tag == "artifact_over_limit":
                 run.over_limit_line = line.strip()
             elif tag == "val_tokens_limit":
@@ -657,6 +667,73 @@ def check_script(script_text: str, script_name: str, runs: list[RunLog]) -> None
                            "the logs.")
 
 
+def logged_settings(run: RunLog) -> dict[str, str]:
+    """The run's hparam lines as environment variables (switches are logged True/False, read 0/1)."""
+    return {key: {"True": "1", "False": "0"}.get(value, value) for key, value in run.hparams.items()}
+
+
+# Imports the logged source (check_script has matched it to the shipped script), rebuilds each
+# run's initial model from its logged settings and prints its init_probe values, a JSON list a run.
+PROBE_PROGRAM = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("probed_train_gpt", sys.argv[1])
+tg = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tg)
+for env in json.loads(sys.stdin.read()):
+    h = tg.Hyperparameters(environ=env)
+    tg.torch.manual_seed(h.seed)
+    print(json.dumps(tg.GPT(h.model_config()).init_probe()), flush=True)
+"""
+# The initial weights are drawn on the CPU, so only BLAS rounding (orthogonal init's QR) differs
+# between machines: a few units in the 7th digit. Another seed moves every value by its whole size.
+PROBE_TOLERANCE = 1e-5
+
+
+def check_init_probes(runs: list[RunLog], rebuild: bool) -> None:
+    """A log's SEED must be the seed its model was initialised with: its init_probe line must
+    name that seed and, with `rebuild` (--rescore: it runs the logged source, as rescoring runs
+    the shipped script), equal the values the logged SEED and settings give on the CPU here.
+    Nothing to check for a script that logs no init_probe."""
+    source = runs[0].source
+    if not re.search(r"^\s+def init_probe\(self", source, flags=re.M):  # an older or another script
+        return
+    for run in runs:
+        if run.init_probe is None:
+            if run.curve:  # only EVAL_ONLY and EXPORT_ONLY runs, which train nothing, have none
+                raise PackageError(f"{run.name} has no init_probe line, but its script writes one "
+                                   "before training; package the log exactly as train_gpt.py wrote it.")
+            continue
+        if run.init_probe[0] != run.seed:
+            raise PackageError(f"{run.line('init_probe')} was written by seed {run.init_probe[0]}, "
+                               f"but the log's SEED is {run.seed}: the SEED line was edited; "
+                               "package the log the run wrote.")
+    runs = [run for run in runs if run.init_probe is not None]
+    if not (rebuild and runs):
+        return
+    envs = [logged_settings(run) for run in runs]
+    with tempfile.TemporaryDirectory(prefix="probe.") as work:
+        module = Path(work) / "probed_train_gpt.py"
+        module.write_text(source, encoding="utf-8")
+        proc = subprocess.run([sys.executable, "-c", PROBE_PROGRAM, str(module)], input=json.dumps(envs),
+                              capture_output=True, text=True, cwd=work,
+                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    rebuilt = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    if proc.returncode != 0 or len(rebuilt) != len(runs):
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PackageError(f"rebuilding the runs' initial models to check their init_probe lines "
+                           f"failed ({last}); report this bug.")
+    for run, values in zip(runs, rebuilt):
+        logged = run.init_probe[1]
+        off = [i for i, (a, b) in enumerate(zip(logged, values)) if abs(a - b) > PROBE_TOLERANCE]
+        if len(logged) != len(values) or off:
+            i = off[0] if off else min(len(logged), len(values))
+            shown = (f"value {i}: logged {logged[i]:.7g}, rebuilt {values[i]:.7g}" if off
+                     else f"{len(logged)} values logged, {len(values)} rebuilt")
+            raise PackageError(f"{run.line('init_probe')} is not the initial model that SEED={run.seed} "
+                               f"and the log's settings give ({shown}), so its SEED or model settings "
+                               "were edited; package the log the run wrote.")
+
+
 @functools.lru_cache(maxsize=16)
 def _wrapper_bytes(source: str, method: str) -> int | None:
     """Size of make_wrapper(source, method); None where that compressor is not installed."""
@@ -798,9 +875,7 @@ class Options:
 
 def rescore_env(run: RunLog, artifact: Path, overrides: dict[str, str]) -> dict[str, str]:
     """The run's logged settings as the environment of an EVAL_ONLY run on `artifact`."""
-    # Switches are logged as True/False but read as 0/1.
-    env = {key: {"True": "1", "False": "0"}.get(value, value)
-           for key, value in run.hparams.items() if key not in RESCORE_SKIP}
+    env = {key: value for key, value in logged_settings(run).items() if key not in RESCORE_SKIP}
     env.update(overrides)
     for key in ("DATA_PATH", "TOKENIZER_PATH"):  # it runs in a temporary folder
         if env.get(key):
@@ -994,11 +1069,11 @@ def reproduction_commands(run_list: list[RunLog], folder: Path) -> list[str]:
         if (default is None and key in KEY_HPARAMS
                 or default is not None and _normal(default) != _normal(value)):
             env.append(f"{key}={shlex.quote(value)}")
-    if "VOCAB_SIZE" in first.hparams:
-        data = Path(os.path.relpath(REPO_ROOT, folder.resolve())) / "data"
-        vocab = first.hparams["VOCAB_SIZE"]
-        env += [f"DATA_PATH={data.as_posix()}/datasets/fineweb10B_sp{vocab}",
-                f"TOKENIZER_PATH={data.as_posix()}/tokenizers/fineweb_{vocab}_bpe.model"]
+    for key in ("DATA_PATH", "TOKENIZER_PATH"):  # the files the run read, seen from the folder
+        logged = first.hparams.get(key)
+        if logged:
+            where = logged if Path(logged).is_absolute() else os.path.relpath(_local(logged), folder.resolve())
+            env.append(f"{key}={shlex.quote(Path(where).as_posix())}")
     nproc = first.run_info.get("world_size", "8")
     tail = " ".join(env + [f"torchrun --standalone --nproc_per_node={nproc} train_gpt.py"])
     return [f"SEED={r.seed} {tail}" for r in sorted(run_list, key=lambda r: r.seed)]
@@ -1087,6 +1162,7 @@ def check_folder(folder: Path, expected_name: str | None = None,
     check_script(script_text, str(folder / "train_gpt.py"), runs)
     check_code_bytes(script_text, str(folder / "train_gpt.py"), runs)
     check_shipped_script(script_text, str(folder / "train_gpt.py"), runs)
+    check_init_probes(runs, rebuild=options.rescore)
     for run in runs:
         artifact = folder / artifact_name(run.seed)
         if not artifact.is_file():
@@ -1281,6 +1357,8 @@ def main(argv: list[str] | None = None) -> int:
             rescored = ", each artifact rescored" if args.rescore else ""
             print(f"ok: {args.check} matches its {len(sub['seeds'])} logs and artifacts"
                   f"{rescored}, val_bpb {sub['val_bpb']:.8f} ± {sub['val_bpb_std']:.8f}")
+            if not args.rescore:
+                print(NOT_RESCORED)
             return 0
         if not args.name or not args.logs:
             ap.error("--name and --logs are required unless --check is given")
@@ -1290,6 +1368,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {folder}; fill in the README's 'What and why', "
           f"then re-check it with --check {folder}")
+    if not args.rescore:
+        print(NOT_RESCORED)
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pickle
 import re
 import resource
 import signal
@@ -190,6 +192,20 @@ def test_script_prints_one_line_and_exits_with_its_status(tiny_env, tmp_path, en
     assert proc.returncode == status
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
+
+
+def test_an_allocation_that_fails_mid_run_is_one_line_with_exit_7(tiny_env, tmp_path):
+    # Within the start check's bound (it counts the machine's memory), but over an address-space
+    # limit of 3 GB: the CPU allocator fails once training starts.
+    launcher = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)); "
+                f"sys.argv = [{str(ROOT / 'train_gpt.py')!r}]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **tiny_env, "MODEL_DIM": "1024", "NUM_HEADS": "8", "NUM_KV_HEADS": "4",
+           "NUM_LAYERS": "16"}
+    proc = subprocess.run([sys.executable, "-c", launcher], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.match(r"error: out of memory while .*\(tried to allocate \d+ bytes\): no score from this run; lower MICRO_BATCH_SEQS", line)
     assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
 
 
@@ -417,14 +433,21 @@ CONFIG_EDITS = [
     ("logit_softcap", float("inf"), "LOGIT_SOFTCAP=inf must be a finite number"),
     ("qk_gain_init", 0.0, "QK_GAIN_INIT=0.0 must be greater than 0"),
     ("parallel_residual_start", -2, "PARALLEL_RESIDUAL_START=-2 must be at least 0"),
-    ("xsa_last_n", "all", "XSA_LAST_N='all' is not a valid int"),
-    ("num_layers", 4.5, "NUM_LAYERS='4.5' is not a valid int"),
-    ("smear_gate", "yes", "SMEAR_GATE='yes' must be 0 or 1"),
-    ("doc_attention", None, "doc_attention=None, which no DOC_ATTENTION setting can be"),
-    ("pass_lora_targets", [1, 2], "pass_lora_targets=[1, 2], which no PASS_LORA_TARGETS setting can be"),
+    ("xsa_last_n", "all", "xsa_last_n='all', which is not an integer (the XSA_LAST_N setting"),
+    ("num_layers", 4.5, "num_layers=4.5, which is not an integer"),
+    ("num_layers", 4.0, "num_layers=4.0, which is not an integer"),  # the JSON type, not just the value
+    ("model_dim", "128", "model_dim='128', which is not an integer"),
+    ("num_heads", True, "num_heads=True, which is not an integer"),
+    ("rope_base", "10000", "rope_base='10000', which is not a number"),
+    ("mlp_mult", 1e308, "MLP_MULT=1e+308 must be at most 64"),
+    ("smear_gate", "yes", "smear_gate='yes', which is not true or false"),
+    ("smear_gate", 1, "smear_gate=1, which is not true or false"),
+    ("doc_attention", None, "doc_attention=None, which is not true or false"),
+    ("pass_lora_targets", [1, 2], "pass_lora_targets=[1, 2], which is not a list of strings"),
     ("pass_lora_targets", ["q", "w"], "PASS_LORA_TARGETS has unknown targets ['w']"),
     ("bos_id", 0, "bos_id=0; the challenge's tokenizers put BOS at 1"),
     ("bos_id", True, "bos_id=True"),
+    ("bos_id", 1.0, "bos_id=1.0"),
 ]
 
 
@@ -551,7 +574,16 @@ def test_a_stage_that_scores_nan_gives_no_final_score(run_in, tmp_path, monkeypa
     ({"NLL_DUMP_PATH": "logs"}, tg.ConfigError, "NLL_DUMP_PATH=logs is a folder"),
     ({"CHECKPOINT_PATH": "/"}, tg.ConfigError, "CHECKPOINT_PATH=/ is a folder"),
     ({"ARTIFACT_PATH": "/proc/m.ptz"}, tg.ConfigError, "the folder /proc does not exist or is not writable"),
-], ids=["compile-2", "bool-word", "artifact-dir", "dump-dir", "checkpoint-dir", "unwritable-as-root"])
+    ({"EVAL_ONLY": "1", "ARTIFACT_PATH": "logs"}, tg.ConfigError, "ARTIFACT_PATH=logs is a folder, not a file"),
+    ({"EXPORT_ONLY": "logs"}, tg.ConfigError, "EXPORT_ONLY=logs is a folder, not a file"),
+    # Inside every setting's range, but no device holds them: refused before anything is allocated.
+    ({"MODEL_DIM": "16384", "NUM_HEADS": "128", "NUM_KV_HEADS": "64", "NUM_LAYERS": "32"}, tg.ConfigError,
+     "parameters: NUM_LAYERS=32 MODEL_DIM=16384 MLP_MULT=2.0) needs at least"),
+    ({"MLP_MULT": "60", "MODEL_DIM": "4096", "NUM_HEADS": "32", "NUM_KV_HEADS": "8", "NUM_LAYERS": "64"}, tg.ConfigError,
+     "lower NUM_LAYERS, MODEL_DIM, MLP_MULT or MICRO_BATCH_SEQS"),
+    ({"MLP_MULT": "1e308"}, tg.ConfigError, "MLP_MULT=1e+308 must be at most 64"),
+], ids=["compile-2", "bool-word", "artifact-dir", "dump-dir", "checkpoint-dir", "unwritable-as-root", "eval-only-folder",
+        "export-only-folder", "model-beyond-memory", "mlp-beyond-memory", "mlp-mult-overflow"])
 def test_second_pass_settings_fail_before_training(run_in, tmp_path, overrides, kind, message):
     (tmp_path / "logs").mkdir(exist_ok=True)
     error = run_in(**overrides)
@@ -559,8 +591,20 @@ def test_second_pass_settings_fail_before_training(run_in, tmp_path, overrides, 
     assert nothing_scored(tmp_path)
 
 
-def test_an_empty_numeric_variable_means_its_default():
+def test_the_training_memory_bound_is_below_what_the_gpu_measured():
+    # The first GPU run (README) allocated 44.0 GiB for the default model's 98,304-token micro-batch:
+    # a lower bound above it would refuse the default run.
+    h = tg.Hyperparameters(environ={})
+    h.validate(1)
+    params, need = tg.training_memory_bytes(h, 1)
+    assert h.micro_batch(1) * h.window_len == 98_304 and 20 * params < need < 44.0 * 2**30
+
+
+def test_an_empty_numeric_variable_means_unset_the_presets_value_else_the_default():
     assert tg.Hyperparameters(environ={"NUM_LAYERS": "", "ITERATIONS": ""}).num_layers == 11
+    under_preset = tg.Hyperparameters(environ={"PRESET": "cpu", "NUM_LAYERS": "", "ITERATIONS": "", "COMPILE": ""})
+    assert (under_preset.num_layers, under_preset.iterations, under_preset.compile) == (4, 360, False)
+    assert tg.Hyperparameters(environ={"PRESET": "cpu", "CHECKPOINT_PATH": ""}).checkpoint_path == ""  # a string: a value
 
 
 @pytest.mark.parametrize("content, message", [
@@ -575,15 +619,36 @@ def test_a_tokenizer_that_is_not_sentencepiece_is_one_line(run_in, tmp_path, con
     assert nothing_scored(tmp_path)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"\x80\x02junk"), "is damaged or not a checkpoint of this script"),
-    (lambda p: torch.save({"config": {"bogus": 1}, "state_dict": {}}, p), "is damaged or not a checkpoint of this script"),
-], ids=["truncated", "crafted"])
-def test_a_damaged_checkpoint_is_one_line_and_never_unpickled(run_in, tmp_path, make, message):
+class RunsCode:
+    """Unpickling this would run a shell command: the loader must refuse it unread."""
+    def __reduce__(self):
+        return (subprocess.call, (["touch", "pwned"],))
+
+
+def truncated_checkpoint(path: Path) -> None:
+    torch.save({"config": {}, "state_dict": {"w": torch.zeros(4096)}}, path)
+    path.write_bytes(path.read_bytes()[:6000])
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: p.write_bytes(b"\x80\x02junk"), "(not a torch.save file"),
+    (truncated_checkpoint, "(truncated or corrupt)"),
+    (lambda p: p.write_text("a text file\n"), "(not a torch.save file: "),
+    (lambda p: p.write_bytes(pickle.dumps(RunsCode(), protocol=2, fix_imports=False)), "(it holds Python objects other than tensors: "
+                                                                       "subprocess.call; refused without unpickling them)"),
+    (lambda p: p.write_bytes(pickle.dumps(RunsCode(), protocol=4)), "(it holds Python objects other than tensors: "
+                                                                       "pickle opcode 149; refused without unpickling them)"),
+    (lambda p: torch.save([1, 2], p), "(it does not hold a config and a state_dict)"),
+    (lambda p: torch.save({"config": {"bogus": 1}, "state_dict": {}}, p), "model config has the fields ['bogus']"),
+], ids=["junk", "truncated", "text", "code", "code-protocol-4", "list", "crafted-config"])
+def test_a_damaged_checkpoint_is_one_line_read_first_and_never_unpickled(run_in, tmp_path, monkeypatch, make, reason, capfd):
     ckpt = tmp_path / "c.pt"
     make(ckpt)
+    monkeypatch.setattr(tg, "load_validation_tokens", lambda *a: pytest.fail("the data was read before the checkpoint"))
     error = run_in(EXPORT_ONLY=str(ckpt))
-    assert isinstance(error, tg.InputError) and message in str(error) and "weights_only=False" not in str(error)
+    assert isinstance(error, tg.InputError) and f"EXPORT_ONLY={ckpt}" in str(error) and reason in str(error), error
+    assert "weights_only" not in str(error) and "\n" not in str(error) and not (tmp_path / "pwned").exists()
+    assert "Warning" not in capfd.readouterr().err
 
 
 def test_an_existing_artifact_is_moved_aside_so_a_failed_run_leaves_none(run_in, tmp_path):

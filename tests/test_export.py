@@ -55,7 +55,7 @@ def reexported(trained):
 @pytest.fixture(scope="module")
 def quantized(trained):
     """The checkpoint quantized in-process exactly as the script's export does."""
-    model = tg.load_checkpoint(str(trained.checkpoint), CPU)
+    model = tg.load_checkpoint(str(trained.checkpoint), CPU, trained.h.vocab_size)
     hessians = tg.collect_hessians(model, trained.h, RT)
     tensors = tg.quantize_model(model, hessians, trained.h, RT)
     return SimpleNamespace(model=model, hessians=hessians, tensors=tensors)
@@ -400,7 +400,7 @@ def test_export_only_re_exports_the_checkpoint_with_new_settings(trained, reexpo
     assert fields(line)["method"] == "rtn" and fields(line)["matrix_bits"] == "4"
     # Exactly the bytes an in-process RTN int4 export of the checkpoint compressed with zstd gives.
     h = tg.Hyperparameters(environ={**trained.env, "QUANT_METHOD": "rtn", "MATRIX_BITS": "4"})
-    model = tg.load_checkpoint(str(trained.checkpoint), CPU)
+    model = tg.load_checkpoint(str(trained.checkpoint), CPU, trained.h.vocab_size)
     tensors = tg.quantize_model(model, None, h, RT)
     blob = reexported.artifact.read_bytes()
     assert blob == tg.serialize_artifact(tensors, model.cfg, "zstd")

@@ -271,10 +271,19 @@ def test_readme_has_results_table_and_reproduction_commands(env):
     assert "NUM_LAYERS=" not in command and " VOCAB_SIZE=" not in command
     assert "TTT_EPOCHS=3" in command and "MODEL_DIM=512" in command and "NUM_LOOPS=2" in command
     assert "RUN_ID" not in command
-    assert "DATA_PATH=" in command and "/data/datasets/fineweb10B_sp8192" in command
+    # The data the run read (logged relative to where it ran), seen from the submission folder.
+    assert " DATA_PATH=../../data/datasets/fineweb10B_sp8192 " in command and "TOKENIZER_PATH" not in command
     assert "- [x] three_seeds" in readme
     sha = fake_artifact("model_1337.ptz", MODEL_BYTES)[1]
     assert f"| 1337 | `artifact_seed1337.ptz` | {MODEL_BYTES} | `{sha}` |" in readme
+
+
+def test_the_reproduction_command_names_the_logged_data_and_tokenizer(env):
+    local = {"DATA_PATH": "/srv/local_sp1024", "TOKENIZER_PATH": "tok/local_1024_bpe.model"}
+    assert env.package(three_logs(hparams=local), "--full-val-tokens", str(VAL_TOKENS)) == 0
+    command = next(line for line in (env.folder / "README.md").read_text().splitlines() if "torchrun" in line)
+    assert " DATA_PATH=/srv/local_sp1024 TOKENIZER_PATH=../../tok/local_1024_bpe.model " in command
+    assert "fineweb10B" not in command
 
 
 def test_one_seed_has_zero_std_and_three_seeds_false(env):
@@ -975,6 +984,25 @@ def test_a_tiny_log_copied_with_its_seed_changed_is_refused(tiny_run, tmp_path, 
     assert re.search(r"tiny1.txt \(SEED=2\) and \S*tiny0.txt \(SEED=1\) log the same training curve "
                      r"\(4 step: train_loss: values\)", err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_single_tiny_log_relabelled_with_another_seed_is_refused(tiny_run, tmp_path, capsys):
+    # Only SEED edited: its init_probe line still names the seed that initialised the model.
+    relabelled = _edit(r"^hparam SEED=1$", "hparam SEED=2")(tiny_run.text)
+    assert package_tiny(tiny_run, tmp_path / "seed", [relabelled], "--non-record") == 2
+    err = last_error(capsys)
+    assert "('init_probe seed:1 values:" in err and "but the log's SEED is 2: the SEED line was edited" in err, err
+    # SEED and the probe's seed edited together: --rescore rebuilds seed 2's initial model.
+    both = _edit(r"^init_probe seed:1 ", "init_probe seed:2 ")(relabelled)
+    assert package_tiny(tiny_run, tmp_path / "both", [both], "--non-record") == 0
+    capsys.readouterr()
+    assert package.main(["--check", str(tiny_folder(tmp_path / "both")), "--rescore"]) == 2
+    err = last_error(capsys)
+    assert "is not the initial model that SEED=2 and the log's settings give (value 0: logged " in err, err
+    # The line removed.
+    removed = re.sub(r"^init_probe .*\n", "", tiny_run.text, flags=re.M)
+    assert package_tiny(tiny_run, tmp_path / "removed", [removed], "--non-record") == 2
+    assert "has no init_probe line, but its script writes one" in last_error(capsys)
 
 
 def test_a_tiny_cpu_run_is_no_record_but_packages_as_non_record(tiny_run, tmp_path, capsys):
