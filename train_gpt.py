@@ -2350,13 +2350,17 @@ def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int
 
 
 def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
-    """Refuse, before anything is allocated, a model and micro-batch that cannot fit to train."""
+    """Refuse, before anything is allocated, a model and micro-batch that cannot fit to train.
+    Every rank checks its own device, and all stop together (agree) with rank 0's line."""
     params, need = training_memory_bytes(h, rt.world_size)
     have = device_memory_bytes()
-    if need > have:
-        raise ConfigError(f"these settings' model ({params:,} parameters: NUM_LAYERS={h.num_layers} MODEL_DIM={h.model_dim} "
-                          f"MLP_MULT={h.mlp_mult}) needs at least {need / 2**30:.1f} GiB a process to train, more than "
-                          f"this device's {have / 2**30:.1f} GiB; lower NUM_LAYERS, MODEL_DIM, MLP_MULT or MICRO_BATCH_SEQS.")
+    tokens = h.micro_batch(rt.world_size) * h.window_len
+    problem = None if need <= have else (
+        f"these settings (a model of {params:,} parameters: NUM_LAYERS={h.num_layers} MODEL_DIM={h.model_dim} "
+        f"MLP_MULT={h.mlp_mult}; micro-batches of {tokens:,} tokens) need at least {need / 2**30:.1f} GiB a process "
+        f"to train, more than this device's {have / 2**30:.1f} GiB; lower MICRO_BATCH_SEQS, TRAIN_SEQ_LEN, NUM_LAYERS, "
+        f"MODEL_DIM or MLP_MULT.")
+    agree(rt, problem)
 
 
 def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -3294,7 +3298,8 @@ def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
             reads.append(("EVAL_ONLY=1 but ARTIFACT_PATH", h.artifact_path, ""))
         for name, path, hint in reads:
             if problem is None and not Path(path).is_file():
-                what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+                what = ("is a folder, not a file" if Path(path).is_dir() else
+                        "is not a regular file" if Path(path).exists() else "does not exist")
                 problem = f"{name}={path} {what}{hint}."
     agree(rt, problem)
 
@@ -3421,6 +3426,18 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int) -> GPT:
     if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and isinstance(saved.get("state_dict"), dict)):
         raise damaged("it does not hold a config and a state_dict")
     cfg = checked_config(saved["config"], vocab_size, Path(path).stat().st_size, source=f"EXPORT_ONLY={path}")
+    for name, tensor in saved["state_dict"].items():
+        # A trained checkpoint holds dense real floats that fp16 can store (the export passes
+        # some through as fp16): anything else would fail or mislead deep inside GPTQ.
+        if not (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and not tensor.is_meta
+                and tensor.is_floating_point()):
+            kind = (f"a {tensor.dtype} tensor ({tensor.layout}, on {tensor.device.type})" if isinstance(tensor, torch.Tensor)
+                    else type(tensor).__name__)
+            raise damaged(f"{name} is {kind}, not dense floating-point weights")
+        largest = float(tensor.float().abs().max()) if tensor.numel() else 0.0
+        if not largest <= torch.finfo(torch.float16).max:
+            raise damaged(f"{name} holds {'non-finite values' if not math.isfinite(largest) else f'|w| up to {largest:.3g}'}, "
+                          f"which no trained model has and fp16 cannot store")
     model = GPT(cfg).to(device)
     try:
         model.load_state_dict(saved["state_dict"], strict=True)
@@ -3589,6 +3606,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         rt.doing("checking the training shards' token ids")
         check_train_tokens(h, rt)
         rt.log(f"train_tokens_checked time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        rt.doing("building the model")
         torch.manual_seed(h.seed)  # the init depends on SEED alone: the packager rebuilds init_probe from it
         model = GPT(h.model_config())
         rt.log(f"init_probe seed:{h.seed} values:{','.join(f'{v:.7g}' for v in model.init_probe())}")

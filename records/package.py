@@ -724,7 +724,7 @@ def check_init_probes(runs: list[RunLog], rebuild: bool) -> None:
                            f"failed ({last}); report this bug.")
     for run, values in zip(runs, rebuilt):
         logged = run.init_probe[1]
-        off = [i for i, (a, b) in enumerate(zip(logged, values)) if abs(a - b) > PROBE_TOLERANCE]
+        off = [i for i, (a, b) in enumerate(zip(logged, values)) if not abs(a - b) <= PROBE_TOLERANCE]  # NaN: off
         if len(logged) != len(values) or off:
             i = off[0] if off else min(len(logged), len(values))
             shown = (f"value {i}: logged {logged[i]:.7g}, rebuilt {values[i]:.7g}" if off

@@ -195,6 +195,15 @@ def test_script_prints_one_line_and_exits_with_its_status(tiny_env, tmp_path, en
     assert not Path(tiny_env["ARTIFACT_PATH"]).exists()
 
 
+def test_a_model_no_device_holds_stops_every_rank_with_rank_0s_line(tiny_env, tmp_path):
+    # The ranks agree before raising: none is stopped by torchrun's SIGTERM and blames a lost peer.
+    env = {**tiny_env, "MODEL_DIM": "8192", "NUM_HEADS": "64", "NUM_KV_HEADS": "8", "NUM_LAYERS": "64"}
+    proc = run_script(env, tmp_path, nproc=2, check=False, timeout=300)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error:") and "need at least" in line]
+    assert proc.returncode != 0 and len(ours) == 1 and "lost a peer" not in proc.stderr and "SIGTERM" not in proc.stderr
+    assert re.search(r"exitcode\s*: 2", proc.stderr) and not re.search(r"exitcode\s*: [15]\b", proc.stderr), proc.stderr[-3000:]
+
+
 def test_an_allocation_that_fails_mid_run_is_one_line_with_exit_7(tiny_env, tmp_path):
     # Within the start check's bound (it counts the machine's memory), but over an address-space
     # limit of 3 GB: the CPU allocator fails once training starts.
@@ -578,12 +587,17 @@ def test_a_stage_that_scores_nan_gives_no_final_score(run_in, tmp_path, monkeypa
     ({"EXPORT_ONLY": "logs"}, tg.ConfigError, "EXPORT_ONLY=logs is a folder, not a file"),
     # Inside every setting's range, but no device holds them: refused before anything is allocated.
     ({"MODEL_DIM": "16384", "NUM_HEADS": "128", "NUM_KV_HEADS": "64", "NUM_LAYERS": "32"}, tg.ConfigError,
-     "parameters: NUM_LAYERS=32 MODEL_DIM=16384 MLP_MULT=2.0) needs at least"),
+     "parameters: NUM_LAYERS=32 MODEL_DIM=16384 MLP_MULT=2.0; micro-batches of 1,024 tokens) need at least"),
     ({"MLP_MULT": "60", "MODEL_DIM": "4096", "NUM_HEADS": "32", "NUM_KV_HEADS": "8", "NUM_LAYERS": "64"}, tg.ConfigError,
-     "lower NUM_LAYERS, MODEL_DIM, MLP_MULT or MICRO_BATCH_SEQS"),
+     "lower MICRO_BATCH_SEQS, TRAIN_SEQ_LEN, NUM_LAYERS, MODEL_DIM or MLP_MULT"),
+    # A tiny model whose micro-batch's activations and logits are what cannot fit.
+    ({"TRAIN_SEQ_LEN": "1048576", "TRAIN_BATCH_TOKENS": "67108864", "MICRO_BATCH_SEQS": "64"}, tg.ConfigError,
+     "micro-batches of 67,108,864 tokens) need at least"),
+    ({"EXPORT_ONLY": "/dev/null"}, tg.ConfigError, "EXPORT_ONLY=/dev/null is not a regular file"),
     ({"MLP_MULT": "1e308"}, tg.ConfigError, "MLP_MULT=1e+308 must be at most 64"),
 ], ids=["compile-2", "bool-word", "artifact-dir", "dump-dir", "checkpoint-dir", "unwritable-as-root", "eval-only-folder",
-        "export-only-folder", "model-beyond-memory", "mlp-beyond-memory", "mlp-mult-overflow"])
+        "export-only-folder", "model-beyond-memory", "mlp-beyond-memory", "activations-beyond-memory", "export-only-device",
+        "mlp-mult-overflow"])
 def test_second_pass_settings_fail_before_training(run_in, tmp_path, overrides, kind, message):
     (tmp_path / "logs").mkdir(exist_ok=True)
     error = run_in(**overrides)
@@ -630,6 +644,17 @@ def truncated_checkpoint(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:6000])
 
 
+def edited_checkpoint(edit):
+    """A checkpoint of the tiny model, as a training run saves it, with one weight edited."""
+    def make(path: Path) -> None:
+        torch.manual_seed(0)
+        model = tg.GPT(tg.Hyperparameters(environ=TINY_RUN_ENV).model_config())
+        state = model.state_dict()
+        state["tok_emb.weight"] = edit(state["tok_emb.weight"])
+        torch.save({"config": tg.asdict(model.cfg), "state_dict": state}, path)
+    return make
+
+
 @pytest.mark.parametrize("make, reason", [
     (lambda p: p.write_bytes(b"\x80\x02junk"), "(not a torch.save file"),
     (truncated_checkpoint, "(truncated or corrupt)"),
@@ -640,7 +665,16 @@ def truncated_checkpoint(path: Path) -> None:
                                                                        "pickle opcode 149; refused without unpickling them)"),
     (lambda p: torch.save([1, 2], p), "(it does not hold a config and a state_dict)"),
     (lambda p: torch.save({"config": {"bogus": 1}, "state_dict": {}}, p), "model config has the fields ['bogus']"),
-], ids=["junk", "truncated", "text", "code", "code-protocol-4", "list", "crafted-config"])
+    (edited_checkpoint(lambda w: torch.full_like(w, float("nan"))), "(tok_emb.weight holds non-finite values, which no "
+                                                                   "trained model has and fp16 cannot store)"),
+    (edited_checkpoint(lambda w: w * 1e30), "(tok_emb.weight holds |w| up to "),
+    (edited_checkpoint(lambda w: w.to(torch.complex64)), "(tok_emb.weight is a torch.complex64 tensor (torch.strided, on cpu), "
+                                                         "not dense floating-point weights)"),
+    (edited_checkpoint(lambda w: w.long()), "(tok_emb.weight is a torch.int64 tensor"),
+    (edited_checkpoint(lambda w: w.to_sparse()), "(tok_emb.weight is a torch.float32 tensor (torch.sparse_coo"),
+    (edited_checkpoint(lambda w: w[:, :-1].clone()), "(its weights do not fit its config: "),
+], ids=["junk", "truncated", "text", "code", "code-protocol-4", "list", "crafted-config", "nan-weights", "huge-weights",
+        "complex-weights", "integer-weights", "sparse-weights", "wrong-shape"])
 def test_a_damaged_checkpoint_is_one_line_read_first_and_never_unpickled(run_in, tmp_path, monkeypatch, make, reason, capfd):
     ckpt = tmp_path / "c.pt"
     make(ckpt)

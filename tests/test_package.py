@@ -999,6 +999,10 @@ def test_a_single_tiny_log_relabelled_with_another_seed_is_refused(tiny_run, tmp
     assert package.main(["--check", str(tiny_folder(tmp_path / "both")), "--rescore"]) == 2
     err = last_error(capsys)
     assert "is not the initial model that SEED=2 and the log's settings give (value 0: logged " in err, err
+    # ... also when the values are written as nan, which compares unequal to everything.
+    nan = re.sub(r"^(init_probe seed:2 values:).*$", lambda m: m[1] + ",".join(["nan"] * 16), both, flags=re.M)
+    assert package_tiny(tiny_run, tmp_path / "nan", [nan], "--non-record", "--rescore") == 2
+    assert "(value 0: logged nan, rebuilt " in last_error(capsys)
     # The line removed.
     removed = re.sub(r"^init_probe .*\n", "", tiny_run.text, flags=re.M)
     assert package_tiny(tiny_run, tmp_path / "removed", [removed], "--non-record") == 2
