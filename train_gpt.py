@@ -434,6 +434,10 @@ class Hyperparameters:
         most = max(1, self.micro_batch_seqs * self.train_seq_len // self.window_len)
         return max(d for d in range(1, min(most, per_rank) + 1) if per_rank % d == 0)
 
+    def micro_batch_tokens(self, world_size: int) -> int:
+        """Tokens one process runs forward and backward at once."""
+        return self.micro_batch(world_size) * self.window_len
+
     def grad_accum_steps(self, world_size: int) -> int:
         return self.train_batch_tokens // self.window_len // world_size // self.micro_batch(world_size)
 
@@ -2318,6 +2322,13 @@ def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str 
     return cfg
 
 
+def untrained_model(h: Hyperparameters) -> GPT:
+    """The untrained model, on the CPU, drawn from SEED alone: training starts from it and the
+    packager rebuilds it to check a log's init_probe line (records/package.py)."""
+    torch.manual_seed(h.seed)
+    return GPT(h.model_config())
+
+
 def parameter_count(cfg: ModelConfig) -> int:
     """The model's parameters, counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
@@ -2342,7 +2353,7 @@ def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int
     GPU run measured 44.0 GiB allocated for the same micro-batch (README: First GPU run)."""
     cfg = h.model_config()
     params = parameter_count(cfg)
-    tokens = h.micro_batch(world_size) * h.window_len
+    tokens = h.micro_batch_tokens(world_size)
     depth = cfg.num_layers + cfg.loop_len * cfg.num_loops
     saved = tokens * depth * (4 * cfg.model_dim + 2 * cfg.mlp_dim) * 2
     logits = tokens * cfg.vocab_size * 4 * 2
@@ -2354,10 +2365,9 @@ def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
     Every rank checks its own device, and all stop together (agree) with rank 0's line."""
     params, need = training_memory_bytes(h, rt.world_size)
     have = device_memory_bytes()
-    tokens = h.micro_batch(rt.world_size) * h.window_len
     problem = None if need <= have else (
         f"these settings (a model of {params:,} parameters: NUM_LAYERS={h.num_layers} MODEL_DIM={h.model_dim} "
-        f"MLP_MULT={h.mlp_mult}; micro-batches of {tokens:,} tokens) need at least {need / 2**30:.1f} GiB a process "
+        f"MLP_MULT={h.mlp_mult}; micro-batches of {h.micro_batch_tokens(rt.world_size):,} tokens) need at least {need / 2**30:.1f} GiB a process "
         f"to train, more than this device's {have / 2**30:.1f} GiB; lower MICRO_BATCH_SEQS, TRAIN_SEQ_LEN, NUM_LAYERS, "
         f"MODEL_DIM or MLP_MULT.")
     agree(rt, problem)
@@ -3607,8 +3617,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         check_train_tokens(h, rt)
         rt.log(f"train_tokens_checked time:{1000 * (time.perf_counter() - t0):.0f}ms")
         rt.doing("building the model")
-        torch.manual_seed(h.seed)  # the init depends on SEED alone: the packager rebuilds init_probe from it
-        model = GPT(h.model_config())
+        model = untrained_model(h)
         rt.log(f"init_probe seed:{h.seed} values:{','.join(f'{v:.7g}' for v in model.init_probe())}")
         model = model.to(rt.device)
         runners = prepare_model(model, h, rt)

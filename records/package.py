@@ -680,9 +680,7 @@ spec = importlib.util.spec_from_file_location("probed_train_gpt", sys.argv[1])
 tg = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tg)
 for env in json.loads(sys.stdin.read()):
-    h = tg.Hyperparameters(environ=env)
-    tg.torch.manual_seed(h.seed)
-    print(json.dumps(tg.GPT(h.model_config()).init_probe()), flush=True)
+    print(json.dumps(tg.untrained_model(tg.Hyperparameters(environ=env)).init_probe()), flush=True)
 """
 # The initial weights are drawn on the CPU, so only BLAS rounding (orthogonal init's QR) differs
 # between machines: a few units in the 7th digit. Another seed moves every value by its whole size.
