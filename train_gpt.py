@@ -611,6 +611,10 @@ def is_caseops_tokenizer(sp) -> bool:
     return all(sp.piece_to_id(op) != sp.unk_id() for op in CASEOPS_OPERATORS)
 
 
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def load_tokenizer(tokenizer_path: str, vocab_size: int):
     import sentencepiece as spm
 
@@ -3406,9 +3410,12 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
     else:
         hardware = f"{rt.world_size}xCPU-{platform.machine()}"
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
-           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} doc_attention:{int(h.doc_attention)}")
-    # The packager checks these against the files it packages (records/package.py).
-    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}")
+           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} doc_attention:{int(h.doc_attention)} "
+           f"threads:{torch.get_num_threads()}")
+    # The packager checks these against the files it packages (records/package.py): the file run, and
+    # the readable source it stands for (a packager wrapper names it in _SOURCE_SHA256).
+    ran = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} source_sha256:{globals().get('_SOURCE_SHA256', ran)}")
     for name, value in h.env_values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
@@ -3592,8 +3599,8 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     if int(val.max()) >= h.vocab_size:
         raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; "
                          f"the data and tokenizer do not match.")
-    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} data_path:{h.data_path} "
-           f"bytes:{tables.denominator} caseops:{int(caseops)}")
+    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} tokenizer_sha256:{file_sha256(h.tokenizer_path)} "
+           f"data_path:{h.data_path} bytes:{tables.denominator} caseops:{int(caseops)}")
     check_evaluation_settings(h, val)
 
     if h.eval_only:
