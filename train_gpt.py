@@ -82,6 +82,9 @@ PRESETS = {
         "AWQ_GROUPS": "0", "LQER_RANK": "0",
     },
 }
+# PRESET=pr2135: PR #2135's model (the best 3-seed record, 1.05651) without our per-pass adapters, to
+# A/B them on this script; every other default is already its configuration (README: Configuration).
+PRESETS["pr2135"] = {"PASS_LORA_RANK": "0", "PASS_EMBED": "0"}
 # Set by torchrun, read by setup_runtime(): not settings, but not typos either.
 LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -173,10 +176,10 @@ class Hyperparameters:
         self.mlp_mult = knob("MLP_MULT", 4.0, above=0, high=64)
         self.rope_dims = knob("ROPE_DIMS", 16, 0)
         self.rope_base = knob("ROPE_BASE", 10000.0, above=1)
-        self.qk_gain_init = knob("QK_GAIN_INIT", 5.25, above=0)  # PR #1953: -0.00019 against 5.0
+        self.qk_gain_init = knob("QK_GAIN_INIT", 5.0, above=0)  # PR #2135 (5.25 in PR #1953)
         self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0, 0)
         self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005, above=0)
-        self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 7, 0)
+        self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 8, 0)  # two lanes from decoder layer 8 (PR #2135)
         # The 2026-04-09 record's pieces (PR #1493) and the #1 record's additions (PR #1855).
         self.xsa_last_n = knob("XSA_LAST_N", self.num_layers, 0)
         self.ln_scale = knob("LN_SCALE", True)
@@ -204,17 +207,17 @@ class Hyperparameters:
         self.max_wallclock_seconds = knob("MAX_WALLCLOCK_SECONDS", 600.0, 0)
         self.gptq_reserve_seconds = knob("GPTQ_RESERVE_SECONDS", 8.0, 0)
         self.train_batch_tokens = knob("TRAIN_BATCH_TOKENS", 786_432, 1)
-        self.train_seq_len = knob("TRAIN_SEQ_LEN", 3072, 1)  # PR #2014's final context (2048 in PR #1855)
-        # Progressive context (PR #2014): rows of these lengths until these fractions of the
-        # budget ("length:until,..."), then TRAIN_SEQ_LEN; the same tokens per step throughout.
-        self.progressive_context = knob("PROGRESSIVE_CONTEXT", "1024:0.1,2048:0.7")
+        self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048, 1)  # PR #2135 (PR #2014 ends at 3072)
+        # Progressive context (PR #2014, off as in PR #2135): rows of these lengths until these fractions
+        # of the budget ("length:until,...", e.g. 1024:0.1,2048:0.7), then TRAIN_SEQ_LEN.
+        self.progressive_context = knob("PROGRESSIVE_CONTEXT", "")
         self.context_lr_ramp_steps = knob("CONTEXT_LR_RAMP_STEPS", 32, 0)  # LR back up over these steps after a switch
         self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 32, 1)  # rows of TRAIN_SEQ_LEN: 98,304 tokens
         self.warmup_steps = knob("WARMUP_STEPS", 20, 0)
         self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85, 0, 1)
         self.min_lr = knob("MIN_LR", 0.10, 0, 1)
-        self.train_log_every = knob("TRAIN_LOG_EVERY", 100, 1)
-        self.val_loss_every = knob("VAL_LOSS_EVERY", 0, 0)
+        self.train_log_every = knob("TRAIN_LOG_EVERY", 500, 1)
+        self.val_loss_every = knob("VAL_LOSS_EVERY", 4000, 0)
         self.compile = knob("COMPILE", True)
         self.dist_timeout_seconds = knob("DIST_TIMEOUT_SECONDS", 300.0, above=0)
 
@@ -236,7 +239,7 @@ class Hyperparameters:
         self.beta2 = knob("BETA2", 0.99, 0, 0.9999)
         self.grad_clip_norm = knob("GRAD_CLIP_NORM", 0.3, 0)
         self.ema_enabled = knob("EMA_ENABLED", True)
-        self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.06, 1e-6, 1)
+        self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.0572, 1e-6, 1)  # decay 0.9965 over PR #2135's 4,994 steps
 
         # Export.
         self.quant_method = knob("QUANT_METHOD", "gptq", choices=("gptq", "rtn"))
@@ -252,7 +255,7 @@ class Hyperparameters:
         self.gptq_block = knob("GPTQ_BLOCK", 128, 1)
         # AWQ-lite (PR #1908): the most salient column groups (activation RMS x mean |W|, over all
         # matrices) quantized on an int8 grid inside the GPTQ solve; 0 turns it off.
-        self.awq_groups = knob("AWQ_GROUPS", 1, 0)
+        self.awq_groups = knob("AWQ_GROUPS", 0, 0)  # off, as in PR #2135
         self.awq_group_cols = knob("AWQ_GROUP_COLS", 64, 1)
         # LQER (PR #2135): a rank-LQER_RANK correction of the LQER_TENSORS matrices with the largest
         # quantisation error, left factor int2, right factor int4 in groups of LQER_GROUP; rank 0: off.
@@ -267,7 +270,7 @@ class Hyperparameters:
         self.eval_only = knob("EVAL_ONLY", False)
 
         # Evaluation and test-time training.
-        self.eval_seq_len = knob("EVAL_SEQ_LEN", 3072, 1)  # PR #2014 (2048 in PR #1855)
+        self.eval_seq_len = knob("EVAL_SEQ_LEN", 2560, 1)  # PRs #1953, #2135 (2048 in PR #1855)
         self.eval_stride = knob("EVAL_STRIDE", 64, 1)
         self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32, 1)
         self.sliding_enabled = knob("SLIDING_ENABLED", False)
@@ -276,11 +279,11 @@ class Hyperparameters:
         # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #1855's
         # constants with the changes of PRs #1945, #1953, #2014 and #2135 (README: Configuration).
         self.ttt_doc_chunk_tokens = knob("TTT_DOC_CHUNK_TOKENS", 48, 1)
-        self.ttt_short_doc_chunks = knob("TTT_SHORT_DOC_CHUNKS", True)  # PR #2014: 8 / 24 tokens for short batches
-        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 24, 1)  # PR #2014 (64 in PR #1855)
+        self.ttt_short_doc_chunks = knob("TTT_SHORT_DOC_CHUNKS", False)  # PR #2014: 8 / 24 tokens for short batches
+        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 64, 1)  # PRs #1855, #2135 (24 in PR #2014)
         self.ttt_lora_rank = knob("TTT_LORA_RANK", 80, 1)
         self.ttt_lora_alpha = knob("TTT_LORA_ALPHA", 144.0, above=0)
-        self.ttt_lora_lr = knob("TTT_LORA_LR", 7.5e-5, 0)  # PR #1953/#2014: 0.75 x PR #1855's 1e-4
+        self.ttt_lora_lr = knob("TTT_LORA_LR", 8e-5, 0)  # PR #2135
         self.ttt_lora_targets = knob("TTT_LORA_TARGETS", "q,v,o,mlp,head")  # PR #2135: K off
         self.ttt_beta1 = knob("TTT_BETA1", 0.0, 0, 0.9999)
         self.ttt_beta2 = knob("TTT_BETA2", 0.99, 0, 0.9999)
@@ -730,10 +733,10 @@ class ModelConfig:
     mlp_mult: float = 4.0
     rope_dims: int = 16
     rope_base: float = 10000.0
-    qk_gain_init: float = 5.25
+    qk_gain_init: float = 5.0
     logit_softcap: float = 30.0
     tied_embed_init_std: float = 0.005
-    parallel_residual_start: int = 7
+    parallel_residual_start: int = 8
     loop_start: int = 3
     loop_end: int = 5
     num_loops: int = 2
@@ -1052,6 +1055,13 @@ class GPT(nn.Module):
         # a looped layer keeps its physical index on every pass.
         self.ln_factors = [1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0 for layer in range(L)]
         self.xsa_layers = set(range(max(0, L - cfg.xsa_last_n), L))
+        # Parallel residuals in two lanes (PRs #1855, #2135): decoder visits of layers from
+        # PARALLEL_RESIDUAL_START on read an attention lane and an MLP lane; both lanes take both
+        # outputs with learned weights (post, 1 at init) after scaling themselves by learned residual
+        # factors (1.1 at init). The lanes merge (their mean) at the end or before a lower layer.
+        lanes = max(0, L - cfg.parallel_residual_start)
+        self.lane_post = nn.Parameter(torch.ones(lanes, 2, 2)) if lanes else None  # [layer, from attn/mlp, to lane]
+        self.lane_resid = nn.Parameter(torch.full((lanes, 2), 1.1)) if lanes else None
         # Per-pass adapters: index [pass - 1, layer - loop_start].
         passes, span, rank = cfg.num_loops, cfg.loop_len, cfg.pass_lora_rank
         self.lora_A = nn.ParameterDict()
@@ -1222,18 +1232,25 @@ class GPT(nn.Module):
         return 1.0 + self.pass_gains[pass_idx - 1, layer - self.cfg.loop_start, which]
 
     def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
-        mix = self.resid_mix[layer]
+        mix, ln = self.resid_mix[layer], self.ln_factors[layer]
         x = mix[0] * x + mix[1] * x0
-        ln = self.ln_factors[layer]
-        normed = rms_norm(x) * ln
         attn_scale = self.attn_scale[layer] * self.pass_gain(layer, pass_idx, 0)
         mlp_scale = self.mlp_scale[layer] * self.pass_gain(layer, pass_idx, 1)
-        attn = attn_scale * self.attention(normed, layer, pass_idx, slot, layout)
-        if layer >= self.cfg.parallel_residual_start:
-            # Parallel residual: attention and MLP read the same input (PR #1493).
-            return x + attn + mlp_scale * self.mlp(normed, layer, pass_idx, slot)
-        x = x + attn
+        x = x + attn_scale * self.attention(rms_norm(x) * ln, layer, pass_idx, slot, layout)
         return x + mlp_scale * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
+
+    def parallel_block(self, x: torch.Tensor, mlp_lane: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int,
+                       slot: int, layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer on the two lanes (x is the attention lane); see lane_post in __init__."""
+        mix, ln = self.resid_mix[layer], self.ln_factors[layer]
+        attn_scale = self.attn_scale[layer] * self.pass_gain(layer, pass_idx, 0)
+        mlp_scale = self.mlp_scale[layer] * self.pass_gain(layer, pass_idx, 1)
+        attn = attn_scale * self.attention(rms_norm(mix[0] * x + mix[1] * x0) * ln, layer, pass_idx, slot, layout)
+        mlp = mlp_scale * self.mlp(rms_norm(mlp_lane) * ln, layer, pass_idx, slot)
+        i = layer - self.cfg.parallel_residual_start
+        post, resid = self.lane_post[i], self.lane_resid[i]
+        return (resid[0] * x + post[0, 0] * attn + post[1, 0] * mlp,
+                resid[1] * mlp_lane + post[0, 1] * attn + post[1, 1] * mlp)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(input_ids)
@@ -1261,17 +1278,25 @@ class GPT(nn.Module):
         layout = self.attention_layout(input_ids) if layout is None else layout
         order = self.schedule()
         encoder_len = len(order) // 2
-        skips = []
+        skips, mlp_lane = [], None
         # U-Net over the virtual layers: the first half's outputs feed the second half in reverse.
         for slot, (layer, pass_idx) in enumerate(order):
+            parallel = slot >= encoder_len and layer >= self.cfg.parallel_residual_start
+            if parallel and mlp_lane is None:
+                mlp_lane = x  # the lanes split here; skips join the attention lane only (PR #2135)
+            elif not parallel and mlp_lane is not None:  # a looped layer below the lanes: they merge
+                x, mlp_lane = 0.5 * (x + mlp_lane), None
             if slot >= encoder_len and skips:
                 x = self.merge_skip(x, skips.pop(), slot - encoder_len)
             if pass_idx > 0 and self.pass_embed is not None:
                 x = x + self.pass_embed[pass_idx - 1, layer - self.cfg.loop_start]
-            x = self.block(x, x0, layer, pass_idx, slot, layout)
+            if mlp_lane is None:
+                x = self.block(x, x0, layer, pass_idx, slot, layout)
+            else:
+                x, mlp_lane = self.parallel_block(x, mlp_lane, x0, layer, pass_idx, slot, layout)
             if slot < encoder_len:
                 skips.append(x)
-        x = rms_norm(x)
+        x = rms_norm(x if mlp_lane is None else 0.5 * (x + mlp_lane))
         self._record(("final", 0), x)
         return x
 

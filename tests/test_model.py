@@ -156,7 +156,7 @@ def test_without_loops_the_model_is_a_plain_unet_gpt(overrides):
     assert sorted(n for n, _ in model.named_parameters()) == sorted([
         "tok_emb.weight", "qo_bank", "kv_bank", "up_bank", "down_bank",
         "attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "skip_gates",
-        "smear_gate", "smear_lambda", "attn_gate"])
+        "smear_gate", "smear_lambda", "attn_gate", "lane_post", "lane_resid"])
     assert model.skip_weights.shape[0] == 5 // 2  # one U-Net skip per encoder layer
     give_shared_weights_structure(model)
     ids = tokens()

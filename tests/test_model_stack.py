@@ -342,3 +342,50 @@ def test_min_lr_floors_the_warm_down():
     assert tg.lr_multiplier(0.95, 0.85, 0.1) == pytest.approx(0.1)  # (1 - 0.95) / 0.85 = 0.06 < 0.1
     assert tg.lr_multiplier(1.0, 0.85, 0.1) == pytest.approx(0.1)
     assert tg.lr_multiplier(1.0, 0.85, 0.0) == 0.0
+
+
+# ---- parallel residuals in two lanes (PRs #1855, #2135) ----
+
+def test_parallel_block_updates_both_lanes_as_pr_2135_defines_them():
+    model = small_model(seed=2, NUM_LOOPS="0")
+    give_shared_weights_structure(model, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    x, lane, x0 = (torch.randn(2, 6, 32, generator=gen) for _ in range(3))
+    with torch.no_grad():
+        model.lane_post.copy_(torch.randn(model.lane_post.shape, generator=gen))
+        model.lane_resid.copy_(torch.randn(model.lane_resid.shape, generator=gen))
+        layer = 4  # the second parallel layer of five with PARALLEL_RESIDUAL_START=3
+        got_attn, got_mlp = model.parallel_block(x, lane, x0, layer, 0, 3, None)
+        mix, ln = model.resid_mix[layer], model.ln_factors[layer]
+        attn = model.attn_scale[layer] * model.attention(F.rms_norm(mix[0] * x + mix[1] * x0, (32,)) * ln, layer, 0, 3, None)
+        mlp = model.mlp_scale[layer] * model.mlp(F.rms_norm(lane, (32,)) * ln, layer, 0, 3)
+        post, resid = model.lane_post[1], model.lane_resid[1]
+        torch.testing.assert_close(got_attn, resid[0] * x + post[0, 0] * attn + post[1, 0] * mlp)
+        torch.testing.assert_close(got_mlp, resid[1] * lane + post[0, 1] * attn + post[1, 1] * mlp)
+
+
+def test_lanes_split_at_the_first_parallel_decoder_layer_and_merge_before_a_lower_one():
+    # Five layers, 1..3 looped twice: decoder slots run layers 2 3 1 2 3 4; 3 and 4 are parallel.
+    model = small_model(seed=2)
+    model.looping = True
+    calls = []
+    for name in ("block", "parallel_block"):
+        original = getattr(model, name)
+        # Both take (..., layer, pass_idx, slot, layout): the layer is the fourth argument from the end.
+        setattr(model, name, lambda *a, _f=original, _n=name, **k: calls.append((_n, a[-4])) or _f(*a, **k))
+    with torch.no_grad():
+        model.hidden_states(tokens(1, 8))
+    assert calls == [("block", 0), ("block", 1), ("block", 2), ("block", 3), ("block", 1),
+                     ("block", 2), ("parallel_block", 3), ("block", 1), ("block", 2),
+                     ("parallel_block", 3), ("parallel_block", 4)]
+    assert model.lane_post.shape == (2, 2, 2) and model.lane_resid.shape == (2, 2)  # layers 3 and 4 only
+
+
+def test_pr2135_preset_is_the_records_model_less_the_50_parameters_it_never_trains():
+    # PR #2135's log: model_params:35945673. It allocates lane weights for all 11 layers but only
+    # layers 8-10 use them (48 never train), and its AsymLogit scalars softcap_pos/softcap_neg (2)
+    # are in no training optimizer group, so they stay at LOGIT_SOFTCAP: we keep neither.
+    h = tg.Hyperparameters(environ={"PRESET": "pr2135"})
+    assert tg.parameter_count(h.model_config()) == 35_945_673 - 48 - 2
+    default = tg.parameter_count(tg.Hyperparameters(environ={}).model_config())
+    assert default - (35_945_673 - 50) == 24_576  # our per-pass adapters: rank-1 LoRA on q,k,v,o + pass embeddings
