@@ -17,6 +17,7 @@ import datetime
 import difflib
 import glob
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -31,7 +32,7 @@ import threading
 import time
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -786,7 +787,9 @@ def virtual_layers(num_layers: int, loop_start: int, loop_end: int, num_loops: i
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    """RMSNorm that keeps x's dtype: from PyTorch 2.12, CUDA autocast runs rms_norm in float32 (pytorch
+    #188955), which would hand the attention kernels a float32 q and k beside a bf16 v."""
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
 
 
 def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
@@ -849,26 +852,16 @@ def document_block_mask(input_ids: torch.Tensor, bos_id: int):
     return create_block_mask(same_document_causal, B, None, T, T, device=input_ids.device, _compile=False)
 
 
-def flash_attention_3():
-    """FlashAttention-3's dense function when its package imports on this machine, else None."""
+def fa3_kernels() -> dict[str, object]:
+    """FlashAttention-3's kernels when its package imports here: "fa3_causal" (q, k, v) -> causal
+    attention of (B, T, heads, head_dim) rows, "fa3_varlen" (q, k, v, cu_seqlens, max_len) -> packed."""
     try:
-        from flash_attn_interface import flash_attn_func
+        from flash_attn_interface import flash_attn_func, flash_attn_varlen_func
     except ImportError:
-        return None
-    return flash_attn_func
-
-
-def fa3_varlen():
-    """FlashAttention-3's varlen kernel as (q, k, v, cu_seqlens, max_len) -> out, or None."""
-    try:
-        from flash_attn_interface import flash_attn_varlen_func
-    except ImportError:
-        return None
-
-    def run(q, k, v, cu_seqlens, max_len):
-        out = flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, causal=True)
-        return out[0] if isinstance(out, tuple) else out  # some builds also return the LSE
-    return run
+        return {}
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # some builds also return the LSE
+    return {"fa3_causal": lambda q, k, v: first(flash_attn_func(q, k, v, causal=True)),
+            "fa3_varlen": lambda q, k, v, cu, n: first(flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True))}
 
 
 def torch_varlen(fn=None):
@@ -902,48 +895,66 @@ def torch_varlen(fn=None):
     return run
 
 
-def varlen_candidates(device: torch.device) -> list[tuple[str, object]]:
-    """The varlen kernels that import here, in order of preference (both need CUDA)."""
+def kernel_functions(device: torch.device) -> dict[str, object]:
+    """The attention kernels this machine offers beyond SDPA (all need CUDA): FlashAttention-3's
+    dense and varlen kernels, PyTorch's varlen_attn, and flex_attention."""
     if device.type != "cuda":
-        return []
-    found = [("fa3_varlen", fa3_varlen()), ("torch_varlen", torch_varlen())]
-    return [(name, fn) for name, fn in found if fn is not None]
+        return {}
+    found = {**fa3_kernels(), "torch_varlen": torch_varlen(), "flex": "flex"}
+    return {name: fn for name, fn in found.items() if fn is not None}
 
 
 class KernelFault(RuntimeError):
     """A kernel crashed the device during its start-up check: the process cannot go on."""
 
 
-def check_varlen(fn, device: torch.device) -> str | None:
-    """Run `fn` on a small random packed batch, forward and backward, against SDPA with the dense
-    document mask; None when it agrees, else why not. A device fault raises KernelFault."""
+def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str | None:
+    """One forward and backward of the run's attention block (its norms, rotary, gates and XSA, under
+    the run's autocast) on random documents through `kernel`, against SDPA with a dense mask in
+    float32; then the same traced whole by torch.compile (fullgraph, with a backend that generates
+    no code: a kernel that breaks the graph fails here, not minutes into compiling). None when it
+    agrees, else why not. A device fault raises KernelFault."""
+    cfg = replace(h.model_config(), num_layers=1, num_loops=0, vocab_size=256)
+    probe = GPT(cfg).to(rt.device)
+    with torch.no_grad():  # random weights everywhere: zero-initialised projections and gates shape the output
+        for p in probe.parameters():
+            p.normal_(0.0, p.size(-1) ** -0.5 if p.dim() > 1 else 0.5)
     generator = torch.Generator().manual_seed(0)
-    B, T, H, KV, D = 2, 256, 4, 2, 64
-    ids = torch.randint(2, 100, (B, T), generator=generator)
-    ids[torch.rand(B, T, generator=generator) < 0.02] = BOS_ID
-    ids[0, 0], ids[1, T - 1] = BOS_ID, BOS_ID
-    ids = ids.to(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    q, k, v = (torch.randn(B, T, n, D, generator=generator).to(device, dtype).requires_grad_() for n in (H, KV, KV))
+    ids = torch.randint(2, 256, (2, 256), generator=generator)
+    ids[:, 0] = BOS_ID
+    if kernel == "fa3_causal":  # per-document TTT: one document a row
+        probe.rows_are_documents = True
+    else:  # documents of 1 to 150 tokens, fewer than a row's segment slots
+        ids[0, [37, 101, 190]], ids[1, [64, 65, 215]] = BOS_ID, BOS_ID
+    ids = ids.to(rt.device)
+    x = torch.randn(*ids.shape, cfg.model_dim, generator=generator).to(rt.device).requires_grad_()
+    attend = lambda x, layout: probe.attention(x, 0, 0, 0, layout)
+    want = attend(x, None if probe.rows_are_documents else document_mask(ids, BOS_ID))
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    probe.dense, probe.varlen = (fn, None) if kernel == "fa3_causal" else (None, fn)
+    layout = probe.attention_layout(ids, kernel)
+    graphs = graphs_compiled()
     try:
-        out = fn(q.reshape(B * T, H, D), k.reshape(B * T, KV, D), v.reshape(B * T, KV, D),
-                 packed_segments(ids, BOS_ID, T), T).view(B, T, H, D)
-        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        with rt.autocast():
+            got = attend(x, layout)
+            (got_grad,) = torch.autograd.grad(got.float().square().sum(), x)
+        rt.synchronize()
+        for name, a, b in (("output", got, want), ("input gradient", got_grad, want_grad)):
+            error = ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+            if not error <= 5e-2:  # bf16 rounding stays near 1e-2
+                return f"its {name} differs from SDPA by {error:.3g} (relative, tolerance 0.05)"
+        try:
+            with rt.autocast():
+                torch.compile(attend, fullgraph=True, backend="eager")(x, layout)
+        except Exception as exc:
+            return f"it does not trace whole under torch.compile ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        finally:
+            torch._dynamo.utils.counters["stats"]["unique_graphs"] = graphs  # a check, not one of the run's graphs
     except Exception as exc:
         if "CUDA error" in str(exc):  # the context is lost: nothing after this can run on the GPU
-            raise KernelFault(str(exc).splitlines()[0]) from None
+            raise KernelFault(f"the attention kernel {kernel} crashed the GPU in its start-up check "
+                              f"({str(exc).splitlines()[0]}); run with ATTENTION_KERNEL=sdpa.") from None
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
-    k_rep, v_rep = [t.repeat_interleave(H // KV, 2).transpose(1, 2) for t in (k32, v32)]
-    ref = F.scaled_dot_product_attention(q32.transpose(1, 2), k_rep, v_rep, attn_mask=document_mask(ids, BOS_ID)).transpose(1, 2)
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q32, k32, v32))
-    tolerance = 5e-2 if dtype == torch.bfloat16 else 1e-4
-    for name, got, want in [("output", out, ref), *zip(("dq", "dk", "dv"), grads, ref_grads)]:
-        error = ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-6)).item()
-        if not error <= tolerance:
-            return f"{name} differs from SDPA by {error:.3g} (relative, tolerance {tolerance})"
     return None
 
 
@@ -955,6 +966,7 @@ class AttentionKernels:
     nograd: str
     dense: str
     varlen: object = None  # the varlen function when train or nograd is a varlen kernel
+    dense_fn: object = None  # FlashAttention-3's dense function when dense is fa3_causal
     check: str = "not needed"
 
     def line(self) -> str:
@@ -962,45 +974,40 @@ class AttentionKernels:
                 f"documents:{self.dense} check:{self.check}")
 
 
-def pick_attention_kernels(setting: str, device: torch.device, compiled: bool, log=None) -> AttentionKernels:
-    """ATTENTION_KERNEL=auto takes the first varlen kernel that imports and passes check_varlen,
-    else flex_attention for compiled training on CUDA (never in a graph without gradients unless
-    asked for by name: its no-grad kernel is the prime suspect of the first GPU run's fault),
-    else SDPA with a dense mask. A named kernel that is missing or fails its check is an error."""
-    dense = "fa3_causal" if device.type == "cuda" and flash_attention_3() is not None else "sdpa_causal"
-    if setting == "sdpa":
-        return AttentionKernels("sdpa_mask", "sdpa_mask", dense)
-    if setting == "flex":
-        if device.type != "cuda" and not compiled:
-            raise ConfigError("ATTENTION_KERNEL=flex needs COMPILE=1 on the CPU (eager flex_attention has no CPU backward); "
-                              "use ATTENTION_KERNEL=sdpa or auto.")
-        return AttentionKernels("flex", "flex", dense)
-    candidates = varlen_candidates(device)
-    if setting in ("fa3", "varlen"):
-        wanted = "fa3_varlen" if setting == "fa3" else "torch_varlen"
-        candidates = [(name, fn) for name, fn in candidates if name == wanted]
-        if not candidates:
-            what = "flash_attn_interface (FlashAttention-3)" if setting == "fa3" else "torch.nn.attention.varlen (PyTorch >= 2.10)"
-            raise ConfigError(f"ATTENTION_KERNEL={setting}: {what} is not available on this {device.type} machine; "
-                              f"use ATTENTION_KERNEL=auto.")
-    rejected = []
-    for name, fn in candidates:
-        try:
-            problem = check_varlen(fn, device)
-        except KernelFault as exc:
-            raise KernelFault(f"the attention kernel {name} crashed the GPU in its start-up check ({exc}); "
-                              f"run with ATTENTION_KERNEL={'flex' if compiled else 'sdpa'} or ATTENTION_KERNEL=sdpa.") from None
+def pick_attention_kernels(h: "Hyperparameters", rt: "Runtime", log=lambda line: None) -> AttentionKernels:
+    """Every kernel this machine offers is checked through the model (check_attention) before it is
+    chosen. ATTENTION_KERNEL=auto takes the first varlen kernel that passes, else flex_attention for
+    compiled training on CUDA (never in a graph without gradients unless asked for by name: its
+    no-grad kernel is the prime suspect of the first GPU run's fault), else SDPA with a dense mask;
+    FlashAttention-3 for per-document rows when it passes. A named kernel that is missing or fails
+    its check is an error that names the setting that works."""
+    setting, offered = h.attention_kernel, kernel_functions(rt.device)
+    wanted = {"auto": ["fa3_varlen", "torch_varlen"] + (["flex"] if h.compile else []), "fa3": ["fa3_varlen"],
+              "varlen": ["torch_varlen"], "flex": ["flex"], "sdpa": []}[setting]
+    packed, verdicts = "sdpa_mask", []
+    for name in wanted + (["fa3_causal"] if setting != "sdpa" else []):
+        if name not in offered:
+            if setting != "auto" and name != "fa3_causal":
+                raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} is not available on this {rt.device.type} machine "
+                                  f"(FlashAttention-3, varlen_attn of PyTorch >= 2.10 and flex_attention's backward "
+                                  f"need CUDA); use ATTENTION_KERNEL=auto or sdpa.")
+            continue
+        if name != "fa3_causal" and packed != "sdpa_mask":
+            continue  # a packed kernel already passed
+        problem = check_attention(name, offered[name], h, rt)
+        verdicts.append(f"{name}={'passed' if problem is None else 'rejected'}")
         if problem is None:
-            return AttentionKernels(name, name, dense, fn, "passed" + "".join(f",{r}" for r in rejected))
-        if log is not None:
-            log(f"attention_kernel_rejected kernel:{name} reason:{problem}")
-        if setting != "auto":
-            raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} disagrees with SDPA on a test batch ({problem}); "
-                              f"use ATTENTION_KERNEL=auto.")
-        rejected.append(f"{name}_rejected")
-    check = ",".join(rejected) or "not needed"
-    train = "flex" if device.type == "cuda" and compiled else "sdpa_mask"
-    return AttentionKernels(train, "sdpa_mask", dense, None, check)
+            packed = packed if name == "fa3_causal" else name
+            continue
+        log(f"attention_kernel_rejected kernel:{name} reason:{problem}")
+        if setting != "auto" and name != "fa3_causal":
+            raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} failed its start-up check ({problem}); use "
+                              f"ATTENTION_KERNEL=sdpa.")
+    dense = "fa3_causal" if "fa3_causal=passed" in verdicts else "sdpa_causal"
+    nograd = packed if packed != "flex" or setting == "flex" else "sdpa_mask"
+    return AttentionKernels(packed, nograd, dense, offered.get(packed) if packed.endswith("varlen") else None,
+                            offered.get("fa3_causal") if dense == "fa3_causal" else None,
+                            ",".join(verdicts) or "not needed")
 
 
 def softcapped_nll(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
@@ -1023,8 +1030,8 @@ class GPT(nn.Module):
         L, D, H = cfg.num_layers, cfg.model_dim, cfg.num_heads
         self.looping = False
         # Set by prepare_model() from the run's AttentionKernels: FlashAttention-3 for plain causal
-        # rows, and the varlen function that packed layouts run through.
-        self.use_fa3 = False
+        # rows, and the varlen function that packed layouts run through (None: SDPA).
+        self.dense = None
         self.varlen = None
         # Per-document TTT reads one document per row, where document attention is plain causal
         # attention: it then skips the mask and runs the dense causal kernel (FlashAttention-3).
@@ -1168,9 +1175,8 @@ class GPT(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:
         """Causal attention, inside documents when a layout is given; (B, T, heads, head_dim) in and out."""
         B, T, H, D = q.shape
-        if layout is None and self.use_fa3:
-            y = flash_attention_3()(q, k, v, causal=True)  # grouped KV heads natively
-            return y[0] if isinstance(y, tuple) else y  # older FA3 builds also return the LSE
+        if layout is None and self.dense is not None:
+            return self.dense(q, k, v)  # FlashAttention-3: grouped KV heads natively
         if isinstance(layout, torch.Tensor) and layout.dtype == torch.int32:  # packed cu_seqlens
             q2, k2, v2 = [t.reshape(B * T, -1, D) for t in (q, k, v)]
             return self.varlen(q2, k2, v2, layout, T).view(B, T, H, D)
@@ -1528,6 +1534,7 @@ class Runtime:
     kernels: AttentionKernels | None = None  # chosen once per run, in run()
     activity: str = "starting"
     activity_since: float = field(default_factory=time.monotonic)
+    patience: float = 0.0  # how long this activity may legitimately take (0: DIST_TIMEOUT_SECONDS)
     activity_changed: threading.Event = field(default_factory=threading.Event)  # wakes the StallMonitor
     monitor: threading.Thread | None = None  # the StallMonitor of a multi-process run
 
@@ -1544,9 +1551,9 @@ class Runtime:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
-    def doing(self, activity: str) -> None:
+    def doing(self, activity: str, patience: float = 0.0) -> None:
         """Record what this process is doing; StallMonitor names it if the run hangs."""
-        self.activity, self.activity_since = activity, time.monotonic()
+        self.activity, self.activity_since, self.patience = activity, time.monotonic(), patience
         self.activity_changed.set()
 
     def autocast(self):
@@ -1628,8 +1635,8 @@ class Runners:
 
 def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
     """Hand the model this run's attention kernels and build its Runners."""
-    kernels = rt.kernels or pick_attention_kernels(h.attention_kernel, rt.device, h.compile)
-    model.use_fa3, model.varlen = kernels.dense == "fa3_causal", kernels.varlen
+    kernels = rt.kernels or pick_attention_kernels(h, rt)
+    model.dense, model.varlen = kernels.dense_fn, kernels.varlen
     if not h.compile:  # COMPILE=1 compiles on any device: on the CPU too, so CI tests the compiled path
         return Runners.eager(model, kernels)
     # Each graph is compiled once per shape; the default limit (8) would silently fall back to eager.
@@ -1650,10 +1657,16 @@ def log_compiles(rt: Runtime, stage: str, before: int) -> None:
     rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
 
 
+# A cold compile of one graph took 195 s on one H200 (README); eight ranks compiling at once on
+# one host's CPUs take longer, so a compile (and a peer waiting on one) gets this long.
+COMPILE_PATIENCE_SECONDS = 1800.0
+
+
 @contextlib.contextmanager
 def compile_timer(rt: Runtime, graph: str):
     """Time one warm-up call that compiles `graph`: every second of it is paid before the clock on every run."""
     rt.synchronize()
+    rt.doing(f"compiling the {graph} graph", COMPILE_PATIENCE_SECONDS)
     t0, before = time.perf_counter(), graphs_compiled()
     yield
     rt.synchronize()
@@ -3199,7 +3212,7 @@ class StallMonitor(threading.Thread):
             except Exception:
                 pass  # the store is gone with its host: the report below says so
             waited = time.monotonic() - self.rt.activity_since
-            if waited > self.timeout:
+            if waited > max(self.timeout, self.rt.patience) and not self.peer_compiling(waited):
                 self.fail(waited)
             self.rt.activity_changed.wait(self.interval)
 
@@ -3223,6 +3236,14 @@ class StallMonitor(threading.Thread):
             else:
                 alive.append(f"rank {rank} is {activity}")
         return silent, alive
+
+    def peer_compiling(self, waited: float) -> bool:
+        """A peer that still answers and is compiling a graph holds the others up legitimately."""
+        try:
+            silent, alive = self.peer_states()
+        except Exception:
+            return False
+        return not silent and waited < COMPILE_PATIENCE_SECONDS and any(" is compiling " in a for a in alive)
 
     def peers(self) -> str:
         try:
@@ -3418,11 +3439,42 @@ def check_train_tokens(h: Hyperparameters, rt: Runtime) -> None:
     agree(rt, problem, InputError)
 
 
+def check_dependencies(h: Hyperparameters) -> None:
+    """The packages this run will import, checked before any work (a run must not train for ten minutes
+    and then find brotli missing): sentencepiece, and the compressor that writes the artifact or, with
+    EVAL_ONLY, the one that reads it. brotli must bound its decompression (>= 1.2, requirements.txt)."""
+    method = h.compressor
+    if h.eval_only and Path(h.artifact_path).is_file():
+        with open(h.artifact_path, "rb") as f:
+            head = f.read(5)
+        if head[:4] == ARTIFACT_MAGIC and len(head) == 5 and head[4] < len(COMPRESSORS):
+            method = COMPRESSORS[head[4]]
+    problems = []
+    for module in ["sentencepiece"] + [{"brotli": "brotli", "zstd": "zstandard"}.get(method, "lzma")]:
+        try:
+            imported = importlib.import_module(module)
+            if module == "brotli":
+                imported.Decompressor().process(b"", output_buffer_limit=1)
+        except ImportError:
+            problems.append(f"{module} is not installed")
+        except TypeError:  # brotli < 1.2 has no output_buffer_limit
+            problems.append(f"brotli {getattr(imported, '__version__', '')} is older than 1.2 and cannot bound decompression")
+    if problems:
+        raise InputError(f"{'; '.join(problems)}: pip install -r requirements.txt (this run needs "
+                         f"{'it' if len(problems) == 1 else 'them'} to write or read its artifact).")
+
+
 def script_source() -> tuple[str, int]:
     """The source to log and the code bytes to count. A self-extracting wrapper (records/
     package.py --wrap) sets _WRAPPED_SOURCE; the bytes counted are those of the file run."""
     path = Path(__file__)
-    return globals().get("_WRAPPED_SOURCE") or path.read_text(encoding="utf-8"), path.stat().st_size
+    return wrapper_value("_WRAPPED_SOURCE") or path.read_text(encoding="utf-8"), path.stat().st_size
+
+
+def wrapper_value(name: str) -> str | None:
+    """A value a packager wrapper set in this module's namespace (_WRAPPED_SOURCE, _SOURCE_SHA256), read
+    through sys.modules: python-minifier renames nothing in a module that calls globals()."""
+    return getattr(sys.modules.get(__name__), name, None)
 
 
 def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> None:
@@ -3440,7 +3492,7 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
     # The packager checks these against the files it packages (records/package.py): the file run, and
     # the readable source it stands for (a packager wrapper names it in _SOURCE_SHA256).
     ran = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} source_sha256:{globals().get('_SOURCE_SHA256', ran)}")
+    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} source_sha256:{wrapper_value('_SOURCE_SHA256') or ran}")
     for name, value in h.env_values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
@@ -3489,16 +3541,32 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int) -> GPT:
     return model
 
 
-def save_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime) -> None:
-    """The full-precision weights, for EXPORT_ONLY. Written after the artifact, and a failure
-    (a full disk, say) is reported without ending the run: the artifact is what scores."""
-    if not (rt.is_main and h.checkpoint_path):
-        return
-    try:
-        write_atomically(h.checkpoint_path, lambda partial: torch.save(
-            {"config": asdict(model.cfg), "state_dict": model.state_dict()}, partial))
-    except (OSError, RuntimeError) as exc:
-        rt.log(f"checkpoint_failed path:{h.checkpoint_path} error:{type(exc).__name__}: {exc} (the artifact is written; the run goes on)")
+def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
+    """Copy the trained weights to host memory now (inside the timed export, so the 600 s stay
+    honest) and write them to CHECKPOINT_PATH in the background while GPTQ runs, so a failure in
+    GPTQ or serialisation still leaves them for EXPORT_ONLY. Returns the function that waits for the
+    write and logs it; a failed write (a full disk, say) is reported and the run goes on."""
+    if not (rt.is_main and h.checkpoint_path and not h.export_only):
+        return lambda: None
+    saved = {"config": asdict(model.cfg), "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+    outcome = []
+
+    def write() -> None:
+        t0 = time.perf_counter()
+        try:
+            write_atomically(h.checkpoint_path, lambda partial: torch.save(saved, partial))
+            outcome.append(f"checkpoint path:{h.checkpoint_path} time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        except (OSError, RuntimeError) as exc:
+            outcome.append(f"checkpoint_failed path:{h.checkpoint_path} error:{type(exc).__name__}: {exc} (the run goes on: "
+                           f"the artifact is what scores)")
+
+    writer = threading.Thread(target=write, name="checkpoint")
+    writer.start()
+
+    def finish() -> None:
+        writer.join()
+        rt.log(outcome[0])
+    return finish
 
 
 def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
@@ -3507,26 +3575,30 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
     model.looping = model.cfg.num_loops > 0
     rt.synchronize()
     t0, graphs = time.perf_counter(), graphs_compiled()
-    rt.doing("collecting GPTQ Hessians")
-    hessians = collect_hessians(model, h, rt, runners.calibrate) if h.quant_method == "gptq" else None
-    rt.doing("quantizing")
-    tensors = quantize_model(model, hessians, h, rt)
-    broken = [name for name, item in tensors.items()
-              if not torch.isfinite(item.dequantized() if isinstance(item, QuantizedTensor) else item.float()).all()]
-    if broken:
-        raise TrainingDiverged(f"export: the quantized weights of {', '.join(broken)} are not finite (they overflow fp16), so "
-                               f"no artifact or score is produced. Lower the learning rates (EMBED_LR, MATRIX_LR, SCALAR_LR).")
-    rt.synchronize()
-    quant_ms = 1000 * (time.perf_counter() - t0)
-    log_compiles(rt, "gptq", graphs)
-    blob = None
-    rt.doing("compressing the artifact (rank 0) / waiting for it")
-    if rt.is_main:
-        t1 = time.perf_counter()
-        blob = serialize_artifact(tensors, model.cfg, h.compressor)
-        write_atomically(h.artifact_path, lambda partial: Path(partial).write_bytes(blob))
-        rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms "
-               f"path:{h.artifact_path} sha256:{hashlib.sha256(blob).hexdigest()}")
+    finish_checkpoint = start_checkpoint(model, h, rt)
+    try:
+        rt.doing("collecting GPTQ Hessians")
+        hessians = collect_hessians(model, h, rt, runners.calibrate) if h.quant_method == "gptq" else None
+        rt.doing("quantizing")
+        tensors = quantize_model(model, hessians, h, rt)
+        broken = [name for name, item in tensors.items()
+                  if not torch.isfinite(item.dequantized() if isinstance(item, QuantizedTensor) else item.float()).all()]
+        if broken:
+            raise TrainingDiverged(f"export: the quantized weights of {', '.join(broken)} are not finite (they overflow fp16), "
+                                   f"so no artifact or score is produced. Lower the learning rates (EMBED_LR, MATRIX_LR, SCALAR_LR).")
+        rt.synchronize()
+        quant_ms = 1000 * (time.perf_counter() - t0)
+        log_compiles(rt, "gptq", graphs)
+        blob = None
+        rt.doing("compressing the artifact (rank 0) / waiting for it")
+        if rt.is_main:
+            t1 = time.perf_counter()
+            blob = serialize_artifact(tensors, model.cfg, h.compressor)
+            write_atomically(h.artifact_path, lambda partial: Path(partial).write_bytes(blob))
+            rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms "
+                   f"path:{h.artifact_path} sha256:{hashlib.sha256(blob).hexdigest()}")
+    finally:
+        finish_checkpoint()
     return share_bytes(blob, rt), quant_ms
 
 
@@ -3596,6 +3668,7 @@ def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_byt
 def run(h: Hyperparameters, rt: Runtime) -> None:
     h.validate(rt.world_size)
     check_outputs(h, rt)
+    check_dependencies(h)
     if not (h.eval_only or h.export_only):
         check_training_memory(h, rt)
     source, code_bytes = script_source()
@@ -3603,7 +3676,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     if not h.eval_only:
         move_earlier_artifact(h, rt)
     rt.doing("checking the attention kernels")
-    rt.kernels = pick_attention_kernels(h.attention_kernel, rt.device, h.compile, rt.log)
+    rt.kernels = pick_attention_kernels(h, rt, rt.log)
     rt.log(rt.kernels.line())
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
@@ -3662,7 +3735,6 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         limit_ms = 1000 * h.max_wallclock_seconds
         rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
                f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
-        save_checkpoint(model, h, rt)
     timed_stage(rt, h, "final_prequant", lambda: full_eval(runners.score))
     del model, runners
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size

@@ -7,6 +7,8 @@ and ATTENTION_KERNEL picks what the README says on each kind of machine."""
 from __future__ import annotations
 
 import functools
+import sys
+import types
 
 import pytest
 import torch
@@ -207,7 +209,6 @@ def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_a
 @pytest.mark.parametrize("version", [varlen_2_10, varlen_2_11, varlen_2_12])
 def test_each_varlen_attn_signature_is_called_as_it_expects(version):
     run = tg.torch_varlen(version)
-    assert run is not None and tg.check_varlen(run, CPU) is None
     ids = ids_with("random_short", B=2, T=32)
     q, k, v = attention_inputs(2, 32)
     torch.testing.assert_close(packed(run, q, k, v, ids, 32), masked_sdpa(q, k, v, ids), atol=1e-6, rtol=0)
@@ -222,74 +223,97 @@ def test_the_installed_varlen_attn_signature_is_recognised():
     assert tg.torch_varlen() is not None
 
 
-def test_fa3_varlen_is_called_with_its_own_signature(monkeypatch):
-    import sys
-    import types
+def test_fa3_kernels_are_called_with_their_own_signatures(monkeypatch):
     calls = []
 
     def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False):
         calls.append(causal)
         assert cu_seqlens_q is cu_seqlens_k and max_seqlen_q == max_seqlen_k
         return reference_varlen(q, k, v, cu_seqlens_q, max_seqlen_q), torch.zeros(1)  # with its LSE
-    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func))
-    run = tg.fa3_varlen()
-    assert tg.check_varlen(run, CPU) is None and calls and all(calls)
+
+    def flash_attn_func(q, k, v, causal=False):
+        calls.append(causal)
+        return masked_sdpa(q, k, v, torch.full(q.shape[:2], 7))  # one document a row: plain causal
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", module)
+    kernels = tg.fa3_kernels()
+    ids = ids_with("random_short", B=2, T=32)
+    q, k, v = attention_inputs(2, 32)
+    torch.testing.assert_close(packed(kernels["fa3_varlen"], q, k, v, ids, 32), masked_sdpa(q, k, v, ids), atol=1e-6, rtol=0)
+    assert kernels["fa3_causal"](q, k, v).shape == q.shape and calls == [True, True]
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # importing it fails
+    assert tg.fa3_kernels() == {}
 
 
-# ---- choosing the kernel ----
+# ---- choosing the kernel: every candidate checked through the model at start ----
 
 def wrong_kernel(q, k, v, cu_seqlens, max_len):
     """Plain causal attention over the whole stream: crosses documents and rows."""
-    return reference_varlen(q, k, v, torch.tensor([0, q.size(0)], dtype=torch.int32), q.size(0))
+    return traceable_varlen(q, k, v, torch.tensor([0, q.size(0)], dtype=torch.int32), q.size(0))
+
+
+def pick(monkeypatch, offered: dict, setting: str = "auto", compile_: str = "0", lines: list | None = None):
+    monkeypatch.setattr(tg, "kernel_functions", lambda device: offered)
+    h = tg.Hyperparameters(environ={**TINY_MODEL_ENV, "ATTENTION_KERNEL": setting, "COMPILE": compile_})
+    return tg.pick_attention_kernels(h, tg.Runtime(0, 1, 0, CPU), (lines if lines is not None else []).append)
 
 
 def test_auto_takes_the_first_kernel_that_passes_its_check(monkeypatch):
     lines = []
-    monkeypatch.setattr(tg, "varlen_candidates", lambda device: [("fa3_varlen", wrong_kernel), ("torch_varlen", reference_varlen)])
-    kernels = tg.pick_attention_kernels("auto", CPU, True, lines.append)
-    assert (kernels.train, kernels.nograd, kernels.varlen) == ("torch_varlen", "torch_varlen", reference_varlen)
-    assert kernels.check == "passed,fa3_varlen_rejected"
-    assert len(lines) == 1 and lines[0].startswith("attention_kernel_rejected kernel:fa3_varlen reason:output differs")
+    kernels = pick(monkeypatch, {"fa3_varlen": wrong_kernel, "torch_varlen": traceable_varlen}, lines=lines)
+    assert (kernels.train, kernels.nograd, kernels.varlen) == ("torch_varlen", "torch_varlen", traceable_varlen)
+    assert len(lines) == 1 and lines[0].startswith("attention_kernel_rejected kernel:fa3_varlen reason:its output differs")
     assert kernels.line() == ("attention_kernels train:torch_varlen eval:torch_varlen calibration:torch_varlen "
-                              "documents:sdpa_causal check:passed,fa3_varlen_rejected")
+                              "documents:sdpa_causal check:fa3_varlen=rejected,torch_varlen=passed")
+
+
+def test_a_kernel_that_breaks_the_compiled_graph_is_rejected_at_start(monkeypatch):
+    # reference_varlen reads cu_seqlens on the host (.tolist()): a graph break under fullgraph.
+    lines = []
+    assert pick(monkeypatch, {"torch_varlen": reference_varlen}, lines=lines).train == "sdpa_mask"
+    assert lines[0].startswith("attention_kernel_rejected kernel:torch_varlen reason:it does not trace whole under "
+                               "torch.compile")
 
 
 def test_a_kernel_that_raises_falls_back_and_a_named_one_that_fails_is_an_error(monkeypatch):
     def raises(*args):
         raise NotImplementedError("head dim 8 unsupported")
-    monkeypatch.setattr(tg, "varlen_candidates", lambda device: [("fa3_varlen", raises)])
-    assert tg.pick_attention_kernels("auto", CPU, False).train == "sdpa_mask"
-    with pytest.raises(tg.ConfigError, match="ATTENTION_KERNEL=fa3: fa3_varlen disagrees .*NotImplementedError"):
-        tg.pick_attention_kernels("fa3", CPU, False)
-    with pytest.raises(tg.ConfigError, match=r"ATTENTION_KERNEL=varlen: torch.nn.attention.varlen .* not available"):
-        tg.pick_attention_kernels("varlen", CPU, False)
+    assert pick(monkeypatch, {"fa3_varlen": raises}).train == "sdpa_mask"
+    with pytest.raises(tg.ConfigError, match="ATTENTION_KERNEL=fa3: fa3_varlen failed its start-up check "
+                                             r"\(NotImplementedError.*use ATTENTION_KERNEL=sdpa"):
+        pick(monkeypatch, {"fa3_varlen": raises}, "fa3")
+    with pytest.raises(tg.ConfigError, match="ATTENTION_KERNEL=varlen: torch_varlen is not available"):
+        pick(monkeypatch, {"fa3_varlen": raises}, "varlen")
 
 
 def test_a_device_fault_in_the_check_stops_the_run_naming_the_kernel_and_the_way_around(monkeypatch):
     def faults(*args):
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
-    monkeypatch.setattr(tg, "varlen_candidates", lambda device: [("torch_varlen", faults)])
-    with pytest.raises(tg.KernelFault, match="torch_varlen crashed the GPU .* ATTENTION_KERNEL=sdpa"):
-        tg.pick_attention_kernels("auto", CPU, False)
+    with pytest.raises(tg.KernelFault, match="torch_varlen crashed the GPU .* run with ATTENTION_KERNEL=sdpa"):
+        pick(monkeypatch, {"torch_varlen": faults})
 
 
 def test_without_a_varlen_kernel_cuda_trains_with_flex_and_scores_with_sdpa(monkeypatch):
-    monkeypatch.setattr(tg, "varlen_candidates", lambda device: [])
-    monkeypatch.setattr(tg, "flash_attention_3", lambda: None)
-    cuda = torch.device("cuda")
-    compiled = tg.pick_attention_kernels("auto", cuda, True)
+    monkeypatch.setattr(tg, "check_attention", lambda *args: None)  # every kernel passes: the choice alone
+    compiled = pick(monkeypatch, {"flex": "flex"}, compile_="1")
     assert (compiled.train, compiled.nograd, compiled.dense) == ("flex", "sdpa_mask", "sdpa_causal")
-    assert tg.pick_attention_kernels("auto", cuda, False).train == "sdpa_mask"  # eager flex is a slow reference
-    assert tg.pick_attention_kernels("flex", cuda, True).nograd == "flex"  # asked for by name
-    monkeypatch.setattr(tg, "flash_attention_3", lambda: object())
-    assert tg.pick_attention_kernels("auto", cuda, True).dense == "fa3_causal"
+    assert pick(monkeypatch, {"flex": "flex"}).train == "sdpa_mask"  # eager flex is a slow reference
+    assert pick(monkeypatch, {"flex": "flex"}, "flex", "1").nograd == "flex"  # asked for by name
+    dense = object()
+    kernels = pick(monkeypatch, {"flex": "flex", "fa3_causal": dense}, compile_="1")
+    assert (kernels.dense, kernels.dense_fn) == ("fa3_causal", dense)
 
 
-def test_cpu_defaults_to_dense_masks_and_refuses_eager_flex():
-    kernels = tg.pick_attention_kernels("auto", CPU, True)
+@pytest.mark.parametrize("compile_", ["0", "1"])
+def test_cpu_defaults_to_dense_masks_and_refuses_kernels_it_cannot_run(compile_):
+    h = tg.Hyperparameters(environ={**TINY_MODEL_ENV, "COMPILE": compile_})
+    kernels = tg.pick_attention_kernels(h, tg.Runtime(0, 1, 0, CPU))
     assert (kernels.train, kernels.nograd, kernels.dense, kernels.check) == ("sdpa_mask", "sdpa_mask", "sdpa_causal", "not needed")
-    with pytest.raises(tg.ConfigError, match="ATTENTION_KERNEL=flex needs COMPILE=1"):
-        tg.pick_attention_kernels("flex", CPU, False)
+    for setting in ("flex", "fa3", "varlen"):
+        h = tg.Hyperparameters(environ={**TINY_MODEL_ENV, "COMPILE": compile_, "ATTENTION_KERNEL": setting})
+        with pytest.raises(tg.ConfigError, match=f"ATTENTION_KERNEL={setting}: .* is not available on this cpu machine"):
+            tg.pick_attention_kernels(h, tg.Runtime(0, 1, 0, CPU))
     with pytest.raises(tg.ConfigError, match="is not a setting|must be one of"):
         tg.Hyperparameters(environ={"ATTENTION_KERNEL": "flash"}).validate(1)
 

@@ -223,32 +223,39 @@ def flash_attention_stand_in(calls: list, returns_lse: bool):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal)
         out = out.transpose(1, 2)
         return (out, torch.zeros(q.shape[:3])) if returns_lse else out
-    return types.SimpleNamespace(flash_attn_func=flash_attn_func)
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, None
+    return module
 
 
-def test_flash_attention_3_is_chosen_on_cuda_when_it_imports(monkeypatch):
-    monkeypatch.setattr(tg, "varlen_candidates", lambda device: [])  # no kernel check on a machine without CUDA
+def test_flash_attention_3_is_chosen_for_document_rows_when_it_imports_and_passes(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # importing it fails
-    assert tg.flash_attention_3() is None
-    assert tg.pick_attention_kernels("auto", torch.device("cuda"), True).dense == "sdpa_causal"
+    assert tg.fa3_kernels() == {}
     monkeypatch.setitem(sys.modules, "flash_attn_interface", flash_attention_stand_in([], False))
-    assert tg.pick_attention_kernels("auto", torch.device("cuda"), True).dense == "fa3_causal"
-    assert tg.pick_attention_kernels("auto", CPU, True).dense == "sdpa_causal"
-    model, h = tiny_model(DOC_ATTENTION="0")
-    tg.prepare_model(model, tg.Hyperparameters(environ={**TINY_MODEL_ENV, "COMPILE": "0"}), RT)
-    assert model.use_fa3 is False  # a CPU run never calls it
+    offered = {"fa3_causal": tg.fa3_kernels()["fa3_causal"]}
+    monkeypatch.setattr(tg, "kernel_functions", lambda device: offered)  # as a CUDA machine offers it
+    h = tg.Hyperparameters(environ={**TINY_MODEL_ENV, "COMPILE": "0"})
+    kernels = tg.pick_attention_kernels(h, RT)
+    assert (kernels.dense, kernels.dense_fn, kernels.check) == ("fa3_causal", offered["fa3_causal"], "fa3_causal=passed")
+    model, _ = tiny_model(DOC_ATTENTION="0")
+    tg.prepare_model(model, h, tg.Runtime(0, 1, 0, CPU, kernels=kernels))
+    assert model.dense is offered["fa3_causal"]
+    monkeypatch.undo()  # the CPU again: it offers no kernel
+    tg.prepare_model(model, h, RT)
+    assert model.dense is None  # a CPU run never calls it
 
 
 @pytest.mark.parametrize("returns_lse", [False, True])
 def test_the_flash_attention_3_path_gives_the_sdpa_result(monkeypatch, returns_lse):
     calls: list = []
     monkeypatch.setitem(sys.modules, "flash_attn_interface", flash_attention_stand_in(calls, returns_lse))
+    dense = tg.fa3_kernels()["fa3_causal"]
     model, h = tiny_model(DOC_ATTENTION="0")
     model.looping = True
     ids = documents(2, 32)
     with torch.no_grad():
         reference = model.forward_logits(ids[:, :-1])
-        model.use_fa3 = True
+        model.dense = dense
         through_fa3 = model.forward_logits(ids[:, :-1])
     torch.testing.assert_close(through_fa3, reference, atol=1e-5, rtol=1e-5)
     cfg = model.cfg
@@ -256,7 +263,7 @@ def test_the_flash_attention_3_path_gives_the_sdpa_result(monkeypatch, returns_l
     # Document attention never goes to the dense kernel: packed or masked layouts take other kernels.
     calls.clear()
     doc_model, _ = tiny_model()
-    doc_model.use_fa3 = True
+    doc_model.dense = dense
     with torch.no_grad():
         doc_model.forward_logits(ids[:, :-1])
     assert calls == []

@@ -9,6 +9,7 @@ the tensors themselves.
 from __future__ import annotations
 
 import copy
+import os
 import json
 import re
 import pickle
@@ -439,3 +440,40 @@ def test_size_plan_predicts_the_compressed_model_within_ten_percent(trained, qua
     assert abs(plain_predicted - plain_measured) / plain_measured < 0.10, (plain_predicted, plain_measured)
     # Their allowance (bounds from the largest candidates) covers what they really cost.
     assert predicted - plain_predicted >= measured - plain_measured > 0, (predicted, plain_predicted, measured, plain_measured)
+
+
+def run_patched(env: dict[str, str], cwd: Path, patch: str) -> "subprocess.CompletedProcess":
+    """train_gpt.main() in a fresh process after `patch` (Python run first, with `tg` the module)."""
+    import subprocess
+    import sys
+    launcher = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_gpt as tg\n{patch}\ntg.main()\n"
+    return subprocess.run([sys.executable, "-c", launcher], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_gptq_failure_after_training_leaves_a_checkpoint_that_export_only_exports(tiny_data, tmp_path):
+    # The checkpoint is copied to host memory inside the timed export and written while GPTQ runs,
+    # so the failure class of the first GPU run (a fault in calibration) no longer costs the training.
+    env = {**TINY_RUN_ENV, **tiny_data, "RUN_ID": "trained", "ARTIFACT_PATH": str(tmp_path / "m.ptz"),
+           "CHECKPOINT_PATH": str(tmp_path / "m.pt")}
+    failed = run_patched(env, tmp_path, "def broken(*args, **kwargs):\n    raise RuntimeError('injected GPTQ failure')\n"
+                                        "tg.quantize_model = broken")
+    assert failed.returncode == 1 and "injected GPTQ failure" in failed.stderr
+    assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.ptz").exists()
+    assert log_lines(tmp_path, "trained", "checkpoint path:")  # logged before the error ended the run
+    replay = run_script({**env, "RUN_ID": "replay", "EXPORT_ONLY": str(tmp_path / "m.pt")}, tmp_path)
+    assert log_lines(tmp_path, "replay", "final_score val_bpb:") and (tmp_path / "m.ptz").is_file()
+
+
+@pytest.mark.parametrize("brotli, message", [
+    ("None", "brotli is not installed"),
+    ("type(sys)('brotli'); fake.__version__ = '1.1.0'; fake.Decompressor = type('D', (), {'process': lambda self, data: b''})",
+     "brotli 1.1.0 is older than 1.2 and cannot bound decompression"),
+], ids=["missing", "too_old"])
+def test_a_missing_or_old_brotli_ends_the_run_at_start_with_one_line(tiny_data, tmp_path, brotli, message):
+    env = {**TINY_RUN_ENV, **tiny_data, "RUN_ID": "nobrotli", "ARTIFACT_PATH": str(tmp_path / "m.ptz")}
+    proc = run_patched(env, tmp_path, f"fake = {brotli}\nsys.modules['brotli'] = fake")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == f"error: {message}: pip install -r requirements.txt (this run needs it to write or read its artifact)."
+    assert not (tmp_path / "logs" / "nobrotli.txt").exists()  # nothing started
