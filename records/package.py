@@ -1376,10 +1376,11 @@ def _normal(value: str) -> str:
         return value
 
 
-def reproduction_commands(run_list: list[RunLog], folder: Path) -> list[str]:
-    """One command per seed, to run from inside the submission folder."""
+def reproduction_commands(run_list: list[RunLog], folder: Path, readable: str | None = None) -> list[str]:
+    """One command per seed, to run from inside the submission folder. The defaults come from
+    the readable script (a wrapper's minified text writes 0.005 as .005)."""
     first = run_list[0]
-    defaults = _source_defaults(first.source)
+    defaults = _source_defaults(readable or first.source)
     env = []
     for key, value in first.hparams.items():
         if key in PER_RUN_HPARAMS:
@@ -1398,8 +1399,10 @@ def reproduction_commands(run_list: list[RunLog], folder: Path) -> list[str]:
     return [f"SEED={r.seed} {tail}" for r in sorted(run_list, key=lambda r: r.seed)]
 
 
-def render_readme(sub: dict, runs: list[RunLog], folder: Path, wrap: str | None = None) -> str:
-    """The README skeleton; `wrap` names the compressor when train_gpt.py is a wrapper."""
+def render_readme(sub: dict, runs: list[RunLog], folder: Path, wrap: str | None = None,
+                  readable: str | None = None) -> str:
+    """The README skeleton; `wrap` names the compressor when train_gpt.py is a wrapper of the
+    script `readable`."""
     runs = sorted(runs, key=lambda r: r.seed)
     out = [f"# {sub['name']}", "",
            f"**val_bpb {sub['val_bpb']:.8f} ± {sub['val_bpb_std']:.8f}** (mean ± sample std over "
@@ -1422,7 +1425,7 @@ def render_readme(sub: dict, runs: list[RunLog], folder: Path, wrap: str | None 
         out.append(f"| {r.seed} | " + " | ".join(cells) +
                    f" | {wc.get('train_time', '-')} | {wc.get('gptq_time', '-')} |")
     out += ["", "## Reproduce", "", "From inside this folder (each run writes logs/{RUN_ID}.txt):",
-            "", "```", *reproduction_commands(runs, folder), "```", "",
+            "", "```", *reproduction_commands(runs, folder, readable), "```", "",
             "Logs: " + ", ".join(f"`train_seed{r.seed}.log`" for r in runs) + ".", ""]
     if wrap:
         out += [f"`train_gpt.py` is the packager's self-extracting wrapper of `{READABLE_NAME}` "
@@ -1474,7 +1477,11 @@ def check_folder_entries(folder: Path, doing: str) -> None:
     """Every entry of `folder` must be a regular file with a name the packager writes: a link
     could point --check at a file outside the folder, and --force must never delete a file the
     packager did not write. `doing` ends the refusal: what to do about it."""
-    for entry in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise PackageError(f"cannot list {folder} ({exc.strerror}); check its permissions.") from None
+    for entry in entries:
         if entry.is_symlink():
             raise PackageError(f"{entry} is a symbolic link (to {os.readlink(entry)}), but the "
                                f"packager writes only regular files; {doing}")
@@ -1503,6 +1510,9 @@ def check_folder(folder: Path, expected_name: str | None = None,
     except (OSError, ValueError) as exc:
         raise PackageError(f"{folder} is incomplete or unreadable ({exc}); "
                            "re-run the packager with --force.") from None
+    if not isinstance(sub, dict):
+        raise PackageError(f"{folder}/submission.json holds a JSON {type(sub).__name__}, not an "
+                           "object; re-run the packager with --force.")
     log_paths = sorted(folder.glob("train_seed*.log"))
     if not log_paths:
         raise PackageError(f"{folder} holds no train_seed*.log files; "
@@ -1679,7 +1689,8 @@ def package(args: argparse.Namespace, options: Options | None = None) -> Path:
         (tmp / "submission.json").write_text(json.dumps(sub, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
         wrap = parse_wrapper(shipped).method if wrapped else None
-        (tmp / "README.md").write_text(render_readme(sub, runs, folder, wrap), encoding="utf-8")
+        (tmp / "README.md").write_text(render_readme(sub, runs, folder, wrap, readable),
+                                         encoding="utf-8")
         if (REPO_ROOT / "requirements.txt").is_file():
             shutil.copyfile(REPO_ROOT / "requirements.txt", tmp / "requirements.txt")
         check_folder(tmp, expected_name=folder.name, options=options)

@@ -1273,6 +1273,9 @@ BAD_INPUTS = {
     "readable_script_beside_a_plain_script": (
         _in_plain_folder(lambda f, env: (f / "train_gpt_readable.py").write_text(FAKE_SOURCE)),
         ["train_gpt_readable.py is there, but", "train_gpt.py is no wrapper"], 2),
+    "submission_json_not_an_object": (
+        _in_plain_folder(lambda f, env: (f / "submission.json").write_text("[1, 2]\n")),
+        ["submission.json holds a JSON list, not an object"], 2),
     "check_of_a_file": (lambda env: ["--check", str(_notes(env))],
                         ["notes.txt is not a folder; pass a submission folder"], 2),
     # Seeds share their data and tokenizer.
@@ -1435,6 +1438,11 @@ def test_a_tiny_wrapped_run_packages_with_its_readable_script_and_rescores(tiny_
     assert (folder / "train_gpt.py").read_bytes() == tiny_wrapped_run.script.read_bytes()
     assert (folder / "train_gpt_readable.py").read_bytes() == tiny_run.script.read_bytes()
     assert package.main(["--check", str(folder)]) == 0
+    # Its reproduction command is the plain run's: the defaults come from the readable script.
+    assert package_tiny(tiny_run, tmp_path / "plain", [tiny_run.text], "--non-record") == 0
+    commands = [[line for line in (tiny_folder(root) / "README.md").read_text(encoding="utf-8").splitlines()
+                 if line.startswith("SEED=")] for root in (tmp_path, tmp_path / "plain")]
+    assert commands[0] == commands[1] and len(commands[0]) == 1
 
 
 def package_tiny(tiny: SimpleNamespace, root: Path, texts: list[str], *extra: str) -> int:
