@@ -1034,8 +1034,10 @@ def counted_script(run: RunLog, shipped: str) -> str:
     raise PackageError(f"{run.line('artifact')} counts code_bytes:{code}, but the logged source "
                        f"is {len(run.source.encode('utf-8'))} bytes and the lzma and brotli "
                        f"wrappers running it {sizes['lzma']} and {sizes['brotli']} bytes, so the "
-                       "log was edited or the file run was neither train_gpt.py nor its "
-                       "--make-wrapper wrapper; package an unedited log of such a run.")
+                       "log was edited, or the file run was neither train_gpt.py nor its "
+                       "--make-wrapper wrapper, or that wrapper was compressed by another "
+                       "lzma or brotli version (then pass it as --script and the readable "
+                       "train_gpt.py as --source); package an unedited log of such a run.")
 
 
 def check_code_bytes(shipped: str, script_name: str, runs: list[RunLog]) -> None:
@@ -1133,7 +1135,8 @@ def check_shipped_script(shipped: str, script_name: str, readable: str | None,
             raise PackageError(f"{script_name} ({len(data)} bytes, sha256 {digest}) is not the "
                                f"script seed {run.seed} ran ({run.line('script')}), and "
                                f"{readable_name}, the readable script it wraps, is not either; "
-                               "pass --script with the very file the runs ran.")
+                               "pass --script with the very file the runs ran (a wrapper made "
+                               "elsewhere: --script WRAPPER --source READABLE).")
 
 
 def find_artifacts(runs: list[RunLog], log_paths: list[str], given: list[str] | None) -> list[Path]:
