@@ -5,16 +5,19 @@ Usage, from the repository root (where each run's DATA_PATH is):
 
     python3 records/package.py --name ShortName --logs logs/a.txt logs/b.txt logs/c.txt \\
         [--artifacts a.ptz b.ptz c.ptz] [--author NAME] [--github-id ID] [--date YYYY-MM-DD] \\
-        [--script train_gpt.py] [--wrap none|lzma|brotli] [--out-root records/track_10min_16mb] \\
-        [--force] [--non-record] [--full-val-tokens N] [--rescore [--nproc N] \\
-        [--rescore-env KEY=VALUE ...] [--rescore-tolerance 1e-6]]
+        [--script train_gpt.py] [--wrap none|lzma|brotli] [--source train_gpt.py] \\
+        [--out-root records/track_10min_16mb] [--force] [--non-record] [--full-val-tokens N] \\
+        [--rescore [--nproc N] [--rescore-env KEY=VALUE ...] [--rescore-tolerance 1e-6]]
     python3 records/package.py --check records/track_10min_16mb/2026-04-09_ShortName [--rescore ...]
+    python3 records/package.py --make-wrapper run/train_gpt.py [--wrap brotli|lzma] [--force]
+    python3 records/package.py --sizes [--script train_gpt.py]
 
 Packaging writes `{out-root}/{date}_{ShortName}/` with train_gpt.py (as is, or as a small
-self-extracting wrapper), one `train_seed{SEED}.log` and `artifact_seed{SEED}.ptz` per run,
-submission.json, a README.md skeleton and requirements.txt. Every log and file is validated
-before anything is written; a refusal exits with status 2 and one sentence saying what is wrong
-and what to do. The new folder is then re-checked exactly as `--check` does.
+self-extracting wrapper, then with the readable script beside it as train_gpt_readable.py), one
+`train_seed{SEED}.log` and `artifact_seed{SEED}.ptz` per run, submission.json, a README.md
+skeleton and requirements.txt, and nothing else. Every log and file is validated before anything
+is written; a refusal is one line saying what is wrong and what to do. The new folder is then
+re-checked exactly as `--check` does.
 
 Nothing a log states is taken on trust: the score is re-read from the line of the last stage
 that ran, the artifact size is code + model bytes, and the code bytes are recomputed from the
@@ -24,26 +27,45 @@ is refused, so a hand-edited log can neither be packaged nor pass `--check`.
 
 The files are the evidence: each run's artifact must have the size and SHA-256 its serialize
 (or artifact_loaded) line recorded, and the train_gpt.py shipped the SHA-256 and bytes of its
-`script` line (or be a wrapper holding exactly that file). Two seeds may not share a training
-curve or an artifact. A record must score the challenge's whole validation split: its `data
-val_tokens:` must equal the token count of the fineweb_val_*.bin shards in its DATA_PATH (found
-from the current directory), which must hold the challenge's 50,000 documents; where those
+`script` line (or be the packager's wrapper of exactly that file). Two seeds may not share a
+training curve or an artifact, and must share their data: the `data` line's val_tokens, bytes,
+caseops and tokenizer_sha256. A record must score the challenge's whole validation split: its
+`data val_tokens:` must equal the token count of the fineweb_val_*.bin shards in its DATA_PATH
+(found from the current directory), which must hold the challenge's 50,000 documents; where those
 shards are absent, --full-val-tokens N gives the count. A record must also run on 8xH100 with
 the 600 s clock; --non-record lifts that and the submission says so. `--rescore` re-runs
 `EVAL_ONLY=1` of the shipped train_gpt.py on each shipped artifact with the run's own logged
 settings and refuses a score that differs from the log's by more than --rescore-tolerance, and
 rebuilds each run's initial model from its logged SEED to check its init_probe line. Without
 --rescore nothing is run, so a log edited consistently throughout passes; no check retrains.
+`--check` also refuses a folder holding a symbolic link or any file the packager does not write.
 
-A wrapper is three lines that set `_WRAPPED_SOURCE` to the original source and exec it with
-the wrapper's own `__file__`, so train_gpt.py logs the same readable source either way and
-counts the wrapper's bytes as code. `unwrap` recovers the source without executing anything.
+A wrapper (--make-wrapper, --wrap) is the readable script minified with python-minifier (the
+version pinned in requirements.txt; only this tool imports it), compressed with lzma or brotli
+and stored in a 7-bit string; it sets `_SOURCE_SHA256` to the readable script's SHA-256 and
+`_WRAPPED_SOURCE` to the minified text and execs that with the wrapper's own `__file__`, so
+train_gpt.py logs the text it runs, counts the wrapper's bytes as code and logs the readable
+script's hash as `source_sha256`. Only that exact template is a wrapper: a file that changes any
+byte of it outside the payload (an exec line that edits the source first, say) is refused, and
+so is a wrapper whose payload is not minify(readable script) or whose `_SOURCE_SHA256` is not
+that script's. `unwrap` reads the text a wrapper runs without executing anything. `--sizes`
+prints the code bytes of the script as is, minified and as each wrapper; brotli's is the smaller
+on train_gpt.py, so it is --make-wrapper's default.
+
+An existing file is never overwritten unless the packager wrote it: a submission folder is
+replaced only with --force and only if it holds nothing but the files listed above, and a
+--make-wrapper PATH that exists is left alone when it already holds that wrapper, refused
+otherwise, and replaced with --force (never a folder, a link or --script itself).
+
+Exit status: 0 done; 2 refused: a log, file, folder or flag that fails a check, or a usage
+error (one `error:` line saying what and what to do); 3 a tool is missing or not the pinned
+version (python-minifier, brotli); 4 the output could not be written (disk full, permissions).
+A traceback is a bug in this tool.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import base64
 import datetime as dt
 import functools
 import hashlib
@@ -140,12 +162,13 @@ class RunLog:
     over_limit_line: str | None = None
     val_tokens_limit_lines: int = 0
     stopped_early: bool = False
-    script: dict | None = None  # the script line: path (file name), bytes, sha256
+    script: dict | None = None  # the script line: path (file name), bytes, sha256, source_sha256
     artifact_file: dict | None = None  # serialize or artifact_loaded: tag, path, bytes, sha256
     val_tokens: int | None = None  # the data line: validation tokens loaded and scored
     byte_count: str = "tables"  # the data line: what bits per byte divided by (tables or sidecar)
     caseops: bool = False  # the data line: a CaseOps tokenizer
     data_path: str | None = None
+    tokenizer_sha256: str | None = None  # the data line: the tokenizer file's SHA-256
     curve: list[tuple[str, str]] = field(default_factory=list)  # (step, train_loss) as logged
     init_probe: tuple[int, list[float]] | None = None  # the init_probe line: seed, values
     # Set by validate_runs: whether the run scored the challenge's whole validation split.
@@ -205,14 +228,19 @@ def _pairs(rest: str) -> dict[str, str]:
 
 
 def _file_fields(rest: str, tag: str) -> dict | None:
-    """tag, path, bytes and sha256 of a script, serialize or artifact_loaded line; None when it
-    has no path and sha256 (an older train_gpt.py wrote it)."""
+    """tag, path, bytes and sha256 of a script, serialize or artifact_loaded line (and a script
+    line's source_sha256: the readable source's, see the wrapper); None when it has no path and
+    sha256 (an older train_gpt.py wrote it)."""
     p = _pairs(rest)
     if "sha256" not in p or "path" not in p:
         return None
-    if not re.fullmatch(r"[0-9a-f]{64}", p["sha256"]):
-        raise ValueError(f"sha256:{p['sha256']} is not 64 hex digits")
-    return {"tag": tag, "path": p["path"], "bytes": int(p["bytes"]), "sha256": p["sha256"]}
+    fields = {"tag": tag, "path": p["path"], "bytes": int(p["bytes"]), "sha256": p["sha256"]}
+    if "source_sha256" in p:
+        fields["source_sha256"] = p["source_sha256"]
+    for key in ("sha256", "source_sha256"):
+        if key in fields and not re.fullmatch(r"[0-9a-f]{64}", fields[key]):
+            raise ValueError(f"{key}:{fields[key]} is not 64 hex digits")
+    return fields
 
 
 def parse_log(text: str, name: str = "log") -> RunLog:
@@ -254,6 +282,7 @@ def parse_log(text: str, name: str = "log") -> RunLog:
                 p = _pairs(rest)
                 run.val_tokens, run.data_path = int(p["val_tokens"]), p.get("data_path")
                 run.byte_count, run.caseops = p.get("bytes", "tables"), p.get("caseops", "0") == "1"
+                run.tokenizer_sha256 = p.get("tokenizer_sha256")
             elif tag.startswith("step:") and "train_loss:" in rest:
                 run.curve.append((tag.removeprefix("step:"), _pairs(rest)["train_loss"]))
             elif tag in {f"final_{s}" for s in STAGE_ORDER}:
@@ -292,64 +321,262 @@ def read_log(path: Path) -> RunLog:
 
 
 # ---- SELF-EXTRACTING WRAPPER ----
+# A wrapper runs the readable script minified: python-minifier (pinned: another version minifies
+# differently, so the packager could no longer rebuild what ran), then lzma or brotli, then a
+# dense 7-bit text encoding. It names the readable script's SHA-256 in _SOURCE_SHA256 and the text
+# it runs in _WRAPPED_SOURCE, which train_gpt.py logs instead of its own file (script_source and
+# start_log there). Only this exact template is accepted as a wrapper: a file that changes any
+# byte of it outside the payload (say an exec line that edits the source first) is refused.
+
+MINIFIER_VERSION = "3.4.0"  # requirements.txt pins the same version
+WRAP_METHODS = ("lzma", "brotli")
+RECOMMENDED_WRAP = "brotli"  # the smaller wrapper of train_gpt.py (--sizes measures both)
+READABLE_NAME = "train_gpt_readable.py"  # beside a wrapper in a submission folder
+# PR #2135's counted code (python-minifier, lzma, base85 of its 191 KB script), the leaderboard's
+# smallest at the time; --sizes compares against it.
+REFERENCE_CODE_BYTES = 37_155
+MAX_SOURCE_BYTES = 64 << 20  # a payload that inflates past this is refused, not decompressed
+# The minifier's options, all spelled out so its defaults can never change them. Each transform
+# must leave train_gpt.py's behaviour alone:
+MINIFY_OPTIONS = {
+    "remove_literal_statements": True,  # docstrings: train_gpt.py never reads __doc__ (tested)
+    "rename_globals": False,  # globals are looked up and printed by name (type(exc).__name__)
+    "rename_locals": True,  # keyword arguments keep their names; python-minifier renames
+                            # nothing at all in a module that calls globals(), locals() or exec
+    "hoist_literals": False,  # names for repeated strings compress worse than the strings do
+    "remove_asserts": False,
+    "remove_debug": False,
+    "combine_imports": True,
+    "remove_pass": True,
+    "remove_object_base": True,
+    "convert_posargs_to_args": True,
+    "preserve_shebang": True,
+    "remove_explicit_return_none": True,
+    "remove_builtin_exception_brackets": True,
+    "constant_folding": True,
+    "prefer_single_line": False,
+    "remove_dead_branches": True,
+}
+# The payload's encoding: every ASCII byte that can stand in a b"..." literal (all but NUL, LF,
+# CR, '"' and '\'), 123 digits, so 15 of them hold 13 bytes (123**15 >= 256**13): 15.4% larger
+# than the compressed bytes, against base85's 25%.
+DIGITS = bytes(c for c in range(1, 128) if c not in b'\n\r"\\')
+BLOCK_CHARS, BLOCK_BYTES = 15, 13
+WRAPPER_TEMPLATE = (
+    "import {method} as L\n"
+    '_SOURCE_SHA256="{sha256}"\n'
+    'D=b"{digits}"\n'
+    "b=bytearray()\n"
+    "for i in range(0,len(D),15):\n"
+    " n=0\n"
+    " for c in D[i:i+15]:n=n*123+c-(c>10)-(c>13)-(c>34)-(c>92)-1\n"  # c's index in DIGITS
+    ' b+=n.to_bytes(13,"big")\n'
+    "_WRAPPED_SOURCE=L.decompress(b[:{size}]).decode()\n"
+    'exec(compile(_WRAPPED_SOURCE,__file__,"exec"))\n'
+)
+_FIELD_PATTERNS = {"method": "(?P<method>lzma|brotli)", "sha256": "(?P<sha256>[0-9a-f]{64})",
+                   "digits": '(?P<digits>[^\\x00\\n\\r"\\\\\\x80-\\U0010ffff]*)',
+                   "size": "(?P<size>[1-9][0-9]*)"}
+_WRAPPER_LINES = [re.compile("".join(_FIELD_PATTERNS[p[1:-1]] if p.startswith("{") else re.escape(p)
+                                     for p in re.split(r"(\{\w+\})", line)))
+                  for line in WRAPPER_TEMPLATE.splitlines()]
+
+
+class ToolError(Exception):
+    """A tool the command needs is missing or not the pinned version (exit status 3)."""
+
+
+def _minifier():
+    try:
+        import python_minifier
+        from importlib.metadata import version
+        installed = version("python-minifier")
+    except ImportError:
+        raise ToolError(f"python-minifier is not installed, and wrappers are minified with it; "
+                        f"pip install python-minifier=={MINIFIER_VERSION} (requirements.txt)") from None
+    if installed != MINIFIER_VERSION:
+        raise ToolError(f"python-minifier {installed} is installed, but wrappers are made with "
+                        f"{MINIFIER_VERSION} (another version minifies differently); pip install "
+                        f"python-minifier=={MINIFIER_VERSION} (requirements.txt)")
+    return python_minifier
+
+
+@functools.lru_cache(maxsize=8)
+def minify(source: str) -> str:
+    """What a wrapper of `source` runs: `source` through python-minifier with MINIFY_OPTIONS."""
+    pm = _minifier()
+    options = dict(MINIFY_OPTIONS, remove_annotations=pm.RemoveAnnotationsOptions(
+        remove_variable_annotations=True, remove_return_annotations=True,
+        remove_argument_annotations=True,
+        remove_class_attribute_annotations=False))  # dataclass fields are class annotations
+    # Under Python 3.12+ python-minifier writes f-strings with PEP 701's nested quotes, which do
+    # not parse before 3.12 and differ byte for byte from what it writes under 3.10 or 3.11.
+    # Printing them the older way makes the minified text the same on every Python (so any
+    # machine can rebuild and check a wrapper) and runnable on all of them.
+    from python_minifier import expression_printer, f_string
+    printer = expression_printer.ExpressionPrinter
+    original = printer.visit_JoinedStr
+
+    def visit_joined_str(self, node):
+        self.printer.fstring(str(f_string.OuterFString(node, pep701=False)))
+    printer.visit_JoinedStr = visit_joined_str
+    try:
+        return pm.minify(source, **options)
+    except SyntaxError as exc:
+        raise PackageError(f"the script does not parse as Python (line {exc.lineno}: {exc.msg}), "
+                           "so it cannot be minified; pass the train_gpt.py the runs ran.") from None
+    finally:
+        printer.visit_JoinedStr = original
+
+
+def _compress(data: bytes, method: str) -> bytes:
+    if method == "lzma":
+        return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
+    if method == "brotli":
+        try:
+            import brotli
+        except ImportError:
+            raise ToolError("brotli is not installed; pip install -r requirements.txt, or pass "
+                            "--wrap lzma") from None
+        return brotli.compress(data, quality=11)
+    raise ValueError(f"unknown wrap method {method!r}; use lzma or brotli")
+
+
+def _decompress(blob: bytes, method: str) -> bytes:
+    """The one stream in `blob`, at most MAX_SOURCE_BYTES; ValueError for anything else
+    (a second stream after it included: lzma.decompress would run that too)."""
+    try:
+        if method == "lzma":
+            decoder = lzma.LZMADecompressor()
+            out = decoder.decompress(blob, max_length=MAX_SOURCE_BYTES + 1)
+            finished = decoder.eof and not decoder.unused_data
+        else:
+            import brotli  # a wrapper that names brotli runs only where it is installed
+            decoder = brotli.Decompressor()
+            out = decoder.process(blob, output_buffer_limit=MAX_SOURCE_BYTES + 1)
+            finished = decoder.is_finished()
+    except ImportError:
+        raise ToolError("brotli is not installed, and the wrapper is compressed with it; "
+                        "pip install -r requirements.txt") from None
+    except Exception as exc:  # lzma.LZMAError, brotli.error: the payload is not one stream
+        raise ValueError(f"its payload does not {method}-decompress ({exc})") from None
+    if not finished or len(out) > MAX_SOURCE_BYTES:
+        raise ValueError(f"its payload is not one complete {method} stream of at most "
+                         f"{MAX_SOURCE_BYTES} bytes")
+    return out
+
+
+def _encode(blob: bytes) -> str:
+    blob += bytes(-len(blob) % BLOCK_BYTES)  # zeros; the wrapper slices them off
+    out = bytearray()
+    for i in range(0, len(blob), BLOCK_BYTES):
+        n, block = int.from_bytes(blob[i:i + BLOCK_BYTES], "big"), bytearray(BLOCK_CHARS)
+        for j in reversed(range(BLOCK_CHARS)):
+            n, block[j] = divmod(n, len(DIGITS))
+        out += block.translate(DIGITS.ljust(256, b"\0"))
+    return out.decode("ascii")
+
+
+def _decode(digits: str, size: int) -> bytes:
+    """The inverse of _encode, as the wrapper computes it; ValueError where the wrapper would
+    fail or where _encode could not have written `digits`."""
+    index = {c: i for i, c in enumerate(DIGITS)}
+    data, out = digits.encode("ascii"), bytearray()
+    if len(data) % BLOCK_CHARS:
+        raise ValueError(f"its payload has {len(data)} digits, not a multiple of {BLOCK_CHARS}")
+    for i in range(0, len(data), BLOCK_CHARS):
+        n = 0
+        for c in data[i:i + BLOCK_CHARS]:
+            n = n * len(DIGITS) + index[c]
+        if n >= 256 ** BLOCK_BYTES:
+            raise ValueError(f"its payload's block at digit {i} overflows {BLOCK_BYTES} bytes")
+        out += n.to_bytes(BLOCK_BYTES, "big")
+    if not len(out) - BLOCK_BYTES < size <= len(out) or any(out[size:]):
+        raise ValueError(f"its size {size} does not fit its {len(data)} payload digits")
+    return bytes(out[:size])
+
+
+def wrap_minified(minified: str, source_sha256: str, method: str) -> str:
+    """The wrapper that runs `minified` and names `source_sha256` as its readable source's."""
+    blob = _compress(minified.encode("utf-8"), method)
+    return WRAPPER_TEMPLATE.format(method=method, sha256=source_sha256, digits=_encode(blob),
+                                   size=len(blob))
 
 
 def make_wrapper(source: str, method: str) -> str:
-    """A tiny script that runs `source` with the wrapper's globals and `__file__`."""
+    """The wrapper of the readable script `source`; `none` is the script itself."""
     if method == "none":
         return source
-    if method == "lzma":
-        blob = lzma.compress(source.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME)
-    elif method == "brotli":
-        import brotli
-        blob = brotli.compress(source.encode("utf-8"), quality=11)
-    else:
+    if method not in WRAP_METHODS:
         raise ValueError(f"unknown wrap method {method!r}; use none, lzma or brotli")
-    # base85 never uses '"' or '\', so the blob sits in a plain string literal.
-    text = base64.b85encode(blob).decode("ascii")
-    return (f"import {method} as L,base64 as B\n"
-            f'_WRAPPED_SOURCE=L.decompress(B.b85decode("{text}")).decode()\n'
-            'exec(compile(_WRAPPED_SOURCE,__file__,"exec"))\n')
+    return wrap_minified(minify(source), _sha256_text(source), method)
 
 
-def _wrapper_parts(text: str) -> tuple[str, str] | None:
-    """(method, base85 literal) if `text` is a wrapper made by make_wrapper, else None."""
+@dataclass
+class Wrapper:
+    """A wrapper's fields: its compressor, the readable source's SHA-256 and the text it runs."""
+    method: str
+    source_sha256: str
+    source: str
+
+
+def template_mismatch(text: str) -> int | None:
+    """The first line of `text` that the wrapper template does not allow (past the end counts),
+    or None when every line fits it."""
+    lines = text.split("\n")
+    expected = len(_WRAPPER_LINES) + 1  # the last line ends with "\n": an empty tail
+    for number, line in enumerate(lines[:expected], start=1):
+        pattern = _WRAPPER_LINES[number - 1] if number <= len(_WRAPPER_LINES) else re.compile("")
+        if not pattern.fullmatch(line):
+            return number
+    return None if len(lines) == expected else min(len(lines), expected)
+
+
+def parse_wrapper(text: str) -> Wrapper:
+    """The fields of a wrapper, read (never executed) from its text; ValueError unless `text` is
+    byte for byte WRAPPER_TEMPLATE around a payload that decodes to one compressed stream."""
+    line = template_mismatch(text)
+    if line is not None:
+        raise ValueError(f"it is not the packager's wrapper: its line {line} differs from the "
+                         "template in records/package.py")
+    fields = {}
+    for pattern, part in zip(_WRAPPER_LINES, text.split("\n")):
+        fields.update(pattern.fullmatch(part).groupdict())
+    if WRAPPER_TEMPLATE.format(**fields) != text:  # cannot happen; keeps parse and format in step
+        raise ValueError("it is not the packager's wrapper")
+    blob = _decode(fields["digits"], int(fields["size"]))
     try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return None
-    method = literal = None
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            method = next((a.name for a in node.names if a.name in ("lzma", "brotli")), method)
-        elif (isinstance(node, ast.Assign) and len(node.targets) == 1
-              and getattr(node.targets[0], "id", None) == "_WRAPPED_SOURCE"):
-            strings = [n.value for n in ast.walk(node.value)
-                       if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-            literal = strings[0] if len(strings) == 1 else None
-    return (method, literal) if method and literal is not None else None
+        source = _decompress(blob, fields["method"]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("its payload is not UTF-8 text") from None
+    return Wrapper(fields["method"], fields["sha256"], source)
+
+
+def looks_like_wrapper(text: str) -> bool:
+    """Starts like the template: a file meant as a wrapper, canonical or not."""
+    return text.startswith(("import lzma as L\n", "import brotli as L\n"))
 
 
 def is_wrapper(text: str) -> bool:
-    return _wrapper_parts(text) is not None
+    try:
+        parse_wrapper(text)
+        return True
+    except ValueError:
+        return False
 
 
 def unwrap(text: str) -> str:
-    """The source inside a wrapper, found by parsing (never executing) it."""
-    parts = _wrapper_parts(text)
-    if parts is None:
-        raise ValueError("not a self-extracting wrapper: no `import lzma|brotli` and "
-                         "`_WRAPPED_SOURCE=...b85decode(\"...\")` assignment found")
-    method, literal = parts
-    blob = base64.b85decode(literal)
-    if method == "lzma":
-        return lzma.decompress(blob).decode("utf-8")
-    import brotli
-    return brotli.decompress(blob).decode("utf-8")
+    """The text a wrapper runs (the minified source), found without executing anything."""
+    return parse_wrapper(text).source
 
 
 def script_source(text: str) -> str:
-    return unwrap(text) if is_wrapper(text) else text
+    """What a script runs: a wrapper's minified source, or the script itself."""
+    return unwrap(text) if looks_like_wrapper(text) and is_wrapper(text) else text
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _first_difference(a: str, b: str) -> int:
@@ -438,6 +665,17 @@ def validate_runs(runs: list[RunLog], non_record: bool, full_val_tokens: int | N
                           for r in differing)
         raise PackageError(f"the script source in {where} differs from {first.name}; "
                            "package only runs of one and the same train_gpt.py.")
+    for run in runs[1:]:
+        differ = [f"{key}:{mine} against {theirs}" for key, mine, theirs in (
+            ("val_tokens", run.val_tokens, first.val_tokens),
+            ("bytes", run.byte_count, first.byte_count),
+            ("caseops", int(run.caseops), int(first.caseops)),
+            ("tokenizer_sha256", run.tokenizer_sha256, first.tokenizer_sha256)) if mine != theirs]
+        if differ:
+            raise PackageError(f"{run.line('data')} differs from the data line of {first.name} "
+                               f"(line {first.where['data'][0]}) in {', '.join(differ)}, so the "
+                               "seeds scored other data or another tokenizer; package seeds run "
+                               "on the same data and tokenizer.")
     seen: dict[int, str] = {}
     for run in runs:
         if run.seed in seen:
@@ -604,6 +842,10 @@ def check_evidence_lines(run: RunLog) -> None:
     if run.script is None:
         raise PackageError(f"{n} has no 'script path: bytes: sha256:' line, so the script it ran "
                            "cannot be checked; package a log of the current train_gpt.py.")
+    if "source_sha256" not in run.script:
+        raise PackageError(f"{run.line('script')} has no source_sha256: field, so an older "
+                           "train_gpt.py wrote it and the readable source behind the file run "
+                           "cannot be checked; package a log of the current train_gpt.py.")
     if run.script["bytes"] != art["code_bytes"]:
         raise PackageError(f"{run.line('script')} has bytes:{run.script['bytes']}, but the "
                            f"artifact line (line {run.where['artifact'][0]}) counts code_bytes:"
@@ -626,6 +868,10 @@ def check_evidence_lines(run: RunLog) -> None:
         raise PackageError(f"{n} has no 'data val_tokens:' line, so the number of validation "
                            "tokens scored cannot be checked; package a log of the current "
                            "train_gpt.py.")
+    if run.tokenizer_sha256 is None:
+        raise PackageError(f"{run.line('data')} has no tokenizer_sha256: field, so an older "
+                           "train_gpt.py wrote it and the seeds' tokenizers cannot be compared; "
+                           "package a log of the current train_gpt.py.")
     for stage, key in (("sliding", "SLIDING_ENABLED"), ("ttt", "TTT_ENABLED")):
         if key not in run.hparams:
             continue
@@ -658,13 +904,36 @@ def check_evidence_lines(run: RunLog) -> None:
                                f"because every stage scores the same tokens and bytes, {EDITED}")
 
 
-def check_script(script_text: str, script_name: str, runs: list[RunLog]) -> None:
-    source = script_source(script_text)
-    if not same_source(source, runs[0].source):
-        line = _first_difference(runs[0].source, source)
-        raise PackageError(f"{script_name} differs from the source recorded in {runs[0].name} "
-                           f"(from line {line}); pass --script with the file that produced "
-                           "the logs.")
+def ran_wrapper(run: RunLog) -> bool:
+    """Whether the run ran a wrapper: it then logs the readable source's SHA-256 beside its own."""
+    return run.script["sha256"] != run.script["source_sha256"]
+
+
+def check_script(readable: str, script_name: str, runs: list[RunLog]) -> None:
+    """`readable` must be the source the runs logged, or (for runs of a wrapper) the script whose
+    SHA-256 they logged as source_sha256 and whose minified text they logged."""
+    run = runs[0]
+    if same_source(readable, run.source):
+        return
+    if ran_wrapper(run):
+        digest = _sha256_text(readable)
+        if digest != run.script["source_sha256"]:
+            raise PackageError(f"{script_name} (sha256 {digest}) is not the readable script of the "
+                               f"wrapper {run.name} ran ({run.line('script')} names its "
+                               f"source_sha256:{run.script['source_sha256']}); pass the "
+                               "train_gpt.py the wrapper was made of.")
+        minified = minify(readable)
+        if not same_source(minified, run.source):
+            line = _first_difference(run.source, minified)
+            raise PackageError(f"{script_name} minified with python-minifier {MINIFIER_VERSION} "
+                               f"differs from the source recorded in {run.name} (from line "
+                               f"{line}), so the wrapper run was not made of it by this packager; "
+                               "rebuild the wrapper with --make-wrapper and rerun.")
+        return
+    line = _first_difference(run.source, readable)
+    raise PackageError(f"{script_name} differs from the source recorded in {run.name} "
+                       f"(from line {line}); pass --script with the file that produced "
+                       "the logs.")
 
 
 def logged_settings(run: RunLog) -> dict[str, str]:
@@ -693,7 +962,8 @@ def check_init_probes(runs: list[RunLog], rebuild: bool) -> None:
     the shipped script), equal the values the logged SEED and settings give on the CPU here.
     Nothing to check for a script that logs no init_probe."""
     source = runs[0].source
-    if not re.search(r"^\s+def init_probe\(self", source, flags=re.M):  # an older or another script
+    # Not "init_probe(self": a wrapper's minified source renames self.
+    if not re.search(r"^\s+def init_probe\(", source, flags=re.M):  # an older or another script
         return
     for run in runs:
         if run.init_probe is None:
@@ -733,37 +1003,41 @@ def check_init_probes(runs: list[RunLog], rebuild: bool) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _wrapper_bytes(source: str, method: str) -> int | None:
-    """Size of make_wrapper(source, method); None where that compressor is not installed."""
+def _wrapper_bytes(minified: str, source_sha256: str, method: str) -> int | str:
+    """Size of the wrapper running `minified`; a note where that compressor is not installed."""
     try:
-        return len(make_wrapper(source, method).encode("utf-8"))
-    except ImportError:
-        return None
+        return len(wrap_minified(minified, source_sha256, method).encode("utf-8"))
+    except ToolError:
+        return f"unknown ({method} not installed)"
 
 
 def counted_script(run: RunLog, shipped: str) -> str:
     """Which script the run's `artifact code_bytes` counted, recomputed from the logged source:
-    'plain' (the source itself), 'lzma' or 'brotli' (the wrapper make_wrapper makes of it, as
-    --make-wrapper wrote it), or 'shipped' (the train_gpt.py shipped, when it runs the logged
-    source: covers a wrapper made by another compressor version). Refuses anything else."""
+    'plain' (the source itself), 'lzma' or 'brotli' (the wrapper running the logged source and
+    naming the logged source_sha256, as --make-wrapper writes it), or 'shipped' (the wrapper
+    shipped, when it runs the logged source: covers another compressor version's bytes).
+    Refuses anything else."""
     code = run.artifact["code_bytes"]
     # train_gpt.py adds a newline before the separator when its file lacks one, so the file
     # that ran may be one byte shorter than the logged source.
     sources = [run.source] + ([run.source[:-1]] if run.source.endswith("\n") else [])
     if any(len(s.encode("utf-8")) == code for s in sources):
         return "plain"
-    if len(shipped.encode("utf-8")) == code and same_source(script_source(shipped), run.source):
+    if (len(shipped.encode("utf-8")) == code and looks_like_wrapper(shipped) and is_wrapper(shipped)
+            and same_source(unwrap(shipped), run.source)):
         return "shipped"
-    for method in ("lzma", "brotli"):
-        if any(_wrapper_bytes(s, method) == code for s in sources):
+    digest = run.script["source_sha256"]
+    for method in WRAP_METHODS:
+        if any(_wrapper_bytes(s, digest, method) == code for s in sources):
             return method
-    sizes = {m: _wrapper_bytes(run.source, m) or f"unknown ({m} not installed)"
-             for m in ("lzma", "brotli")}
+    sizes = {m: _wrapper_bytes(sources[-1], digest, m) for m in WRAP_METHODS}
     raise PackageError(f"{run.line('artifact')} counts code_bytes:{code}, but the logged source "
-                       f"is {len(run.source.encode('utf-8'))} bytes and its lzma and brotli "
-                       f"wrappers {sizes['lzma']} and {sizes['brotli']} bytes, so the log was "
-                       "edited or the file run was neither train_gpt.py nor its --make-wrapper "
-                       "wrapper; package an unedited log of such a run.")
+                       f"is {len(run.source.encode('utf-8'))} bytes and the lzma and brotli "
+                       f"wrappers running it {sizes['lzma']} and {sizes['brotli']} bytes, so the "
+                       "log was edited, or the file run was neither train_gpt.py nor its "
+                       "--make-wrapper wrapper, or that wrapper was compressed by another "
+                       "lzma or brotli version (then pass it as --script and the readable "
+                       "train_gpt.py as --source); package an unedited log of such a run.")
 
 
 def check_code_bytes(shipped: str, script_name: str, runs: list[RunLog]) -> None:
@@ -799,20 +1073,70 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_shipped_script(shipped: str, script_name: str, runs: list[RunLog]) -> None:
-    """The train_gpt.py shipped must be the file each run ran (the SHA-256 and bytes of its
-    script line), or a wrapper made of exactly that file (the run ran the plain script)."""
+def check_shipped_script(shipped: str, script_name: str, readable: str | None,
+                         readable_name: str, runs: list[RunLog]) -> None:
+    """The train_gpt.py shipped must run exactly what the logs record: either it is the file
+    each run ran (the SHA-256 and bytes of its script line, with no other source named), or it
+    is byte for byte the packager's wrapper, naming the SHA-256 of `readable` and running
+    minify(readable), and each run ran it or ran `readable` itself. Anything else, such as a
+    wrapper whose exec line edits the source first, is refused whatever its payload."""
     data = shipped.encode("utf-8")
-    found = [(hashlib.sha256(data).hexdigest(), len(data))]
-    if is_wrapper(shipped):
-        inner = script_source(shipped).encode("utf-8")
-        found.append((hashlib.sha256(inner).hexdigest(), len(inner)))
+    digest = hashlib.sha256(data).hexdigest()
+    wrapper = None
+    if looks_like_wrapper(shipped):
+        try:
+            wrapper = parse_wrapper(shipped)
+        except ValueError as exc:
+            raise PackageError(f"{script_name} starts like a wrapper but {exc}, and only that exact "
+                               "template is accepted, so that it runs exactly the logged source; "
+                               "ship train_gpt.py or the wrapper --make-wrapper writes of it."
+                               ) from None
+    if wrapper is None:
+        for run in runs:
+            if (run.script["sha256"], run.script["bytes"]) != (digest, len(data)):
+                raise PackageError(f"{script_name} ({len(data)} bytes, sha256 {digest}) is not "
+                                   f"the script seed {run.seed} ran ({run.line('script')}); pass "
+                                   "--script with the very file the runs ran.")
+            if ran_wrapper(run):
+                raise PackageError(f"{run.line('script')} names a source_sha256 other than the "
+                                   f"sha256 of the file run, {script_name}, but only the "
+                                   "packager's wrapper names another source, so the file run set "
+                                   f"_SOURCE_SHA256 itself or the log was edited, {EDITED}")
+        if readable is not None:
+            raise PackageError(f"{readable_name} is there, but {script_name} is no wrapper, so "
+                               "the packager did not write it; remove it.")
+        return
+    if readable is None:
+        raise PackageError(f"{script_name} is a wrapper but there is no {readable_name}, the "
+                           "readable script it was made of; re-run the packager with --force.")
+    readable_digest = _sha256_text(readable)
+    if wrapper.source_sha256 != readable_digest:
+        raise PackageError(f"{script_name} names _SOURCE_SHA256 {wrapper.source_sha256}, but "
+                           f"{readable_name} has sha256 {readable_digest}; ship the wrapper "
+                           "--make-wrapper writes of the readable script.")
+    minified = minify(readable)
+    if wrapper.source != minified:
+        line = _first_difference(minified, wrapper.source)
+        raise PackageError(f"{script_name} runs a text that is not {readable_name} minified with "
+                           f"python-minifier {MINIFIER_VERSION} (from line {line}); ship the "
+                           "wrapper --make-wrapper writes of the readable script.")
+    plain = (readable_digest, len(readable.encode("utf-8")))
     for run in runs:
-        if (run.script["sha256"], run.script["bytes"]) not in found:
-            what = " and the source it wraps is not either" if len(found) > 1 else ""
-            raise PackageError(f"{script_name} ({len(data)} bytes, sha256 {found[0][0]}) is not "
-                               f"the script seed {run.seed} ran ({run.line('script')}){what}; pass "
-                               "--script with the very file the runs ran.")
+        s = run.script
+        if (s["sha256"], s["bytes"]) == (digest, len(data)):  # ran this wrapper
+            if s["source_sha256"] != readable_digest or not same_source(run.source, minified):
+                raise PackageError(f"{run.line('script')} is a run of {script_name}, but its "
+                                   f"log records another source than the wrapper runs, {EDITED}")
+        elif (s["sha256"], s["bytes"]) == plain and not ran_wrapper(run):  # ran the readable
+            if not same_source(run.source, readable):
+                raise PackageError(f"{run.line('script')} is a run of {readable_name}, but its "
+                                   f"log records another source, {EDITED}")
+        else:
+            raise PackageError(f"{script_name} ({len(data)} bytes, sha256 {digest}) is not the "
+                               f"script seed {run.seed} ran ({run.line('script')}), and "
+                               f"{readable_name}, the readable script it wraps, is not either; "
+                               "pass --script with the very file the runs ran (a wrapper made "
+                               "elsewhere: --script WRAPPER --source READABLE).")
 
 
 def find_artifacts(runs: list[RunLog], log_paths: list[str], given: list[str] | None) -> list[Path]:
@@ -1055,10 +1379,11 @@ def _normal(value: str) -> str:
         return value
 
 
-def reproduction_commands(run_list: list[RunLog], folder: Path) -> list[str]:
-    """One command per seed, to run from inside the submission folder."""
+def reproduction_commands(run_list: list[RunLog], folder: Path, readable: str | None = None) -> list[str]:
+    """One command per seed, to run from inside the submission folder. The defaults come from
+    the readable script (a wrapper's minified text writes 0.005 as .005)."""
     first = run_list[0]
-    defaults = _source_defaults(first.source)
+    defaults = _source_defaults(readable or first.source)
     env = []
     for key, value in first.hparams.items():
         if key in PER_RUN_HPARAMS:
@@ -1077,7 +1402,10 @@ def reproduction_commands(run_list: list[RunLog], folder: Path) -> list[str]:
     return [f"SEED={r.seed} {tail}" for r in sorted(run_list, key=lambda r: r.seed)]
 
 
-def render_readme(sub: dict, runs: list[RunLog], folder: Path) -> str:
+def render_readme(sub: dict, runs: list[RunLog], folder: Path, wrap: str | None = None,
+                  readable: str | None = None) -> str:
+    """The README skeleton; `wrap` names the compressor when train_gpt.py is a wrapper of the
+    script `readable`."""
     runs = sorted(runs, key=lambda r: r.seed)
     out = [f"# {sub['name']}", "",
            f"**val_bpb {sub['val_bpb']:.8f} ± {sub['val_bpb_std']:.8f}** (mean ± sample std over "
@@ -1100,9 +1428,14 @@ def render_readme(sub: dict, runs: list[RunLog], folder: Path) -> str:
         out.append(f"| {r.seed} | " + " | ".join(cells) +
                    f" | {wc.get('train_time', '-')} | {wc.get('gptq_time', '-')} |")
     out += ["", "## Reproduce", "", "From inside this folder (each run writes logs/{RUN_ID}.txt):",
-            "", "```", *reproduction_commands(runs, folder), "```", "",
-            "Logs: " + ", ".join(f"`train_seed{r.seed}.log`" for r in runs) + ".", "",
-            "## Artifacts", "",
+            "", "```", *reproduction_commands(runs, folder, readable), "```", "",
+            "Logs: " + ", ".join(f"`train_seed{r.seed}.log`" for r in runs) + ".", ""]
+    if wrap:
+        out += [f"`train_gpt.py` is the packager's self-extracting wrapper of `{READABLE_NAME}` "
+                f"(python-minifier {MINIFIER_VERSION}, then {wrap}): it runs the minified text "
+                "each log starts with; `--check` (below) proves it is exactly that wrapper of "
+                "that script.", ""]
+    out += ["## Artifacts", "",
             "The compressed models the runs wrote, byte for byte: they are the evidence for the "
             "scores. `python3 records/package.py --check <this folder>` checks each against the "
             "size and SHA-256 its log recorded; with `--rescore` (and `--nproc 8` on 8 GPUs) it "
@@ -1134,18 +1467,55 @@ def _differences(expected: object, actual: object, where: str) -> str | None:
     return None if same else f"{where[:-1]} is {actual!r} but the logs give {expected!r}"
 
 
+# What a submission folder holds: the packager writes these and nothing else.
+PACKAGED_NAMES = re.compile(r"README\.md|submission\.json|requirements\.txt|train_gpt\.py|"
+                            + re.escape(READABLE_NAME) + r"|train_seed-?\d+\.log|artifact_seed-?\d+\.ptz")
+
+
+class WriteError(Exception):
+    """The output could not be written (disk full, permissions): exit status 4."""
+
+
+def check_folder_entries(folder: Path, doing: str) -> None:
+    """Every entry of `folder` must be a regular file with a name the packager writes: a link
+    could point --check at a file outside the folder, and --force must never delete a file the
+    packager did not write. `doing` ends the refusal: what to do about it."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise PackageError(f"cannot list {folder} ({exc.strerror}); check its permissions.") from None
+    for entry in entries:
+        if entry.is_symlink():
+            raise PackageError(f"{entry} is a symbolic link (to {os.readlink(entry)}), but the "
+                               f"packager writes only regular files; {doing}")
+        if not entry.is_file():
+            raise PackageError(f"{entry} is not a regular file (a folder?), so the packager did "
+                               f"not write it; {doing}")
+        if not PACKAGED_NAMES.fullmatch(entry.name):
+            raise PackageError(f"{folder} holds {entry.name}, which the packager does not write; "
+                               f"{doing}")
+
+
 def check_folder(folder: Path, expected_name: str | None = None,
                  options: Options | None = None) -> dict:
     """Re-validate a submission folder against its own logs and files (and re-evaluate its
     artifacts with options.rescore); returns submission.json."""
     options = options or Options()
+    if not folder.is_dir():
+        raise PackageError(f"{folder} is not a folder; pass a submission folder.")
+    check_folder_entries(folder, "remove it, or re-run the packager into a new folder.")
     try:
         sub = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
         script_text = (folder / "train_gpt.py").read_bytes().decode("utf-8")
         readme = (folder / "README.md").read_text(encoding="utf-8")
+        readable_path = folder / READABLE_NAME
+        readable = readable_path.read_bytes().decode("utf-8") if readable_path.exists() else None
     except (OSError, ValueError) as exc:
         raise PackageError(f"{folder} is incomplete or unreadable ({exc}); "
                            "re-run the packager with --force.") from None
+    if not isinstance(sub, dict):
+        raise PackageError(f"{folder}/submission.json holds a JSON {type(sub).__name__}, not an "
+                           "object; re-run the packager with --force.")
     log_paths = sorted(folder.glob("train_seed*.log"))
     if not log_paths:
         raise PackageError(f"{folder} holds no train_seed*.log files; "
@@ -1157,9 +1527,15 @@ def check_folder(folder: Path, expected_name: str | None = None,
         if path.name != f"train_seed{run.seed}.log":
             raise PackageError(f"{path} holds the run with SEED={run.seed}; "
                                f"rename it to train_seed{run.seed}.log.")
-    check_script(script_text, str(folder / "train_gpt.py"), runs)
-    check_code_bytes(script_text, str(folder / "train_gpt.py"), runs)
-    check_shipped_script(script_text, str(folder / "train_gpt.py"), runs)
+    shipped_name, readable_name = str(folder / "train_gpt.py"), str(folder / READABLE_NAME)
+    wrapped = looks_like_wrapper(script_text)
+    if wrapped and readable is None:
+        raise PackageError(f"{shipped_name} is a wrapper but there is no {readable_name}, the "
+                           "readable script it was made of; re-run the packager with --force.")
+    check_script(readable if wrapped else script_text, readable_name if wrapped else shipped_name,
+                 runs)
+    check_code_bytes(script_text, shipped_name, runs)
+    check_shipped_script(script_text, shipped_name, readable, readable_name, runs)
     check_init_probes(runs, rebuild=options.rescore)
     for run in runs:
         artifact = folder / artifact_name(run.seed)
@@ -1192,6 +1568,11 @@ def check_folder(folder: Path, expected_name: str | None = None,
         if f"{r.val_bpb:.8f}" not in readme:
             raise PackageError(f"{folder}/README.md does not show seed {r.seed}'s val_bpb "
                                f"{r.val_bpb:.8f}; restore the results table.")
+    seeds = {artifact_name(r.seed) for r in runs}
+    for path in sorted(folder.glob("artifact_seed*.ptz")):
+        if path.name not in seeds:
+            raise PackageError(f"{folder} holds {path.name}, but no log of that seed, so the "
+                               "packager did not write it; remove it.")
     if options.rescore:
         rescore(folder, runs, options)
     return sub
@@ -1206,6 +1587,69 @@ def _git_user() -> str:
         return "unknown"
 
 
+def _read_script(path: Path, flag: str) -> str:
+    try:
+        # Bytes, not text mode: the file's SHA-256 is checked, so no newline may be translated.
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PackageError(f"cannot read {flag} {path} ({exc}); pass the train_gpt.py that "
+                           "produced the logs.") from None
+
+
+def scripts_to_ship(args: argparse.Namespace) -> tuple[str, str, str, str | None]:
+    """(shipped text, its name in refusals, the readable script, the readable's path): --script
+    as is or wrapped with --wrap, or a wrapper given as --script with its readable from --source."""
+    script_path = Path(args.script)
+    text = _read_script(script_path, "--script")
+    if not looks_like_wrapper(text):
+        wrap = args.wrap or "none"
+        name = str(script_path) if wrap == "none" else f"the train_gpt.py to ship ({wrap} wrap)"
+        return make_wrapper(text, wrap), name, text, str(script_path)
+    if args.wrap not in (None, "none"):
+        raise PackageError(f"--script {script_path} is already a wrapper; drop --wrap, or pass "
+                           "the readable train_gpt.py to wrap.")
+    try:
+        wrapper = parse_wrapper(text)
+    except ValueError as exc:
+        raise PackageError(f"--script {script_path} starts like a wrapper but {exc}, and only that "
+                           "exact template is accepted, so that it runs exactly the logged "
+                           "source; pass train_gpt.py or the wrapper --make-wrapper writes of it."
+                           ) from None
+    source_path = Path(args.source or REPO_ROOT / "train_gpt.py")
+    readable = _read_script(source_path, "--source")
+    if _sha256_text(readable) != wrapper.source_sha256:
+        raise PackageError(f"--source {source_path} has sha256 {_sha256_text(readable)}, but the "
+                           f"wrapper --script {script_path} was made of a script with sha256 "
+                           f"{wrapper.source_sha256}; pass --source with that readable "
+                           "train_gpt.py.")
+    return text, str(script_path), readable, str(source_path)
+
+
+def prepare_out_root(out_root: Path, folder: Path, force: bool) -> None:
+    """Refuse an output that is not ours to replace: --out-root that is not a folder, or a
+    submission folder that exists (without --force) or holds anything the packager does not
+    write (even with --force: it deletes the folder)."""
+    for path in (out_root, *out_root.parents):
+        if path.exists() and not path.is_dir() or path.is_symlink() and not path.exists():
+            raise PackageError(f"--out-root {out_root}: {path} is a file or a link, not a folder; "
+                               "pass a folder (it is created if missing).")
+    if folder.exists() or folder.is_symlink():
+        if not force:
+            raise PackageError(f"{folder} already exists; pass --force to replace it or choose "
+                               "another --name.")
+        if folder.is_symlink() or not folder.is_dir():
+            raise PackageError(f"{folder} is a file or a link, not a folder the packager wrote, "
+                               "so --force will not delete it; move it away or choose another "
+                               "--name.")
+        check_folder_entries(folder, "--force deletes the folder, so move it away or choose "
+                                     "another --name.")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create --out-root {out_root} ({exc.strerror}); pass a folder "
+                         "you can write to.") from None
+
+
 def package(args: argparse.Namespace, options: Options | None = None) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         raise PackageError(f"--name {args.name!r} must be letters, digits, '_', '-' or '.'; "
@@ -1218,75 +1662,157 @@ def package(args: argparse.Namespace, options: Options | None = None) -> Path:
     options = options or Options()
     runs = [read_log(Path(p)) for p in args.logs]
     validate_runs(runs, args.non_record, options.full_val_tokens)
-    script_path = Path(args.script)
-    try:
-        # Bytes, not text mode: the file's SHA-256 is checked, so no newline may be translated.
-        script_text = script_path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PackageError(f"cannot read --script {script_path} ({exc}); pass the train_gpt.py "
-                           "that produced the logs.") from None
-    check_script(script_text, str(script_path), runs)
-    shipped = (script_text if args.wrap == "none"
-               else make_wrapper(script_source(script_text), args.wrap))
-    if not same_source(script_source(shipped), runs[0].source):
-        raise PackageError(f"the {args.wrap} wrapper of {script_path} does not unwrap to its "
-                           "source; report this bug.")
-    shipped_name = f"the train_gpt.py to ship ({args.wrap} wrap)"
+    shipped, shipped_name, readable, readable_name = scripts_to_ship(args)
+    check_script(readable, readable_name, runs)
     check_code_bytes(shipped, shipped_name, runs)
-    check_shipped_script(shipped, shipped_name if args.wrap != "none" else str(script_path), runs)
+    wrapped = shipped is not readable
+    check_shipped_script(shipped, shipped_name, readable if wrapped else None, readable_name, runs)
     artifacts = find_artifacts(runs, args.logs, args.artifacts)
     for run, artifact in zip(runs, artifacts):
         check_artifact(run, artifact)
     track = NON_RECORD_TRACK if args.non_record else TRACK
     out_root = Path(args.out_root or REPO_ROOT / "records" / f"track_{track}")
     folder = out_root / f"{args.date}_{args.name}"
-    if folder.exists() and not args.force:
-        raise PackageError(f"{folder} already exists; pass --force to replace it or choose "
-                           "another --name.")
+    prepare_out_root(out_root, folder, args.force)
 
     sub = build_submission(runs, args.author or _git_user(), args.github_id, args.name,
                            args.date, args.non_record)
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=out_root))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=out_root))
+    except OSError as exc:
+        raise WriteError(f"cannot write in --out-root {out_root} ({exc.strerror}); pass a folder "
+                         "you can write to.") from None
     try:
         (tmp / "train_gpt.py").write_bytes(shipped.encode("utf-8"))
+        if wrapped:
+            (tmp / READABLE_NAME).write_bytes(readable.encode("utf-8"))
         for run, path, artifact in zip(runs, args.logs, artifacts):
             shutil.copyfile(path, tmp / f"train_seed{run.seed}.log")
             shutil.copyfile(artifact, tmp / artifact_name(run.seed))
         (tmp / "submission.json").write_text(json.dumps(sub, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
-        (tmp / "README.md").write_text(render_readme(sub, runs, folder), encoding="utf-8")
+        wrap = parse_wrapper(shipped).method if wrapped else None
+        (tmp / "README.md").write_text(render_readme(sub, runs, folder, wrap, readable),
+                                         encoding="utf-8")
         if (REPO_ROOT / "requirements.txt").is_file():
             shutil.copyfile(REPO_ROOT / "requirements.txt", tmp / "requirements.txt")
         check_folder(tmp, expected_name=folder.name, options=options)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
+    except OSError as exc:
+        raise WriteError(f"cannot write {folder} ({exc}); free space or fix the permissions of "
+                         f"{out_root}, then rerun.") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
 
 
+def write_file(path: Path, data: bytes, force: bool, protect: Path) -> str:
+    """Write `data` at `path` unless that would overwrite something the packager did not write:
+    an existing file is left alone when it already holds `data` ('unchanged'), replaced only with
+    `force` ('replaced'), and never when it is a folder, a link or `protect` (the --script)."""
+    if path.is_symlink():
+        raise PackageError(f"--make-wrapper {path} is a symbolic link; pass the path of a file.")
+    if path.is_dir():
+        raise PackageError(f"--make-wrapper {path} is a folder; pass a file path such as "
+                           f"{path / 'train_gpt.py'}.")
+    if path.exists():
+        if path.resolve() == protect.resolve():
+            raise PackageError(f"--make-wrapper {path} is --script itself, and writing the "
+                               "wrapper there would destroy the readable script; pass another "
+                               "path.")
+        if path.read_bytes() == data:
+            return "unchanged"
+        if not force:
+            raise PackageError(f"--make-wrapper {path} exists and is not this wrapper; pass "
+                               "--force to replace it, or another path.")
+    if not path.parent.is_dir():
+        raise PackageError(f"--make-wrapper {path}: the folder {path.parent} does not exist; "
+                           "create it or pass another path.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        existed = path.exists()
+        os.replace(tmp, path)  # whole or not at all
+    except OSError as exc:
+        raise WriteError(f"cannot write --make-wrapper {path} ({exc.strerror}); free space or "
+                         "fix the folder's permissions.") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return "replaced" if existed else "wrote"
+
+
+def wrapper_sizes(source: str) -> dict[str, int]:
+    """Byte counts of `source` as the file run: as is, minified, and each wrapper's."""
+    sizes = {"source": len(source.encode("utf-8")), "minified": len(minify(source).encode("utf-8"))}
+    for method in WRAP_METHODS:
+        sizes[method] = len(make_wrapper(source, method).encode("utf-8"))
+    return sizes
+
+
+def size_report(path: Path) -> list[str]:
+    """The --sizes lines: what each way of shipping `path` counts as code bytes."""
+    source = _read_script(path, "--script")
+    if looks_like_wrapper(source):
+        raise PackageError(f"--script {path} is a wrapper; pass the readable train_gpt.py.")
+    sizes = wrapper_sizes(source)
+    best = min(WRAP_METHODS, key=sizes.get)
+    lines = [f"sizes script:{path.name} source_bytes:{sizes['source']} minified_bytes:"
+             f"{sizes['minified']} (python-minifier {MINIFIER_VERSION})"]
+    lines += [f"sizes wrapper:{m} code_bytes:{sizes[m]}" for m in WRAP_METHODS]
+    lines.append(f"sizes smallest:{best} code_bytes:{sizes[best]} reference_bytes:"
+                 f"{REFERENCE_CODE_BYTES} over_reference:{sizes[best] - REFERENCE_CODE_BYTES} "
+                 "(reference: PR #2135, python-minifier + lzma + base85)")
+    return lines
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `error:` line (exit status 2), like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see --help.\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = _Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", help="short name, e.g. SP8192_LoopLoRA")
     ap.add_argument("--logs", nargs="+", help="one logs/{RUN_ID}.txt per seed")
     ap.add_argument("--author", default=None, help="default: git config user.name")
     ap.add_argument("--github-id", default="", dest="github_id")
     ap.add_argument("--date", default=dt.date.today().isoformat())
     ap.add_argument("--script", default=str(REPO_ROOT / "train_gpt.py"),
-                    help="the file the runs ran (its SHA-256 and bytes must be those of each "
-                         "log's script line), or the plain source of the wrapper they ran; "
-                         "default: train_gpt.py")
-    ap.add_argument("--wrap", choices=("none", "lzma", "brotli"), default="none",
-                    help="ship --script as is, or a self-extracting wrapper made of it; either "
-                         "way the file shipped must be the one the runs ran, or a wrapper holding "
-                         "exactly that file")
+                    help="the readable train_gpt.py the runs ran or were wrapped from (its "
+                         "SHA-256 and bytes must be those of each log's script line, or its "
+                         "SHA-256 their source_sha256), or the wrapper they ran; default: "
+                         "train_gpt.py")
+    ap.add_argument("--source", default=None, metavar="PATH",
+                    help="with a wrapper as --script: the readable train_gpt.py it was made of "
+                         "(default: the repository's train_gpt.py); shipped beside it as "
+                         f"{READABLE_NAME}")
+    ap.add_argument("--wrap", choices=("none", *WRAP_METHODS), default=None,
+                    help="ship --script as is (packaging's default), or the self-extracting "
+                         "wrapper of it (minified, compressed; --make-wrapper's default is "
+                         f"{RECOMMENDED_WRAP}, the smaller); either way the file shipped must be "
+                         "the one the runs ran, or the wrapper of exactly that file")
     ap.add_argument("--out-root", default=None, dest="out_root",
                     help="default: records/track_10min_16mb "
                          "(records/track_non_record_16mb with --non-record)")
-    ap.add_argument("--force", action="store_true", help="replace an existing folder")
+    ap.add_argument("--force", action="store_true",
+                    help="replace an existing submission folder (only if it holds nothing but "
+                         "files the packager writes) or an existing --make-wrapper file")
     ap.add_argument("--non-record", action="store_true", dest="non_record",
                     help="package as track non_record_16mb: allows runs off 8xH100, without the "
                          "600 s clock (MAX_WALLCLOCK_SECONDS=0 or >600) or on part of the "
@@ -1298,14 +1824,15 @@ def main(argv: list[str] | None = None) -> int:
                          "from the run's folder, the parent of the log's logs/ folder, then from "
                          "the current directory); its size and SHA-256 must be the logged ones, "
                          "and it is copied into the folder as artifact_seed{SEED}.ptz")
-    ap.add_argument("--full-val-tokens", type=int, metavar="N", dest="full_val_tokens",
+    ap.add_argument("--full-val-tokens", type=_positive_int, metavar="N", dest="full_val_tokens",
                     help="the token count of the whole validation split, for when the "
                          "fineweb_val_*.bin shards of the runs' DATA_PATH are not here (a relative "
                          "DATA_PATH is looked for from the current directory); when they are, "
                          "they give the count and must hold the challenge's 50,000 documents")
     ap.add_argument("--check", metavar="FOLDER",
                     help="re-validate an existing submission folder: logs, submission.json, "
-                         "README, script and artifact hashes, curves, validation tokens, hardware")
+                         "README, script and artifact hashes, curves, validation tokens, "
+                         "hardware, and that it holds only files the packager writes")
     ap.add_argument("--rescore", action="store_true",
                     help="also re-run EVAL_ONLY=1 of the folder's train_gpt.py on each of its "
                          "artifacts (the new folder's when packaging) with the run's logged "
@@ -1323,8 +1850,13 @@ def main(argv: list[str] | None = None) -> int:
                          f"{RESCORE_TOLERANCE:g}: evaluation on one machine is deterministic; "
                          "raise it when rescoring on other GPUs or another world size)")
     ap.add_argument("--make-wrapper", metavar="PATH", dest="make_wrapper",
-                    help="only write --script wrapped with --wrap to PATH (run that file, so the "
-                         "artifact line counts the wrapper's bytes), then stop")
+                    help="only write the wrapper of --script (--wrap lzma or brotli, default "
+                         f"{RECOMMENDED_WRAP}) to PATH, then stop; run that file, so the artifact "
+                         "line counts the wrapper's bytes. An existing PATH is left alone unless "
+                         "it already holds this wrapper or --force is given")
+    ap.add_argument("--sizes", action="store_true",
+                    help="only print the code bytes of --script as is, minified, and as each "
+                         f"wrapper, against the {REFERENCE_CODE_BYTES}-byte reference, then stop")
     args = ap.parse_args(argv)
     overrides = {}
     for item in args.rescore_env:
@@ -1340,15 +1872,27 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--nproc must be at least 1 and --rescore-tolerance at least 0")
     if args.check and args.artifacts:
         ap.error("--artifacts is for packaging; --check reads the folder's artifact_seed*.ptz")
+    if args.make_wrapper and args.wrap == "none":
+        ap.error("--make-wrapper needs --wrap lzma or --wrap brotli")
+    if sum(map(bool, (args.make_wrapper, args.sizes, args.check))) > 1:
+        ap.error("--make-wrapper, --sizes and --check each do one thing; pass one of them")
     options = Options(args.full_val_tokens, args.rescore, overrides, args.nproc,
                       args.rescore_tolerance)
     try:
+        if args.sizes:
+            print("\n".join(size_report(Path(args.script))))
+            return 0
         if args.make_wrapper:
-            if args.wrap == "none":
-                ap.error("--make-wrapper needs --wrap lzma or --wrap brotli")
-            source = Path(args.script).read_bytes().decode("utf-8")
-            Path(args.make_wrapper).write_text(make_wrapper(source, args.wrap), encoding="utf-8")
-            print(f"wrote {args.make_wrapper}: {len(source.encode())} -> {Path(args.make_wrapper).stat().st_size} code bytes")
+            script_path, method = Path(args.script), args.wrap or RECOMMENDED_WRAP
+            source = _read_script(script_path, "--script")
+            if looks_like_wrapper(source):
+                raise PackageError(f"--script {script_path} is already a wrapper; pass the "
+                                   "readable train_gpt.py.")
+            wrapper = make_wrapper(source, method).encode("utf-8")
+            done = write_file(Path(args.make_wrapper), wrapper, args.force, protect=script_path)
+            print(f"{done} {args.make_wrapper}: {len(source.encode('utf-8'))} source bytes, "
+                  f"{len(minify(source).encode('utf-8'))} minified, {len(wrapper)} code bytes "
+                  f"({method} wrapper)")
             return 0
         if args.check:
             sub = check_folder(Path(args.check), options=options)
@@ -1359,11 +1903,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(NOT_RESCORED)
             return 0
         if not args.name or not args.logs:
-            ap.error("--name and --logs are required unless --check is given")
+            ap.error("--name and --logs are required unless --check, --make-wrapper or --sizes "
+                     "is given")
         folder = package(args, options)
     except PackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except WriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     print(f"wrote {folder}; fill in the README's 'What and why', "
           f"then re-check it with --check {folder}")
     if not args.rescore:
