@@ -320,7 +320,15 @@ def test_prep_refuses_training_text_equal_to_a_validation_document(
     # The duplicate is validation document 49,999, which a --val-docs 300 run does not even write.
     leaky = write_docs(tmp_path / "leaky.jsonl", docs_selected["val"] + docs_selected["train"][:60]
                        + [docs_selected["val"][-1]] + docs_selected["train"][60:])
-    args = ["--docs", str(leaky), "--caseops", "--val-docs", "300", "--output-root", str(tmp_path / "out")]
+    out = tmp_path / "out"
+    args = ["--docs", str(leaky), "--caseops", "--val-docs", "300", "--output-root", str(out)]
+    # An earlier run's outputs under the names this run would publish must survive the refusal.
+    earlier = out / "datasets" / "docs_selected_sp400_caseops_val300"
+    earlier.mkdir(parents=True)
+    (earlier / "fineweb_val_000000.bin").write_bytes(builder.shard_bytes(np.arange(5, dtype=np.uint16)))
+    (out / "tokenizers").mkdir()
+    (out / "tokenizers" / "docs_selected_400_caseops_val300.model").write_bytes(b"an earlier model")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     if reuse_tokenizer:  # no tokenizer sample is read first: the leak is met while shards are written
         model = tmp_path / "tok.model"
         model.write_bytes(builder.train_tokenizer([caseops.encode(d) for d in docs_selected["train"]], 400,
@@ -332,7 +340,8 @@ def test_prep_refuses_training_text_equal_to_a_validation_document(
     assert proc.returncode == 3
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "line 50061 has the exact text of the validation document on line 50000" in proc.stderr
-    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # nothing written
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written or removed
+    assert proc.stderr.startswith("error: ") and not list(out.rglob("*.partial"))
 
 
 def test_prep_can_drop_training_documents_equal_to_validation_ones(docs_selected: dict, tmp_path: Path) -> None:

@@ -1,9 +1,14 @@
-"""Tests for data/make_local_dataset.py and data/cached_challenge_fineweb.py (CPU, no network)."""
+"""Tests for data/make_local_dataset.py, data/cached_challenge_fineweb.py and the bad-input contract
+shared with data/prep_docs_selected.py (CPU, no network)."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -16,6 +21,8 @@ import sentencepiece as spm
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILDER = ROOT / "data" / "make_local_dataset.py"
+PREP = ROOT / "data" / "prep_docs_selected.py"
+DOWNLOADER = ROOT / "data" / "cached_challenge_fineweb.py"
 sys.path.insert(0, str(ROOT / "data"))
 import cached_challenge_fineweb as downloader  # noqa: E402
 import make_local_dataset as builder  # noqa: E402
@@ -220,8 +227,8 @@ def test_bad_input_or_options_exit_with_a_sentence(tmp_path: Path, setup: str, a
 def test_cli_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(BUILDER), "--input", str(tmp_path / "nothing*.txt"),
                            "--output-root", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert "no input files found" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("error: no input files found") and proc.stderr.count("\n") == 1
 
 
 # ---- downloader (no network) ----
@@ -411,3 +418,335 @@ def test_caseops_download_refuses_a_sidecar_that_does_not_fit_its_shard(
 def test_caseops_variant_missing_from_manifest_points_to_the_records_repo(manifest: dict, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=f"{CASEOPS_REMOTE} is not in the manifest.*romeerp/parameter-golf-caseops-v1"):
         downloader.plan_downloads(manifest, "sp8192_caseops", 1, tmp_path)
+
+
+# ---- every data tool: a bad input is one `error:` line, its cause's exit status, files untouched ----
+
+USAGE, INPUT, OUTPUT, DOWNLOAD, INTERRUPTED = 2, 3, 4, 5, 130
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under root, by relative path (so added and removed files show too)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def previous_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An output root holding an earlier good run, plain and CaseOps, that a failed run must not touch."""
+    tmp = tmp_path_factory.mktemp("previous")
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": d}) for d in synthetic_docs(80)), encoding="utf-8")
+    for extra in ([], ["--caseops"]):
+        run_builder(tmp / "out", "--input", str(corpus), "--vocab-size", "300", *extra)
+    assert sorted(p.name for p in (tmp / "out" / "datasets").iterdir()) == ["local_sp300", "local_sp300_caseops"]
+    return tmp / "out"
+
+
+def write_bad_inputs(folder: Path) -> None:
+    """One file per kind of bad input, beside a good corpus."""
+    folder.mkdir()
+    lines = [json.dumps({"text": d}) for d in synthetic_docs(80)]
+    (folder / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "five.jsonl").write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    (folder / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    (folder / "latin1.txt").write_bytes(b"caf\xc3\xa9 au lait\nna\xefve\n")
+    (folder / "broken.jsonl").write_text('{"text": "a"}\n\n{"text": "b"\n', encoding="utf-8")
+    (folder / "list.jsonl").write_text('{"text": "a"}\n["text"]\n', encoding="utf-8")
+    (folder / "number.jsonl").write_text('{"text": 5}\n', encoding="utf-8")
+    (folder / "surrogate.jsonl").write_text('{"text": "ok"}\n{"text": "half \\udc80 pair"}\n', encoding="utf-8")
+    (folder / "deep.jsonl").write_text("[" * 100_000 + "\n", encoding="utf-8")
+    (folder / "bigint.jsonl").write_text('{"text": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    (folder / "empty.jsonl").write_bytes(b"")
+    (folder / "blank.txt").write_text(" \n\t\n", encoding="utf-8")
+    (folder / "no_text_here").mkdir()
+    (folder / "no_text_here" / "image.bin").write_bytes(b"\x89PNG")
+    (folder / "garbage.model").write_bytes(b"not a sentencepiece model")
+    (folder / "afile").write_text("a file, not a folder\n", encoding="utf-8")
+    # A CaseOps validation document that normalises to no token fails after the training
+    # shards are written: the run must still leave nothing of its own behind.
+    zero_width = [json.dumps({"text": "\u200b"}) for _ in range(40)]
+    (folder / "zero_width.jsonl").write_text("\n".join(lines + zero_width) + "\n", encoding="utf-8")
+
+
+def write_blocked_roots(tmp: Path) -> None:
+    """Output roots whose dataset folder or tokenizer file name is taken by the wrong kind of entry."""
+    (tmp / "file_at_dataset" / "datasets").mkdir(parents=True)
+    (tmp / "file_at_dataset" / "datasets" / "local_sp300").write_text("in the way\n", encoding="utf-8")
+    (tmp / "folder_at_tokenizer" / "tokenizers" / "local_300_bpe.model").mkdir(parents=True)
+    (tmp / "file_at_datasets").mkdir()
+    (tmp / "file_at_datasets" / "datasets").write_text("in the way\n", encoding="utf-8")
+
+
+GOOD = ["--input", "{in}/docs.jsonl", "--vocab-size", "300"]
+
+
+def with_good(*inputs: str) -> list[str]:
+    """The good corpus plus `inputs`: one bad file among good ones is still refused."""
+    return ["--input", "{in}/docs.jsonl", *inputs, "--vocab-size", "300"]
+
+DOCS = ["--docs", "{in}/docs.jsonl", "--vocab-size", "300", "--val-docs", "10"]
+
+# (tool, argv; --output-root {out} is added unless given), a fragment of the one stderr line, exit status.
+BAD_INPUTS = [
+    # make_local_dataset.py: options
+    ("builder", [*GOOD[:2], "--vocab-size", "0"], "--vocab-size 0 is too small", USAGE),
+    ("builder", [*GOOD[:2], "--vocab-size", "-5"], "--vocab-size -5 is too small", USAGE),
+    ("builder", [*GOOD[:2], "--vocab-size", "70000"], "--vocab-size 70000 is too large", USAGE),
+    ("builder", [*GOOD[:2], "--vocab-size", "abc"], "argument --vocab-size: invalid int value: 'abc'", USAGE),
+    ("builder", [*GOOD, "--val-docs", "0"], "--val-docs 0 must be at least 1", USAGE),
+    ("builder", [*GOOD, "--val-docs", "-3"], "--val-docs -3 must be at least 1", USAGE),
+    ("builder", [*GOOD, "--max-bytes", "0"], "--max-bytes 0 must be positive", USAGE),
+    ("builder", [*GOOD, "--max-bytes", "-1"], "--max-bytes -1 must be positive", USAGE),
+    ("builder", [*GOOD, "--shard-tokens", "0"], "--shard-tokens 0 is out of range", USAGE),
+    ("builder", [*GOOD, "--shard-tokens", "-1"], "--shard-tokens -1 is out of range", USAGE),
+    ("builder", [*GOOD, "--shard-tokens", str(2**31)], "--shard-tokens 2147483648 is out of range", USAGE),
+    ("builder", [*GOOD, "--colour"], "unrecognized arguments: --colour", USAGE),
+    ("builder", [*GOOD, "--name", "../../escaped"], "--name '../../escaped' is not a plain name", USAGE),
+    ("builder", [*GOOD, "--name", "sub/dir"], "--name 'sub/dir' is not a plain name", USAGE),
+    ("builder", [*GOOD, "--name", ".."], "--name '..' is not a plain name", USAGE),
+    ("builder", [*GOOD, "--name", "a..b"], "--name 'a..b' is not a plain name", USAGE),
+    ("builder", [*GOOD, "--name", "{out}/abs"], "is not a plain name", USAGE),
+    ("builder", [*GOOD, "--name", ""], "--name '' is not a plain name", USAGE),
+    ("builder", [*GOOD, "--name", "n" * 201], "at most 200 bytes", USAGE),
+    ("builder", [*GOOD, "--output-root", ""], "--output-root is empty", USAGE),
+    ("builder", ["--input", "", "--vocab-size", "300"], "--input got an empty value", USAGE),
+    # make_local_dataset.py: input files and their content
+    ("builder", ["--input", "{in}/missing.txt"], "--input {in}/missing.txt does not exist", INPUT),
+    ("builder", ["--input", "/dev/null"], "--input /dev/null is neither a regular file nor a folder", INPUT),
+    ("builder", with_good("{in}/nothing*.jsonl"), "--input {in}/nothing*.jsonl: it matches no file", INPUT),
+    ("builder", ["--input", "{in}/no_text_here"], "--input {in}/no_text_here: it holds no text-like file", INPUT),
+    ("builder", with_good("{in}/latin1.jsonl"), "latin1.jsonl:2 is not UTF-8 (byte 0xe9 at column 14)", INPUT),
+    ("builder", with_good("{in}/latin1.txt"), "latin1.txt is not UTF-8 text (byte 0xef on line 2)", INPUT),
+    ("builder", with_good("{in}/broken.jsonl"), "broken.jsonl:3 is not a JSON object with a 'text' field "
+                                              "(invalid JSON: Expecting ',' delimiter", INPUT),
+    ("builder", with_good("{in}/list.jsonl"), "list.jsonl:2 is not a JSON object with a 'text' field", INPUT),
+    ("builder", with_good("{in}/number.jsonl"), "number.jsonl:1 has a 'text' field that is not a string", INPUT),
+    ("builder", with_good("{in}/surrogate.jsonl"), "surrogate.jsonl:2 has a 'text' with an unpaired surrogate "
+                                                 "\\udc80", INPUT),
+    ("builder", with_good("{in}/deep.jsonl"), "deep.jsonl:1 is not a JSON object", INPUT),
+    ("builder", with_good("{in}/bigint.jsonl"), "bigint.jsonl:1 is not a JSON object", INPUT),
+    ("builder", ["--input", "{in}/empty.jsonl", "{in}/blank.txt"], "every input document is empty", INPUT),
+    ("builder", ["--input", "{in}/five.jsonl", "--vocab-size", "300", "--val-docs", "5"],
+     "--val-docs 5 leaves no training documents out of 5", INPUT),
+    ("builder", ["--input", "{in}/five.jsonl", "--vocab-size", "8000"], "lower --vocab-size or add input", INPUT),
+    ("builder", ["--input", "{in}/zero_width.jsonl", "--caseops", "--vocab-size", "300", "--val-docs", "40"],
+     "has no tokens after normalisation", INPUT),
+    # make_local_dataset.py: the output location
+    ("builder", [*GOOD, "--output-root", "{in}/afile"], "--output-root {in}/afile is a file, not a folder", OUTPUT),
+    ("builder", [*GOOD, "--output-root", "{in}/afile/below"], "{in}/afile is a file, not a folder", OUTPUT),
+    ("builder", [*GOOD, "--output-root", "/proc/parameter_golf"], "--output-root /proc/parameter_golf is not "
+                                                                  "writable", OUTPUT),
+    ("builder", [*GOOD, "--output-root", "{tmp}/file_at_datasets"], "datasets is a file, not a folder", OUTPUT),
+    ("builder", [*GOOD, "--output-root", "{tmp}/file_at_dataset"], "local_sp300 is a file where the dataset "
+                                                                   "folder goes", OUTPUT),
+    ("builder", [*GOOD, "--output-root", "{tmp}/folder_at_tokenizer"], "local_300_bpe.model is a folder where "
+                                                                       "the tokenizer file goes", OUTPUT),
+    # prep_docs_selected.py
+    ("prep", ["--vocab-size", "300"], "the following arguments are required: --docs", USAGE),
+    ("prep", [*DOCS, "--val-docs", "-1"], "--val-docs must be between 1 and 50,000", USAGE),
+    ("prep", [*DOCS, "--vocab-size", "0"], "--vocab-size must be between 261 and 65536", USAGE),
+    ("prep", [*DOCS, "--shard-tokens", "0"], "--shard-tokens 0 is out of range", USAGE),
+    ("prep", [*DOCS, "--train-shards", "-2"], "--train-shards must be at least 1, not -2", USAGE),
+    ("prep", [*DOCS, "--val-docs", "ten"], "argument --val-docs: invalid int value: 'ten'", USAGE),
+    ("prep", [*DOCS, "--name", "../../escaped"], "--name '../../escaped' is not a plain name", USAGE),
+    ("prep", [*DOCS, "--output-root", ""], "--output-root is empty", USAGE),
+    ("prep", ["--docs", "{in}/missing.jsonl"], "--docs {in}/missing.jsonl does not exist", INPUT),
+    ("prep", ["--docs", "{in}/no_text_here"], "--docs {in}/no_text_here is not a regular file", INPUT),
+    ("prep", ["--docs", "{in}/latin1.jsonl"], "latin1.jsonl:2 is not UTF-8 (byte 0xe9 at column 14)", INPUT),
+    ("prep", ["--docs", "{in}/broken.jsonl"], "broken.jsonl:3 is not a JSON object with a 'text' field", INPUT),
+    ("prep", ["--docs", "{in}/surrogate.jsonl"], "surrogate.jsonl:2 has a 'text' with an unpaired surrogate", INPUT),
+    ("prep", ["--docs", "{in}/empty.jsonl"], "the file has only 0 documents", INPUT),
+    ("prep", DOCS, "the file has only 80 documents, but the first 50,000 are validation", INPUT),
+    ("prep", [*DOCS, "--tokenizer", "{in}/garbage.model"], "--tokenizer {in}/garbage.model is not a readable "
+                                                           "SentencePiece model", INPUT),
+    ("prep", [*DOCS, "--tokenizer", "{in}/missing.model"], "--tokenizer {in}/missing.model is not a readable", INPUT),
+    ("prep", [*DOCS, "--output-root", "{in}/afile"], "--output-root {in}/afile is a file, not a folder", OUTPUT),
+    ("prep", [*DOCS, "--output-root", "/proc/parameter_golf"], "is not writable", OUTPUT),
+    # cached_challenge_fineweb.py: refused before any network access
+    ("downloader", ["--variant", "sp2048"], "argument --variant: invalid choice: 'sp2048'", USAGE),
+    ("downloader", ["--train-shards", "-1"], "--train-shards -1 is negative", USAGE),
+    ("downloader", ["--train-shards", "many"], "argument --train-shards: invalid int value: 'many'", USAGE),
+    ("downloader", ["--output-root", ""], "--output-root is empty", USAGE),
+    ("downloader", ["--output-root", "{in}/afile"], "--output-root {in}/afile is a file, not a folder", OUTPUT),
+    ("downloader", ["--output-root", "/proc/parameter_golf"], "is not writable", OUTPUT),
+]
+TOOLS = {"builder": BUILDER, "prep": PREP, "downloader": DOWNLOADER}
+
+
+def row_id(row: tuple) -> str:
+    """The tool, the status and what the row adds to the good command line, e.g. builder-3-latin1.jsonl."""
+    tool, argv, _, status = row
+    added = list(argv)
+    for prefix in (DOCS, GOOD, GOOD[:2]):
+        if added[:len(prefix)] == prefix and len(added) > len(prefix):
+            added = added[len(prefix):]
+            break
+    if added[-2:] == GOOD[2:] and len(added) > 2:  # with_good(...)
+        added = added[:-2]
+    return f"{tool}-{status}-" + "_".join((a or "EMPTY").replace("{in}/", "").replace("/", "|")[:24] for a in added)
+
+
+@pytest.mark.parametrize("tool, argv, fragment, status", BAD_INPUTS, ids=[row_id(r) for r in BAD_INPUTS])
+def test_bad_input_ends_in_one_error_line_with_its_status_and_changes_no_file(
+        previous_build: Path, tmp_path: Path, tool: str, argv: list[str], fragment: str, status: int) -> None:
+    if "/proc/" in " ".join(argv) and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc as a folder that refuses new files, even to root")
+    write_bad_inputs(tmp_path / "in")
+    write_blocked_roots(tmp_path)
+    shutil.copytree(previous_build, tmp_path / "out")
+    fill = {"in": tmp_path / "in", "out": tmp_path / "out", "tmp": tmp_path}
+    command = [a.format(**fill) for a in argv]
+    if "--output-root" not in command:
+        command += ["--output-root", str(tmp_path / "out")]
+    before = tree_hashes(tmp_path)
+    proc = subprocess.run([sys.executable, str(TOOLS[tool]), *command], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (proc.returncode, proc.stderr.count("\n")) == (status, 1), proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment.format(**fill) in proc.stderr
+    assert tree_hashes(tmp_path) == before  # the earlier run's outputs, the inputs: nothing changed or added
+    assert not list((tmp_path / "out").rglob("*.partial")) and not list((tmp_path / "out").rglob("*.old"))
+
+
+@pytest.mark.parametrize("tool, input_status", [
+    ("builder", "3 an input missing, unreadable, not UTF-8, malformed, or too small for the options"),
+    ("prep", "3 the --docs or --tokenizer file missing, unreadable, not UTF-8, malformed or too short"),
+    ("downloader", "3 the manifest or a downloaded file is malformed"),
+])
+def test_every_tool_documents_its_exit_statuses_in_help(tool: str, input_status: str) -> None:
+    proc = subprocess.run([sys.executable, str(TOOLS[tool]), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    epilog = " ".join(proc.stdout.split("exit status:", 1)[1].split())
+    for status in ("0 done", "2 a bad option or option value", input_status,
+                   "4 the --output-root is a file or not writable, or a write failed", "130 interrupted",
+                   'Every refusal is one line on stderr starting "error:"'):
+        assert status in epilog
+    assert ("5 the download failed" in epilog) == (tool == "downloader")
+
+
+def test_jsonl_lines_end_at_newline_only_so_raw_line_separators_stay_in_the_text(tmp_path: Path) -> None:
+    path = tmp_path / "separators.jsonl"
+    texts = ["one\u2028two", "three\x85four", "five\u2029six"]
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\r\n" for t in texts), encoding="utf-8")
+    assert builder.read_documents(path) == texts
+
+
+def test_a_non_utf8_text_file_is_skipped_in_a_folder_but_refused_when_named(tmp_path: Path) -> None:
+    good, legacy = tmp_path / "good.txt", tmp_path / "legacy.txt"
+    good.write_text("plain text\n", encoding="utf-8")
+    legacy.write_bytes(b"first line\nna\xefve\n")
+    files, named = builder.collect_input_files([str(tmp_path)])
+    assert files == [good.resolve(), legacy.resolve()] and named == set()
+    assert builder.load_documents(files, None, named) == (["plain text\n"], 11)
+    files, named = builder.collect_input_files([str(good), str(legacy)])
+    assert named == {good.resolve(), legacy.resolve()}
+    with pytest.raises(SystemExit, match=r"legacy.txt is not UTF-8 text \(byte 0xef on line 2\)") as exc:
+        builder.load_documents(files, None, named)
+    assert exc.value.code == INPUT
+
+
+@pytest.mark.parametrize("failure, status, fragment", [
+    (OSError(errno.ENOSPC, "No space left on device"), OUTPUT, "(No space left on device); free some space"),
+    (KeyboardInterrupt(), INTERRUPTED, "interrupted; this run's partial files were removed"),
+])
+def test_a_run_that_dies_mid_write_keeps_the_previous_outputs_and_leaves_no_partial_file(
+        previous_build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        failure: BaseException, status: int, fragment: str) -> None:
+    write_bad_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    shutil.copytree(previous_build, out)
+    before = tree_hashes(out)
+    writes = []
+    real_write = builder.write_atomic
+
+    def write_then_fail(path: Path, data: bytes) -> None:  # the second shard write fails
+        writes.append(path.name)
+        if len(writes) == 2:
+            raise failure
+        real_write(path, data)
+
+    monkeypatch.setattr(builder, "write_atomic", write_then_fail)
+    with pytest.raises(SystemExit) as exc:
+        builder.main(["--input", str(tmp_path / "in" / "docs.jsonl"), "--vocab-size", "300",
+                      "--shard-tokens", "300", "--output-root", str(out)])
+    assert exc.value.code == status and len(writes) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err
+    assert tree_hashes(out) == before
+    assert sorted(p.name for p in (out / "datasets").iterdir()) == ["local_sp300", "local_sp300_caseops"]
+
+
+def test_a_failed_rerun_over_a_symlinked_dataset_folder_keeps_the_link_and_its_files(
+        previous_build: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(previous_build, out)
+    elsewhere = tmp_path / "big_disk" / "local_sp300"
+    elsewhere.parent.mkdir()
+    shutil.move(out / "datasets" / "local_sp300", elsewhere)
+    (out / "datasets" / "local_sp300").symlink_to(elsewhere, target_is_directory=True)
+    write_bad_inputs(tmp_path / "in")
+    corpus = str(tmp_path / "in" / "docs.jsonl")
+    proc = run_builder(out, "--input", corpus, "--vocab-size", "300", "--shard-tokens", "700")
+    assert (out / "datasets" / "local_sp300").is_symlink()  # a good run publishes through the link
+    assert len(list(elsewhere.glob("fineweb_train_*.bin"))) > 1
+    assert paths_from_summary(proc.stdout)["DATA_PATH"] == str(out / "datasets" / "local_sp300")
+    assert not list(elsewhere.parent.glob("*.partial")) and not list(elsewhere.parent.glob("*.old"))
+
+
+# ---- downloader: failures after the command line (fake hub, no network) ----
+
+def downloader_fails(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        downloader.main(argv)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return exc.value.code, err
+
+
+@pytest.mark.parametrize("remote_change, argv, fragment, status", [
+    ({"datasets/manifest.json": b"<html>rate limited</html>"}, [], "is not JSON", INPUT),
+    ({"datasets/manifest.json": b"[1, 2]"}, [], "is not in the export's format", INPUT),
+    ({"datasets/manifest.json": b"\xff\xfe"}, [], "is not JSON", INPUT),
+    ({}, ["--train-shards", "9"], "has 3 train shards; ask for at most 3", USAGE),
+    ({}, ["--variant", "sp8192"], "fineweb10B_sp8192 is not in the manifest", USAGE),
+    ({"datasets/datasets/fineweb10B_sp1024/fineweb_val_000001.bin": None}, [],
+     "could not fetch datasets/datasets/fineweb10B_sp1024/fineweb_val_000001.bin", DOWNLOAD),
+])
+def test_downloader_failures_after_the_command_line_have_their_own_status(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path,
+        remote_change: dict, argv: list[str], fragment: str, status: int) -> None:
+    remote = {"datasets/manifest.json": json.dumps(FAKE_MANIFEST).encode(),
+              "datasets/tokenizers/fineweb_1024_bpe.model": b"model",
+              "datasets/tokenizers/fineweb_1024_bpe.vocab": b"vocab"}
+    for split, count in (("val", 2), ("train", 3)):
+        for i in range(count):
+            remote[f"datasets/datasets/fineweb10B_sp1024/fineweb_{split}_{i:06d}.bin"] = \
+                builder.shard_bytes(np.ones(4, dtype=np.uint16))
+    remote.update(remote_change)
+    remote = {k: v for k, v in remote.items() if v is not None}  # a missing file: the fake hub raises KeyError
+    install_fake_hub(monkeypatch, remote, "someone/mirror")
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/mirror")
+    code, err = downloader_fails(monkeypatch, capsys, ["--output-root", str(tmp_path / "data"), "--train-shards",
+                                                       "1", *argv])
+    assert code == status and fragment in err
+
+
+def test_downloader_without_huggingface_hub_exits_with_the_download_status(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    code, err = downloader_fails(monkeypatch, capsys, ["--output-root", str(tmp_path)])
+    assert code == DOWNLOAD and "pip install huggingface-hub" in err
+
+
+def test_downloader_refuses_a_folder_where_a_shard_goes_and_keeps_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    blocked = tmp_path / "datasets" / "fineweb10B_sp1024" / "fineweb_val_000000.bin"
+    (blocked / "keep.txt").parent.mkdir(parents=True)
+    (blocked / "keep.txt").write_text("mine\n", encoding="utf-8")
+    remote = {"datasets/manifest.json": json.dumps(FAKE_MANIFEST).encode(),
+              "datasets/datasets/fineweb10B_sp1024/fineweb_val_000000.bin": builder.shard_bytes(np.ones(4, np.uint16))}
+    install_fake_hub(monkeypatch, remote, "someone/mirror")
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/mirror")
+    code, err = downloader_fails(monkeypatch, capsys, ["--output-root", str(tmp_path), "--train-shards", "0"])
+    assert code == OUTPUT and "fineweb_val_000000.bin" in err and "free some space or choose another" in err
+    assert (blocked / "keep.txt").read_text(encoding="utf-8") == "mine\n"
