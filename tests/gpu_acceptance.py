@@ -6,38 +6,49 @@
     python3 tests/gpu_acceptance.py --debug ttt_docs --sanitizer   # the same under compute-sanitizer --tool memcheck
     OMP_NUM_THREADS=1 python3 tests/gpu_acceptance.py --dry-run    # the CPU: a tiny model, COMPILE=1, every stage (CI)
 
-The stage plan (one H100 80 GB, PyTorch 2.11, a cold inductor cache; --budget-seconds 420):
+The stage plan (one H100 80 GB, PyTorch 2.11, a cold inductor cache; --budget-seconds 420, every
+process stopped at --kill-after 410; seconds are ESTIMATES below, summed by estimate_of):
 
   stage          process       budget  what runs
   setup          (this one)      10 s  carried wheels, data, the validation subset below
-  first stage    first          120 s  two train_gpt.main() calls in one process, each through the real
+  first stage    first       71 (120)  two train_gpt.main() calls in one process, each through the real
                                        start-up check (settings, attention kernel check, data): 4 eager
                                        steps of 8 rows x 2,048 tokens (looping from step 3), then the
                                        looped training graph compiled at the real micro-batch and 3
-                                       compiled steps; PASS or FAIL before anything long starts
-  main           main           ~200 s start-up, warm-up (unlooped graph cold, looped graph from the cache),
-                                       12 steps of 786,432 tokens (looping from step 6), GPTQ on 2
-                                       calibration batches, serialize (zstd), pre-quantisation,
-                                       round-trip, sliding
-  ttt_phased     main            ~90 s phased TTT in the same process: its document graphs, the global
-                                       phase's graph, one global phase between its two batches
-  brotli         brotli  (parallel CPU) brotli quality 11 of the main run's real payload, read back by
-                                       the script's loader: the submission's compressor, off the GPU path
-  ttt_docs       ttt_docs        ~60 s EVAL_ONLY, graphs from the cache           } optional: each starts
-  ttt_chunked    ttt_chunked    ~100 s EVAL_ONLY, its own training graph, cold    } only if it fits
+                                       compiled steps; PASS or FAIL (at most 120 s) before anything long
+  main           main           184 s  start-up 15, warm-up (unlooped graph cold 45, looped graph from
+                                       the cache 10, 2 steps 3), 12 steps of 786,432 tokens with looping
+                                       from step 6 17, GPTQ on 2 calibration batches 10, serialize with
+                                       zstd 50, the eval graph cold 20, pre-quantisation, round-trip
+                                       (its model from the cache 10) and sliding 5
+  ttt_phased     main           125 s  in the same process: the document graphs with and without
+                                       gradients 65, the global phase's graph 45, phased TTT 15 (one
+                                       global phase between its batches)
+                                 ----
+                                390 s  of the 410 s before --kill-after
+  brotli         brotli  120 (beside)  brotli quality 11 of the main run's real payload on a spare CPU
+                                       core, read back by the script's loader: the submission's
+                                       compressor, off the GPU path
+  ttt_docs       ttt_docs        62 s  EVAL_ONLY: start-up 15, graphs from the cache 30, round-trip, TTT  } each only if
+  ttt_chunked    ttt_chunked     82 s  EVAL_ONLY: its own training graph cold 45, chunked TTT            } it fits
 
-What the budgets rest on (ESTIMATES below; none measured on this code on a GPU yet): the first GPU
-run (2026-11-26, one H200, flex attention) measured 195.5 s to compile three graphs (about 65 s a
-training graph), 0.94 / 1.56 s per 786,432-token step before / after looping and 45 GiB peak;
-compression was measured on the CPU machine on the default model's 36,136,999-byte payload
-(zstd level 22: 80 s, lzma 9e: 119 s, brotli 11: see BROTLI_SECONDS; each on one core of a loaded
-2-core machine). The rest are estimates. The run measures as it goes: the first stage's compile
-and start-up times replace the estimates of later processes, and a process is started only if
-its estimate fits in what is left of --budget-seconds; a required one that does not fit is
-refused (exit 5), an optional one is skipped, and the table says which and why. Every process
-still running at --kill-after (budget - grace) gets SIGTERM, so train_gpt.py writes its own
-`error: stopped by SIGTERM while ...` line (exit 143), and SIGKILL --grace-seconds later; its row
-shows that line. The JSON holds every estimate beside what was measured.
+So the default budget runs every stage except the docs and chunked TTT modes unless the run goes
+faster than estimated; --budget-seconds 560 (under the 10 minutes one command may take) leaves
+room for both.
+
+What the budgets rest on (the JSON holds each estimate, its basis and what this run measured):
+measured on the first GPU run (2026-11-26, one H200, flex attention): 195.5 s to compile three
+graphs, 0.94 / 1.56 s per 786,432-token step before / after looping, 45 GiB peak; measured on the
+CPU machine (2026-12-06, one core of a loaded 2-core machine) on the default model's
+36,136,999-byte payload: zstd level 22 80 s, lzma 9e 119 s, brotli 11 159 s, so the main run
+serializes with zstd, the fastest, and brotli runs beside the GPU work. Everything else is an
+estimate, none of it measured on this code on a GPU yet. The run measures as it goes: the first
+stage's start-up, eager step and compile times replace the estimates of later processes, and a
+process is started only if its estimate fits in what is left before --kill-after; a required
+one that does not fit is refused (exit 5), an optional one skipped, and the table says which and
+why. Every process still running at its deadline (the first stage's 120 s, or --kill-after) gets
+SIGTERM, so train_gpt.py writes its own `error: stopped by SIGTERM while ...` line (exit 143),
+and SIGKILL --grace-seconds later; its row shows that line.
 
 Settings the plan relies on are passed explicitly (PR #2135's configuration, old or new
 defaults alike): TRAIN_SEQ_LEN=2048, PROGRESSIVE_CONTEXT= (two training graphs: unlooped and
@@ -47,8 +58,9 @@ MICRO_BATCH_SEQS at the micro-batch one rank of an 8-GPU run compiles. The model
 script's default. Every evaluation scores a validation subset written to --out/data: the first
 validation document at least EVAL_SEQ_LEN + TTT_DOC_CHUNK_TOKENS tokens long, cut there (so
 per-document TTT slides its window inside a document), then the next documents cut to
---ttt-doc-tokens (512) each until --val-tokens (65,536) tokens: two batches of 64 documents,
-none of them dominating (a single 32,278-token document would cost 673 chunk steps).
+--ttt-doc-tokens (512) each until --val-tokens (65,536) tokens and more than 64 documents (the
+carried set gives 148 documents, 65,916 tokens: three TTT batches, none dominated by one
+document; a single 32,278-token document would cost 673 chunk steps).
 
 Each process is `python3 tests/gpu_acceptance.py --child ...`: it imports train_gpt.py and calls
 its main(), so the log is the script's own, and writes a trace of the time and memory at every
@@ -61,9 +73,9 @@ and a rerun after a fix, reuse what earlier ones compiled. When brotli or zstand
 import, the wheels in .whl/ (tests/prepare_gpu_carry.sh) are installed first with pip --no-index.
 
 --report-dir DIR (default --out/report) receives the table (acceptance.md), the JSON
-(acceptance.json), every process's console output (output.txt), train_gpt.py's logs without
-their source (logs.txt) and the memory traces (traces.jsonl): five files, each cut to at most
-8 MiB, so they come back from a machine with no network. Under --debug STAGE the names start
+(acceptance.json), every process's console output (acceptance_output.txt), train_gpt.py's logs
+without their source (acceptance_logs.txt) and the memory traces (acceptance_traces.jsonl): five
+files, each cut to at most 8 MiB, so they come back from a machine with no network. Under --debug STAGE the names start
 with debug_STAGE. --dry-run runs the same processes on the CPU (bench_pipeline's tiny preset
 with three layers, a tiny local dataset, COMPILE=1) through dynamo's `eager` backend: every
 graph is traced whole and counted, but no code is generated. tests/test_gpu_acceptance.py
@@ -73,9 +85,9 @@ Exit status of this script (train_gpt.py's own statuses are in EXIT_MEANINGS):
   0    every required stage passed (an optional one may be skipped: the table says why)
   1    a stage failed: its row names the part, the exit status and the error line
   2    a bad option (one `error:` line naming it; nothing ran)
-  3    setup: --out, --report-dir or --json unusable, or the data, tokenizer or wheels missing
+  3    setup: --out, --report-dir or --json unusable; the data, tokenizer or wheels missing; no GPU
   4    a stage ran past its deadline (SIGTERM, then SIGKILL): its row shows its last error line
-  5    a required stage's estimate did not fit in what was left of --budget-seconds (refused)
+  5    a required stage's estimate did not fit in what was left before --kill-after (refused)
   130  interrupted (Ctrl-C): the children are stopped and the report of what ran is written
 """
 from __future__ import annotations
@@ -503,34 +515,38 @@ def run_process(proc: Process, out: Path, args, deadline: float, runs: list[dict
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
+    copy = open(proc.output_path, "w", encoding="utf-8")
+
+    def take(item: tuple[float, str]) -> str:
+        proc.lines.append(item)
+        print(prefix + item[1], flush=True)
+        copy.write(item[1] + "\n")
+        return item[1]
+
     try:
-        with open(proc.output_path, "w", encoding="utf-8") as copy:
-            while True:
-                try:
-                    item = lines.get(timeout=0.5)
-                except queue.Empty:
-                    item = ()
-                if item is None:
-                    break
-                if item:
-                    proc.lines.append(item)
-                    print(prefix + item[1], flush=True)
-                    copy.write(item[1] + "\n")
-                    text = item[1]
-                    if on_line:
-                        on_line(text)
-                    if not proc.stopped and stop_at and text.startswith(stop_at):
-                        proc.stopped, stop_due = "planned", time.time() + 2  # time to write the line's trace entry
-                    if not proc.stopped and not args.dry_run and text.startswith("run_info") and "device:cpu" in text:
-                        proc.stopped = "torch sees no CUDA device (run_info device:cpu); on a CPU machine use --dry-run"
-                        stop(child_proc, args.grace_seconds)
-                if stop_due and time.time() > stop_due:
-                    stop_due = 0.0
+        while True:
+            try:
+                item = lines.get(timeout=0.5)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                break
+            if item:
+                text = take(item)
+                if on_line:
+                    on_line(text)
+                if not proc.stopped and stop_at and text.startswith(stop_at):
+                    proc.stopped, stop_due = "planned", time.time() + 2  # time to write the line's trace entry
+                if not proc.stopped and not args.dry_run and text.startswith("run_info") and "device:cpu" in text:
+                    proc.stopped = "torch sees no CUDA device (run_info device:cpu); on a CPU machine use --dry-run"
                     stop(child_proc, args.grace_seconds)
-                if not proc.stopped and time.time() > deadline and child_proc.poll() is None:
-                    proc.timed_out = True
-                    how = stop(child_proc, args.grace_seconds)
-                    proc.stopped = f"stopped at its deadline ({how})"
+            if stop_due and time.time() > stop_due:
+                stop_due = 0.0
+                stop(child_proc, args.grace_seconds)
+            if not proc.stopped and time.time() > deadline and child_proc.poll() is None:
+                proc.timed_out = True
+                how = stop(child_proc, args.grace_seconds)
+                proc.stopped = f"stopped at its deadline ({how})"
     except KeyboardInterrupt:
         proc.stopped = f"interrupted (Ctrl-C; {stop(child_proc, args.grace_seconds, signal.SIGINT)})"
         raise
@@ -538,6 +554,15 @@ def run_process(proc: Process, out: Path, args, deadline: float, runs: list[dict
         proc.exit_code = child_proc.wait()
         LIVE.discard(child_proc)
         proc.ended = time.time()
+        while True:  # what it wrote after a Ctrl-C ended the loop above: its error line
+            try:
+                item = lines.get(timeout=5)
+            except queue.Empty:
+                break
+            if item is None:
+                break
+            take(item)
+        copy.close()
         if trace_path.is_file():
             proc.trace = [json.loads(line) for line in trace_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return proc
@@ -607,7 +632,8 @@ def exit_text(proc: Process) -> str:
         status = f"killed by signal {-code} (no exit status)"
     else:
         meaning, todo = EXIT_MEANINGS.get(code, ("not a status train_gpt.py uses", "read the output"))
-        status = f"exit {code}: {meaning}" + (f"; to do: {todo}" if code else "")
+        stopped_here = proc.stopped not in ("", "planned") and not proc.timed_out  # the reason says what to do
+        status = f"exit {code}: {meaning}" + (f"; to do: {todo}" if code and not stopped_here else "")
     return f"{proc.stopped}; {status}" if proc.stopped and proc.stopped != "planned" else status
 
 
@@ -890,6 +916,11 @@ def write_val_subset(data_path: Path, out: Path, window: int, chunk: int, batch:
     return folder, info
 
 
+def cuda_missing() -> bool:
+    import torch
+    return not torch.cuda.is_available()
+
+
 CARRIED = ("brotli", "zstandard")  # the wheels tests/prepare_gpu_carry.sh downloads
 
 
@@ -1011,6 +1042,8 @@ class Acceptance:
             settings = {**(DRY_RUN_SETTINGS if args.dry_run else GPU_SETTINGS)}
             sys.path.insert(0, str(ROOT))
             import train_gpt as tg
+            if not args.dry_run and cuda_missing():
+                raise SetupError("torch sees no CUDA device here: on a machine without a GPU, use --dry-run")
             h = tg.Hyperparameters(environ={**settings, "VOCAB_SIZE": data["VOCAB_SIZE"]})
             # The micro-batch one rank of an 8-GPU run compiles: the real shape (the dry run's own).
             world = 1 if args.dry_run or (h.train_batch_tokens // h.window_len) % 8 else 8
@@ -1195,15 +1228,16 @@ class Acceptance:
             self.rows += [Row(r, f"REFUSED: {why}; its estimate {main_parts}") for r in MAIN_ROWS]
             self.skip(["brotli", "ttt_docs", "ttt_chunked", *COMPARE_ROWS], "the main run was refused: no artifact")
             return
-        ttt = self.fits(main_total + ttt_total) is None
+        ttt_refused = self.fits(main_total + ttt_total)
+        ttt = ttt_refused is None
         print(f"[gpu_acceptance] main: estimate {main_parts}; phased TTT in it: {ttt_parts}"
               f"{'' if ttt else ' -- does not fit: skipped'}", flush=True)
         main = self.launch("main", "main_ttt" if ttt else "main", self.main_env(ttt), on_line=self.start_brotli,
                            estimate=main_total + (ttt_total if ttt else 0))
         self.rows += rows_of(main, self.out)
         if not ttt:
-            self.rows.append(Row("ttt_phased", f"REFUSED: {self.fits(main_total + ttt_total)} when the main run started; "
-                                               f"its estimate {ttt_parts}"))
+            self.rows.append(Row("ttt_phased", f"REFUSED: {ttt_refused} when the main run started (main and phased TTT "
+                                               f"together); its estimate {ttt_parts}"))
         self.measure(main)
         if not self.artifact.is_file() or not any(t.startswith("serialize compressor:") for t in main.texts()):
             failed = next((r.stage for r in self.rows if r.result in ("FAIL", "TIMEOUT")), "?")
@@ -1298,6 +1332,12 @@ class Acceptance:
         return PASSED
 
     def report(self) -> int:
+        if self.interrupted:  # the process Ctrl-C ended has no rows yet, nor the stages after it
+            for p in self.processes:
+                if not any(r.stage in stages_of(p.kind, p.name) for r in self.rows):
+                    self.rows += rows_of(p, self.out)
+            done = {r.stage for r in self.rows}
+            self.rows += [Row(stage, "not run (interrupted)") for stage in ALL_ROWS if stage not in done and not self.args.debug]
         code = self.status()
         order = {row: i for i, row in enumerate(ALL_ROWS)}
         rows = sorted(self.rows, key=lambda r: order.get(r.stage, len(order)))

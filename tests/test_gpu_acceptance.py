@@ -167,7 +167,8 @@ def test_what_does_not_fit_the_budget_is_refused_or_skipped_and_said(dry_run, ti
     report = json.loads((out / "budget_report" / "acceptance.json").read_text())
     results = {r["stage"]: r["result"] for r in report["rows"]}
     assert all(results[s] == "pass" for s in ga.FIRST_ROWS + ga.MAIN_ROWS if s != "ttt_phased")
-    assert results["ttt_phased"].startswith(f"REFUSED: needs ~{main + phased:.0f} s, ")
+    assert results["ttt_phased"].startswith(f"REFUSED: needs ~{main + phased:.0f} s, {main + room:.0f} s left before --kill-after "
+                                            f"when the main run started")
     assert results["brotli"] == "pass"  # beside the main run, on the CPU: it fit when the artifact appeared
     assert results["ttt_docs"].startswith(f"skipped: needs ~{docs:.0f} s, 2 s left before --kill-after")
     assert [p["env"]["TTT_ENABLED"] for p in report["processes"] if p["name"] == "main"] == ["0"]
@@ -195,6 +196,7 @@ def test_the_gpu_runs_settings_pass_train_gpts_own_checks(tiny_data, tmp_path, m
     import train_gpt as tg
     subset = {"documents": 126, "tokens": 66_000, "longest": 2_608, "batches": 2, "byte_sidecar": False}
     monkeypatch.setattr(ga, "write_val_subset", lambda data, *rest: (data, subset))  # the tiny set has 20 documents
+    monkeypatch.setattr(ga, "cuda_missing", lambda: False)  # settings only: nothing runs
     run = ga.Acceptance(ga.parse_args(["--out", str(tmp_path), "--data-path", tiny_data["DATA_PATH"],
                                        "--tokenizer-path", tiny_data["TOKENIZER_PATH"]]))
     run.setup()
