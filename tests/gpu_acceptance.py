@@ -1044,7 +1044,8 @@ class Acceptance:
             import train_gpt as tg
             if not args.dry_run and cuda_missing():
                 raise SetupError("torch sees no CUDA device here: on a machine without a GPU, use --dry-run")
-            h = tg.Hyperparameters(environ={**settings, "VOCAB_SIZE": data["VOCAB_SIZE"]})
+            given = {key: value for key, _, value in (item.partition("=") for item in args.env)}  # --env shapes the plan too
+            h = tg.Hyperparameters(environ={**settings, "VOCAB_SIZE": data["VOCAB_SIZE"], **given})
             # The micro-batch one rank of an 8-GPU run compiles: the real shape (the dry run's own).
             world = 1 if args.dry_run or (h.train_batch_tokens // h.window_len) % 8 else 8
             settings["MICRO_BATCH_SEQS"] = str(h.micro_batch(world))
@@ -1054,7 +1055,7 @@ class Acceptance:
                 settings["TTT_CHUNK_TOKENS"] = str(max(1, (info["tokens"] - 1) // 2))
             self.rows_per_step = int(settings["MICRO_BATCH_SEQS"])
             self.seq_len = h.train_seq_len
-        except (SetupError, OSError, ImportError) as exc:
+        except (SetupError, OSError, ImportError, ValueError) as exc:  # ValueError: train_gpt.py's ConfigError
             self.setup_failed = True
             self.rows.append(Row("setup", "FAIL", time.time() - t, detail=str(exc)))
             return
