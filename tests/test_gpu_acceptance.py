@@ -265,6 +265,20 @@ def test_a_process_stopped_at_its_deadline_keeps_its_error_line(tiny_data, tmp_p
     assert "FIRST STAGE FAIL" in proc.stdout
 
 
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period():
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                              "print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    assert child.stdout.readline() == "ready\n"  # its handler is in place
+    assert ga.stop(child, grace=1.0) == "SIGTERM, then SIGKILL after 1 s"
+    assert child.returncode == -9
+    proc = ga.Process("first", "first", "x", {}, started=0.0, ended=3.0, exit_code=-9, timed_out=True,
+                      stopped="stopped at its deadline (SIGTERM, then SIGKILL after 1 s)", lines=[(1.0, "run_info device:cuda")])
+    (check, *_) = ga.rows_of(proc, Path("."))
+    assert check.result == "TIMEOUT" and "killed by signal 9 (no exit status)" in check.detail
+    assert "no `error:` line: it did not answer SIGTERM (its last line: run_info device:cuda)" in check.detail
+
+
 def test_every_exit_status_of_train_gpt_has_a_meaning_and_a_remedy():
     source = (ROOT / "train_gpt.py").read_text()
     used = {0, 1}  # a finished run; an exception's traceback
