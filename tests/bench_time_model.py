@@ -3,6 +3,7 @@
     python3 tests/bench_time_model.py                                  # the script's defaults
     python3 tests/bench_time_model.py --env NUM_LOOPS=0 TTT_MODE=docs --json out.json
     python3 tests/bench_time_model.py --data-path data/datasets/fineweb10B_sp8192   # real documents
+    python3 tests/bench_time_model.py --only calibration slack size                  # some sections
 
 Nothing runs on a GPU and nothing is measured: the script reads a configuration the way
 train_gpt.py does (every knob an environment variable, --env on top), counts the work the code
@@ -10,7 +11,8 @@ does (matmul and attention FLOPs of every virtual layer, Newton-Schulz, the byte
 collective, GPTQ's Hessians and solve, every evaluation stage with its padding) and converts it
 to seconds with the assumptions printed under the table. One parameter, the fraction of the
 H100's bf16 peak that training achieves (MFU), is fitted to the #1 record (PR #1855: 4,945
-steps in 599.6 s) and then checked, not re-fitted, against the 2026-04-09 record (PR #1493).
+steps in 599.6 s) and then checked, not re-fitted, against the 2026-04-09 record (PR #1493)
+and against PR #2135, the record whose configuration train_gpt.py's defaults copy.
 
 How far to trust it: training steps for shapes near the records' (11 x 512, 786K-token
 batches) to within the #1493 check's error, a few percent; for very different shapes the
@@ -18,13 +20,31 @@ achieved fraction changes and the numbers are a guide only. GPTQ's FLOP count is
 (eager, fp32, launch-bound); its calibrated column scales PR #1855's measured Hessian time.
 Evaluation at training's MFU is optimistic for per-document TTT (thousands of small chunk
 steps): use its calibrated column, fitted to PR #1855's phased TTT and checked against PR #1530.
+The PR #2135 check reads its evaluation ~40 % high (its TTT ran faster than PR #1855's
+calibration says), so the evaluation predictions are more likely pessimistic than optimistic.
 Compile time, data loading and Python overhead outside the step are not modelled.
+
+After the prediction's table the script prints, as sections (--only picks them):
+  pr2135       a check (not fitted) against PR #2135, the record the defaults copy: steps, step
+               time, tokens/s, the looping step, its 32-batch GPTQ Hessians and its evaluation
+  calibration  GPTQ_CALIB_BATCHES 16 or 32 with calibration inside the clock: the extra GPTQ time
+               grows the reserve, the looped steps lost are valued at PR #1626's -0.0013 for ~8 s
+               of training, against PR #2135's -0.0002 for 32 batches; the verdict
+  slack        phased TTT with more global phases or a longer prefix: predicted evaluation seconds
+               and whether each fits 600 s with a margin (--eval-margin) for the prediction's error
+  size         predicted model bytes (train_gpt.predicted_model_bytes) of the configuration and of
+               the clip / AWQ-lite alternatives, with the plain script and each wrapper that
+               records/package.py makes, against the 16,000,000-byte limit
+  one-gpu      the configured step on one GPU (gradient accumulation): the acceptance run's
+               expected step times at both fitted efficiencies
 Not collected by pytest (the name does not start with test_); tests/test_time_model.py runs it.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
+import importlib
 import json
 import math
 import os
@@ -75,6 +95,40 @@ PR1493_TOKENS_PER_S = (7.7e6, 6.1e6)
 PR1530 = {**PR1493, "TTT_MODE": "docs", "TTT_LORA_RANK": "96", "TTT_DOC_CHUNK_TOKENS": "32", "TTT_DOC_BATCH": "64",
           "TTT_SHORT_DOC_CHUNKS": "0", "TTT_LORA_TARGETS": "q,k,v,o,mlp,head"}
 PR1530_TTT_S = 338.0
+# PR #2135 (the best valid 3-seed record, 1.05651; train_seed42.log): PR #1855's stack with
+# 2,560-token evaluation and TTT context, one global phase, no K adapter, 32 GPTQ calibration
+# batches collected after its clock stopped (so no reserve): 4,994 steps at 120.1 ms in 599.6 s,
+# 8.27M tokens/s before looping, looping from step 2,206; Hessians 6.9 s; evaluation 540-567 s,
+# of which its n-gram counts ~200 s (ours: an on-device sort, modelled at 0.02 s); its TTT
+# compile warm-up (91 s) ran before its timer, as ours does. The model's own per-pass adapters are
+# off (PRESET=pr2135). Validation assumed to be PR #1855's 47,851,520 tokens. A check, not a fit.
+PR2135 = {**RECORD_SHAPE, "PRESET": "pr2135", "DOC_ATTENTION": "1", "EVAL_SEQ_LEN": "2560",
+          "MAX_WALLCLOCK_SECONDS": "599.6", "GPTQ_RESERVE_SECONDS": "0", "GPTQ_CALIB_BATCHES": "32",
+          "TTT_MODE": "phased", "TTT_LORA_RANK": "80", "TTT_DOC_CHUNK_TOKENS": "48", "TTT_DOC_BATCH": "64",
+          "PHASED_TTT_PREFIX_DOCS": "2500", "PHASED_TTT_PHASES": "1", "GLOBAL_TTT_CHUNK_TOKENS": "32768",
+          "TTT_SHORT_DOC_CHUNKS": "0", "TTT_LORA_TARGETS": "q,v,o,mlp,head"}
+PR2135_STEPS = 4994
+PR2135_MS_PER_STEP = 120.1
+PR2135_TOKENS_PER_S_BEFORE = 8.27e6
+PR2135_LOOP_FROM_STEP = 2206
+PR2135_HESSIAN_S = 6.9
+PR2135_EVAL_S = (540.0, 567.0)
+PR2135_NGRAM_S = 200.0
+# What training time and calibration batches are worth, in bpb (negative = better):
+# PR #1626 shortened the GPTQ reserve from ~12 s to ~4 s (16 calibration batches), ~8 s more
+# training at the end of the run: -0.0013. PR #2130 (16 batches) scored 1.05670 and PR #2135
+# (32 batches, same stack) 1.05651: -0.0002 for 16 more batches.
+PR1626_EXTRA_TRAINING = (-0.0013, 8.0)
+CALIB_32_GAIN = 1.05651 - 1.05670
+SEED_SPREAD_BPB = 5e-4  # seed-to-seed spread of a record's score (records/package.py's rescoring note)
+# Global TTT phases as recorded: three phases -0.0014 (PRs #1610, #1626), more than 6 overfit;
+# PR #1855 ran three (75-84 s), PRs #2014 and #2135 one.
+PHASE_NOTES = {1: "PRs #2014, #2135 (train_gpt.py's default)", 3: "\u22120.0014 (PRs #1610, #1626); PR #1855's count",
+               6: "the most before overfitting (PR #1626)"}
+# Predictor error of train_gpt.predicted_model_bytes, measured (README, Size planning): the
+# previous default model with Gaussian weights compressed 0.8 % larger than predicted.
+SIZE_PREDICTOR_ERROR = 0.008
+
 # Our own code, measured (README, First GPU run, 2026-11-26, one H200, PyTorch 2.11, document
 # attention through flex_attention, before the varlen kernels and the fused loss): 938.7 ms per
 # 786,432-token step before looping, 1,559.8 ms after (117.3 / 195.0 ms as 8-GPU steps). The H200
@@ -83,6 +137,7 @@ OURS_H200 = {**RECORD_SHAPE, "DOC_ATTENTION": "1", "MICRO_BATCH_SEQS": "48"}
 OURS_H200_STEP_S = (0.9387, 1.5598)
 
 TTT_MODES = ("chunked", "docs", "phased")
+SECTIONS = ("prediction", "pr2135", "calibration", "slack", "size", "one-gpu")  # what the CLI prints, in order
 EVAL_BUDGET_S = 600.0
 ADAM_BYTES_PER_PARAM = 28  # read param, grad, two moments; write param, two moments (fp32)
 SGD_BYTES_PER_PARAM = 32  # momentum SGD (read p, g, buf; write p, buf) + grad-norm clip (read g, scale g)
@@ -352,6 +407,16 @@ def mean_pairs(h: tg.Hyperparameters, stream: DocStream, starts: np.ndarray, wid
     return float(stream.pairs(starts, width).mean()) if h.doc_attention else width ** 2 / 2
 
 
+def roundtrip_flops(counts: Counts, world_size: int, stream: DocStream) -> float:
+    """One rank's FLOPs of the round-trip: non-overlapping EVAL_SEQ_LEN windows, padded batches."""
+    h, W = counts.h, counts.h.eval_seq_len
+    full = tg.sliding_windows(stream.length, W, W)
+    width = int(full.ends[0] - full.starts[0])
+    rows = padded_rows(math.ceil(len(full) / world_size), h.eval_batch_seqs)
+    pairs = mean_pairs(h, stream, full.starts, width)
+    return rows * (2.0 * counts.matmul_params(counts.looped) * width + counts.attention_flops(counts.looped, pairs))
+
+
 def stream_eval(counts: Counts, world_size: int, stream: DocStream, a: Assumptions, rate: float) -> dict:
     """Roundtrip, sliding and chunked TTT: windows over the whole stream, split over ranks."""
     h, W = counts.h, counts.h.eval_seq_len
@@ -361,10 +426,8 @@ def stream_eval(counts: Counts, world_size: int, stream: DocStream, a: Assumptio
     def forward(rows: int, width: int, pairs: float) -> float:
         return rows * (2.0 * P * width + counts.attention_flops(counts.looped, pairs))
 
-    full = tg.sliding_windows(stream.length, W, W)
-    width = int(full.ends[0] - full.starts[0])
-    roundtrip = forward(padded_rows(math.ceil(len(full) / world_size), h.eval_batch_seqs), width,
-                        mean_pairs(h, stream, full.starts, width))
+    roundtrip = roundtrip_flops(counts, world_size, stream)
+    width = min(W, stream.length - 1)
     win = tg.sliding_windows(stream.length, W, h.eval_stride)
     pairs = mean_pairs(h, stream, win.starts, width)
     sliding = forward(padded_rows(math.ceil(len(win) / world_size), h.eval_batch_seqs), width, pairs)
@@ -557,6 +620,11 @@ def calibrate(a: Assumptions) -> tuple[Rates, dict]:
     our_mfu = solve_increasing(lambda m: -training(ours, 1, a, m)["before"]["step_s"], -OURS_H200_STEP_S[0])
     rates = Rates(mfu, our_mfu, docs_mfu, phase_mfu, hessian_scale)
 
+    c2135 = record(PR2135)
+    t2135 = training(c2135, 8, a, mfu)
+    eval2135 = (roundtrip_flops(c2135, 8, DocStream(scaled)) / (a.peak_flops * mfu)
+                + sum(doc_work(c2135, 8, scaled, c2135.h.phased_ttt_phases, a).seconds(
+                      a.peak_flops * docs_mfu, a.peak_flops * phase_mfu)))
     check = training(record(PR1493), 8, a, mfu)
     progressive = training(record(PR2014), 8, a, mfu)
     c1530 = record(PR1530)
@@ -571,6 +639,14 @@ def calibrate(a: Assumptions) -> tuple[Rates, dict]:
         "pr2014_ms_per_step": progressive["ms_per_step"],
         "pr2014_error_pct": 100 * (progressive["ms_per_step"] / PR2014_MS_PER_STEP - 1),
         "pr1530_ttt_s": ttt_1530, "pr1530_ttt_error_pct": 100 * (ttt_1530 / PR1530_TTT_S - 1),
+        "pr2135_steps": t2135["steps"], "pr2135_steps_error_pct": 100 * (t2135["steps"] / PR2135_STEPS - 1),
+        "pr2135_ms_per_step": t2135["ms_per_step"],
+        "pr2135_ms_error_pct": 100 * (t2135["ms_per_step"] / PR2135_MS_PER_STEP - 1),
+        "pr2135_tokens_per_s_before": t2135["before"]["tokens_per_s_per_gpu"] * 8,
+        "pr2135_loop_from_step": t2135["loop_from_step"],
+        "pr2135_hessian_s": gptq(c2135, 8, a, mfu)["hessian_s"] * hessian_scale,
+        "pr2135_eval_s": eval2135, "pr2135_eval_with_its_ngram_s": eval2135 + PR2135_NGRAM_S,
+        "pr2135_eval_measured_s": sum(PR2135_EVAL_S) / 2 - PR2135_NGRAM_S,  # midpoint, less its n-gram counts
         "ours_before_s": training(ours, 1, a, our_mfu)["before"]["step_s"],
         "ours_after_s": training(ours, 1, a, our_mfu)["after"]["step_s"],
     }
@@ -603,6 +679,166 @@ def predict(h: tg.Hyperparameters, world_size: int, assumptions: Assumptions) ->
             "artifact": artifact, "rates": asdict(rates), "checks": checks, "assumptions": asdict(assumptions)}
 
 
+# --- Plans: what the predicted seconds and bytes buy -----------------------------------------
+
+
+def variant(h: tg.Hyperparameters, world_size: int, **settings) -> tg.Hyperparameters:
+    """A copy of `h` with some settings changed (train_gpt's attribute names), validated."""
+    out = copy.copy(h)
+    for name, value in settings.items():
+        if not hasattr(out, name):
+            raise AttributeError(f"train_gpt.Hyperparameters has no setting {name!r}")
+        setattr(out, name, value)
+    out.validate(world_size)
+    return out
+
+
+def gptq_calibrated_s(h: tg.Hyperparameters, world_size: int, a: Assumptions, rates: dict) -> float:
+    q = gptq(Counts(h), world_size, a, rates["mfu"])
+    return q["hessian_s"] * rates["hessian_scale"] + q["solve_s"]
+
+
+def calibration_choice(h: tg.Hyperparameters, p: dict, a: Assumptions) -> dict:
+    """GPTQ_CALIB_BATCHES 16 or 32, calibration inside the clock: the reserve grows by the extra
+    Hessian time, which takes that many seconds of looped training off the end of the run. A
+    second there is worth PR #1626's -0.0013 / 8 s; 32 batches are worth PR #2135's -0.0002 over
+    PR #2130. The extra time is modelled (Hessians in proportion to batches, scaled to PR #1855)
+    and, as a second row, read off the records (PR #1855's 16 batches against PR #2135's 32)."""
+    n, rates = p["world_size"], p["rates"]
+    after_s = p["train"]["after"]["step_s"]
+    gain, seconds = PR1626_EXTRA_TRAINING
+    per_second = gain / seconds
+    per_step = per_second * after_s
+    own = gptq_calibrated_s(h, n, a, rates)
+    modelled = {b: gptq_calibrated_s(variant(h, n, gptq_calib_batches=b), n, a, rates) for b in (16, 32)}
+    reserve16 = h.gptq_reserve_seconds - (own - modelled[16])  # the configured reserve, moved to 16 batches
+    # Both records ran 8 GPUs; each rank's calibration tokens scale as 1 / ranks.
+    records_extra = (PR2135_HESSIAN_S - sum(PR1855_HESSIAN_S) / 2) * 8 / n
+    options = []
+    for label, batches, extra in (("16", 16, 0.0), ("32, modelled", 32, modelled[32] - modelled[16]),
+                                  ("32, records' difference", 32, records_extra)):
+        lost = extra / after_s
+        training_bpb = -lost * per_step  # steps not taken: their gain, with the sign turned
+        calib_bpb = CALIB_32_GAIN if batches == 32 else 0.0
+        options.append({"label": label, "batches": batches, "gptq_s": modelled[16] + extra, "extra_s": extra,
+                        "reserve_s": reserve16 + extra, "steps_lost": lost, "training_bpb": training_bpb,
+                        "calibration_bpb": calib_bpb, "net_bpb": training_bpb + calib_bpb})
+    verdict = 16 if all(o["net_bpb"] >= 0 for o in options if o["batches"] == 32) else 32
+    if h.quant_method != "gptq":
+        verdict = None  # round-to-nearest: no calibration to choose
+    return {"options": options, "verdict": verdict, "after_step_s": after_s, "bpb_per_second": per_second,
+            "bpb_per_step": per_step, "steps_in_pr1626_seconds": seconds / after_s,
+            "break_even_s": CALIB_32_GAIN / per_second, "configured_batches": h.gptq_calib_batches, "world_size": n}
+
+
+def eval_slack(h: tg.Hyperparameters, p: dict, a: Assumptions, margin: float) -> dict:
+    """Phased TTT with more global phases or a longer prefix: the predicted evaluation (round-trip,
+    sliding when on, the n-gram counts, phased TTT at the calibrated efficiencies) on the assumed
+    validation documents and on the same documents scaled to the CaseOps split's token count
+    (PR #1855's 47,851,520, the records' data: DATA_PATH's default when its folder exists). A row
+    fits when the larger of the two, times (1 + margin), is within EVAL_BUDGET_S."""
+    n, rates, e = p["world_size"], Rates(**p["rates"]), p["eval"]
+    lengths = validation_lengths(a)
+    caseops = scaled_lengths(lengths, PR1855_VAL_TOKENS)
+    sliding = e["sliding"]["seconds"] if e["sliding"]["enabled"] else 0.0
+    counts = Counts(h)
+    fixed = {"assumed": e["roundtrip"]["seconds"] + sliding + e["ngram_s"],
+             "caseops": (roundtrip_flops(counts, n, DocStream(caseops)) / (a.peak_flops * rates.mfu)
+                         + sliding * PR1855_VAL_TOKENS / lengths.sum() + ngram_seconds(h, PR1855_VAL_TOKENS, a))}
+    # PR #2135's measured evaluation (less its n-gram counts) over the model's prediction of it:
+    # how much faster the records' TTT ran than the PR #1855 calibration says.
+    speed = p["checks"]["pr2135_eval_measured_s"] / p["checks"]["pr2135_eval_s"]
+    phases0, prefix0 = h.phased_ttt_phases, h.phased_ttt_prefix_docs
+    settings = [(k, prefix0) for k in sorted({phases0, 1, 2, 3, 4, 6})]
+    settings += [(phases0, d) for d in sorted({2500, 5000, 10000, 20000} - {prefix0})] + [(3, 10000)]
+    rows = []
+    for phases, prefix in dict.fromkeys(settings):
+        hv = variant(h, n, phased_ttt_phases=phases, phased_ttt_prefix_docs=prefix)
+        row = {"phases": phases, "prefix_docs": prefix, "configured": (phases, prefix) == (phases0, prefix0),
+               "note": PHASE_NOTES.get(phases, "") if prefix == prefix0 else ""}
+        for name, docs in (("assumed", lengths), ("caseops", caseops)):
+            docs_s, phase_s = doc_work(Counts(hv), n, docs, phases, a).seconds(
+                a.peak_flops * rates.docs_mfu, a.peak_flops * rates.phase_mfu)
+            row[name] = {"docs_s": docs_s, "phase_s": phase_s, "total_s": fixed[name] + docs_s + phase_s}
+        worst = max(row["assumed"]["total_s"], row["caseops"]["total_s"])
+        row.update(worst_s=worst, spare_s=EVAL_BUDGET_S - worst, fits=worst * (1 + margin) <= EVAL_BUDGET_S,
+                   at_pr2135_s=worst * speed, fits_at_pr2135=worst * speed * (1 + margin) <= EVAL_BUDGET_S)
+        rows.append(row)
+    return {"rows": rows, "fixed_s": fixed, "margin": margin, "limit_s": EVAL_BUDGET_S / (1 + margin), "speed": speed,
+            "assumed_tokens": int(lengths.sum()), "caseops_tokens": PR1855_VAL_TOKENS}
+
+
+def code_sizes(script: Path) -> tuple[dict[str, int], str]:
+    """Code bytes of `script` as is and as each wrapper records/package.py makes of it, through
+    whatever the packager offers (wrapper_sizes where it has it, else make_wrapper per method):
+    {"plain script": bytes, "<method> wrapper": bytes, ...} and where the numbers came from. A
+    missing compressor or minifier drops its wrappers, with the reason, never the table."""
+    source = script.read_text(encoding="utf-8")
+    sizes = {"plain script": len(source.encode("utf-8"))}
+    try:
+        sys.path.insert(0, str(ROOT / "records"))
+        packager = importlib.import_module("package")
+    except Exception as e:  # noqa: BLE001 (any failure to load leaves the plain script's bytes)
+        return sizes, f"records/package.py did not load ({type(e).__name__}); plain script only"
+    finally:
+        sys.path.remove(str(ROOT / "records"))
+    methods = tuple(getattr(packager, "WRAP_METHODS", ("lzma", "brotli")))
+    problems = []
+    if hasattr(packager, "wrapper_sizes"):
+        try:
+            found = packager.wrapper_sizes(source)
+            sizes.update({f"{m} wrapper": int(found[m]) for m in methods if m in found})
+            return sizes, "records/package.py wrapper_sizes()"
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"wrapper_sizes: {type(e).__name__}: {e}")
+    for m in methods:
+        try:
+            sizes[f"{m} wrapper"] = len(packager.make_wrapper(source, m).encode("utf-8"))
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{m}: {type(e).__name__}: {e}")
+    return sizes, "records/package.py make_wrapper()" + (f"; left out: {'; '.join(problems)}" if problems else "")
+
+
+def size_plan(h: tg.Hyperparameters, p: dict) -> dict:
+    """Predicted model bytes (train_gpt.predicted_model_bytes) of the configuration and of the
+    clip / AWQ-lite alternatives, with each way of shipping the code, against the limit."""
+    n = p["world_size"]
+    model = Counts(h).model
+    code, source = code_sizes(Path(tg.__file__))
+    smallest = min(code, key=code.get)
+    limit = h.artifact_limit_bytes
+    settings = [("configured", {})]
+    settings += [(f"MLP_CLIP_SIGMAS={v:g}", {"mlp_clip_sigmas": v}) for v in (12.5, 12.0, 11.5) if v != h.mlp_clip_sigmas]
+    settings += [(f"AWQ_GROUPS={v}", {"awq_groups": v}) for v in (0, 1) if v != h.awq_groups]
+    rows = []
+    for label, change in settings:
+        model_bytes = tg.predicted_model_bytes(model, variant(h, n, **change))
+        rows.append({"label": label, "model_bytes": model_bytes,
+                     **{f"margin_{name}": limit - model_bytes - b for name, b in code.items()},
+                     "margin_after_error": limit - int(model_bytes * (1 + SIZE_PREDICTOR_ERROR)) - code[smallest]})
+    return {"rows": rows, "code_bytes": code, "code_source": source, "smallest": smallest, "limit_bytes": limit,
+            "mlp_clip_sigmas": h.mlp_clip_sigmas, "awq_groups": h.awq_groups, "compressor": h.compressor}
+
+
+def one_gpu(h: tg.Hyperparameters, p: dict, a: Assumptions) -> dict:
+    """The configuration on one GPU (the acceptance run: the whole batch by gradient accumulation):
+    step times before / after looping at both fitted MFUs. Predictions, not measurements."""
+    h1 = variant(h, 1)
+    counts = Counts(h1)
+    out = {"grad_accum_steps": h1.grad_accum_steps(1), "micro_batch_tokens": h1.train_batch_tokens // h1.grad_accum_steps(1)}
+    for key in ("mfu", "our_mfu"):
+        t = training(counts, 1, a, p["rates"][key])
+        out[key] = {"before_s": t["before"]["step_s"], "after_s": t["after"]["step_s"],
+                    "before_tokens_per_s": t["before"]["tokens_per_s_per_gpu"],
+                    "after_tokens_per_s": t["after"]["tokens_per_s_per_gpu"]}
+    return out
+
+
+def plans(h: tg.Hyperparameters, p: dict, a: Assumptions, margin: float = 0.10) -> dict:
+    return {"calibration": calibration_choice(h, p, a), "slack": eval_slack(h, p, a, margin),
+            "size": size_plan(h, p), "one_gpu": one_gpu(h, p, a)}
+
+
 # --- Output ----------------------------------------------------------------------------------
 
 
@@ -616,6 +852,7 @@ def flops(x: float) -> str:
 def rows(p: dict) -> list[tuple[str, str]]:
     t, q, e, art, n = p["train"], p["gptq"], p["eval"], p["artifact"], p["world_size"]
     b, f = t["before"], t["after"]
+    graphs = list(dict.fromkeys((st["seq_len"], st["looped"]) for st in t["states"]))
     out = [
         ("virtual layers, before / after looping", f"{b['virtual_layers']} / {f['virtual_layers']}"),
         ("matmul parameters per token, before / after", f"{b['matmul_params_per_token']:,} / {f['matmul_params_per_token']:,}"),
@@ -624,6 +861,8 @@ def rows(p: dict) -> list[tuple[str, str]]:
          f"{flops(f['matmul_flops'])} + {flops(f['attention_flops'])}"),
         ("attended pairs per row, longest unlooped rows (fraction of causal)",
          f"{b['pairs_per_window']:,.0f} ({b['pairs_fraction_of_causal']:.2f}) in rows of {b['seq_len']:,}"),
+        ("training graphs (one compiled graph per row length and looping state)",
+         f"{len(graphs)}: " + ", ".join(f"{rows} {'looped' if looped else 'unlooped'}" for rows, looped in graphs)),
         ("training stretches: rows, looping, share of the clock: step time, steps",
          "; ".join(f"{st['seq_len']} {'looped' if st['looped'] else 'unlooped'} {100 * st['fraction']:.0f} %: "
                    f"{1000 * st['step_s']:.1f} ms, {st['steps']:,.0f}" for st in t["states"])),
@@ -670,6 +909,153 @@ def rows(p: dict) -> list[tuple[str, str]]:
     return out
 
 
+def signed(x: float, digits: int = 5) -> str:
+    return "0" if x == 0 else f"{x:+.{digits}f}".replace("-", "\u2212")
+
+
+def table(title: str, header: list[str], body: list[list[str]]) -> list[str]:
+    return [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(r) + " |" for r in body]
+
+
+def pr2135_lines(p: dict) -> list[str]:
+    c = p["checks"]
+    measured_eval = (PR2135_EVAL_S[0] - PR2135_NGRAM_S, PR2135_EVAL_S[1] - PR2135_NGRAM_S)
+    mid = sum(measured_eval) / 2
+
+    def error(predicted: float, measured: float, digits: int = 1) -> str:
+        return f"{100 * (predicted / measured - 1):+.{digits}f} %"
+
+    body = [
+        ["steps in the clock", f"{c['pr2135_steps']:,.0f}", f"{PR2135_STEPS:,} in 599.6 s",
+         error(c["pr2135_steps"], PR2135_STEPS)],
+        ["ms per step, average", f"{c['pr2135_ms_per_step']:.1f}", f"{PR2135_MS_PER_STEP}",
+         error(c["pr2135_ms_per_step"], PR2135_MS_PER_STEP)],
+        ["tokens/s before looping (8 GPUs)", f"{c['pr2135_tokens_per_s_before'] / 1e6:.2f}M",
+         f"{PR2135_TOKENS_PER_S_BEFORE / 1e6:.2f}M", error(c["pr2135_tokens_per_s_before"], PR2135_TOKENS_PER_S_BEFORE)],
+        ["looping from step", f"{c['pr2135_loop_from_step']:,.0f}", f"{PR2135_LOOP_FROM_STEP:,}",
+         error(c["pr2135_loop_from_step"], PR2135_LOOP_FROM_STEP)],
+        ["GPTQ Hessians, 32 calibration batches (scaled from PR #1855's 16)", f"{c['pr2135_hessian_s']:.1f} s",
+         f"{PR2135_HESSIAN_S} s (after its clock)", error(c["pr2135_hessian_s"], PR2135_HESSIAN_S, 0)],
+        ["evaluation without its n-gram counts: round-trip + phased TTT (1 phase, 2,560 context, calibrated)",
+         f"{c['pr2135_eval_s']:.0f} s", f"{measured_eval[0]:.0f}\u2013{measured_eval[1]:.0f} s "
+         f"({PR2135_EVAL_S[0]:.0f}\u2013{PR2135_EVAL_S[1]:.0f} s less its n-gram \u2248 {PR2135_NGRAM_S:.0f} s)",
+         error(c["pr2135_eval_s"], mid, 0)],
+        ["evaluation with its n-gram counts (\u2248 200 s; ours are modelled at 0.02 s)",
+         f"{c['pr2135_eval_with_its_ngram_s']:.0f} s", f"{PR2135_EVAL_S[0]:.0f}\u2013{PR2135_EVAL_S[1]:.0f} s",
+         error(c["pr2135_eval_with_its_ngram_s"], sum(PR2135_EVAL_S) / 2, 0)],
+    ]
+    return table("Check (not fitted): PR #2135, the record the defaults copy (its train_seed42.log)",
+                 ["quantity", "predicted", "PR #2135 measured", "error"], body) + [
+        "",
+        "PRESET=pr2135 (no per-pass adapters), 599.6 s clock with no GPTQ reserve (its 32 calibration batches ran "
+        "after the clock), validation assumed to be PR #1855's 47,851,520 CaseOps tokens (the log-normal documents "
+        "scaled). Training is within the PR #1493 check's few percent. GPTQ: the Hessian time is modelled in "
+        "proportion to the batches; the two records (16 batches 4.6\u20134.9 s, 32 batches 6.9 s) say part of it is "
+        "fixed, so the model overstates what more batches cost. Evaluation: the model calibrated on PR #1855 reads "
+        "PR #2135's TTT as slow as PR #1855's; PR #2135 measured it faster, so the evaluation predictions below are "
+        "pessimistic by about this much if our code runs as fast as PR #2135's (not measured: no GPU has timed our "
+        "evaluation). Its TTT compile warm-up (91 s) ran before its timer, as ours does, and is not counted.",
+    ]
+
+
+def calibration_lines(c: dict) -> list[str]:
+    body = []
+    for o in c["options"]:
+        mark = " (configured)" if o["batches"] == c["configured_batches"] and o["extra_s"] == 0 else ""
+        how = ("scaled from PR #1855" if o["extra_s"] == 0 else
+               f"+{o['extra_s']:.2f} s, Hessians in proportion to batches" if "modelled" in o["label"] else
+               f"+{o['extra_s']:.2f} s: PR #1855's {sum(PR1855_HESSIAN_S) / 2:.2f} s for 16, "
+               f"PR #2135's {PR2135_HESSIAN_S} s for 32" + ("" if c["world_size"] == 8 else f", x 8 / {c['world_size']} ranks"))
+        body.append([o["label"] + mark, f"{o['gptq_s']:.1f} s ({how})", f"{o['reserve_s']:.2f}", f"{o['steps_lost']:.1f}",
+                     signed(o["training_bpb"]), signed(o["calibration_bpb"]), signed(o["net_bpb"])])
+    gain, seconds = PR1626_EXTRA_TRAINING
+    return table("GPTQ calibration batches, calibration inside the 600 s clock",
+                 ["GPTQ_CALIB_BATCHES", "GPTQ seconds (Hessians + solve)", "GPTQ_RESERVE_SECONDS",
+                  "looped steps lost", "training cost, bpb", "calibration gain, bpb", "net, bpb"], body) + [
+        "",
+        (f"Verdict: GPTQ_CALIB_BATCHES={c['verdict']} (16 unless 32 batches come out ahead by both estimates of "
+         f"their extra time; lower net bpb is better)." if c["verdict"] else
+         "No verdict: QUANT_METHOD is not gptq, so there is no calibration to choose."),
+        f"- A second of training at the end of the run: PR #1626 gained {signed(gain, 4)} bpb from ~{seconds:.0f} s more "
+        f"training (a GPTQ reserve of ~4 s instead of 12 s) \u21d2 {signed(gain, 4)} / {seconds:.0f} s = "
+        f"{signed(c['bpb_per_second'], 7)} bpb per second; at the modelled looped step of {1000 * c['after_step_s']:.1f} ms, "
+        f"{seconds:.0f} s = {c['steps_in_pr1626_seconds']:.1f} steps \u21d2 {signed(c['bpb_per_step'], 7)} bpb per step.",
+        f"- 32 batches instead of 16: {signed(CALIB_32_GAIN)} bpb (PR #2130, 16 batches, 1.05670; PR #2135, 32 batches, "
+        f"1.05651; the same stack), below the seed-to-seed spread (~{SEED_SPREAD_BPB:.4f}).",
+        f"- The reserve grows by the extra GPTQ time; each second of it is {1 / c['after_step_s']:.2f} looped steps not "
+        f"taken. Break-even: 32 batches pay only if they cost less than {abs(CALIB_32_GAIN):.5f} / "
+        f"{abs(c['bpb_per_second']):.7f} = {c['break_even_s']:.2f} s more than 16.",
+    ]
+
+
+def slack_lines(sl: dict) -> list[str]:
+    body = []
+    for r in sl["rows"]:
+        mark = " (configured)" if r["configured"] else ""
+        spare = f"{r['spare_s']:.0f}" if r["spare_s"] >= 0 else f"over by {-r['spare_s']:.0f}"
+        body.append([f"{r['phases']}{mark}", f"{r['prefix_docs']:,}", f"{r['assumed']['total_s']:.0f}",
+                     f"{r['caseops']['total_s']:.0f} ({r['caseops']['phase_s']:.0f})", spare,
+                     "fits" if r["fits"] else "no",
+                     f"{r['at_pr2135_s']:.0f}: {'fits' if r['fits_at_pr2135'] else 'no'}", r["note"] or "not measured"])
+    return table(f"Evaluation slack: phased TTT settings against the {EVAL_BUDGET_S:.0f} s budget",
+                 ["PHASED_TTT_PHASES", "PHASED_TTT_PREFIX_DOCS", f"eval s, {sl['assumed_tokens'] / 1e6:.1f}M tokens",
+                  f"eval s, CaseOps {sl['caseops_tokens'] / 1e6:.1f}M tokens (of which global phases)", "spare s (worse column)",
+                  f"fits with {100 * sl['margin']:.0f} % margin (\u2264 {sl['limit_s']:.0f} s)",
+                  f"at PR #2135's measured speed (x{sl['speed']:.2f})", "recorded effect"], body) + [
+        "",
+        f"Evaluation = round-trip ({sl['fixed_s']['assumed']:.1f} / {sl['fixed_s']['caseops']:.1f} s with the n-gram counts) "
+        f"+ phased TTT at the efficiencies calibrated on PR #1855 (scoring and per-document training, then the global "
+        f"phases, each stretch between phases as long as its busiest rank). A phase trains on every document scored "
+        f"before it, longest first, so k phases over N documents train on (k + 1) / 2 x N documents' worth. A row is a "
+        f"setting (PHASED_TTT_PHASES, PHASED_TTT_PREFIX_DOCS); it becomes a default only once a GPU has measured the "
+        f"evaluation time. The PR #2135 check above reads high, so these totals are likely pessimistic; the margin "
+        f"covers an optimistic error of {100 * sl['margin']:.0f} %. The column at PR #2135's measured speed scales the worse "
+        f"column by PR #2135's evaluation less its n-gram counts over the model's prediction of it (the check above; "
+        f"it leans on the \u2248 {PR2135_NGRAM_S:.0f} s those counts took): what fits if our evaluation runs as fast as "
+        f"PR #2135's. Compile warm-up and model loading are not counted.",
+    ]
+
+
+def size_lines(z: dict) -> list[str]:
+    code, limit = z["code_bytes"], z["limit_bytes"]
+
+    def cell(model_bytes: int, code_bytes: int) -> str:
+        margin = limit - model_bytes - code_bytes
+        said = f"margin {margin:,}" if margin >= 0 else f"over by {-margin:,}"
+        return f"{model_bytes + code_bytes:,} ({said})"
+
+    body = [[r["label"] if r["label"] != "configured" else
+             f"configured: MLP_CLIP_SIGMAS={z['mlp_clip_sigmas']:g}, AWQ_GROUPS={z['awq_groups']}",
+             f"{r['model_bytes']:,}", *(cell(r["model_bytes"], b) for b in code.values()),
+             f"{r['margin_after_error']:,}" if r["margin_after_error"] >= 0 else
+             f"over by {-r['margin_after_error']:,}"] for r in z["rows"]]
+    return table(f"Size plan (COMPRESSOR={z['compressor']}; limit {limit:,} bytes)",
+                 ["export settings", "predicted model bytes", *(f"+ {name} ({b:,} B)" for name, b in code.items()),
+                  f"margin with the {z['smallest']}, after the predictor's +{100 * SIZE_PREDICTOR_ERROR:.1f} %"], body) + [
+        "",
+        f"Model bytes: train_gpt.predicted_model_bytes (rounded-Gaussian entropy of each quantised row, fp16 scales "
+        f"and passthrough tensors, AWQ-lite and LQER bounds); its measured error +{100 * SIZE_PREDICTOR_ERROR:.1f} % "
+        f"(README, Size planning: Gaussian weights). Code bytes: this train_gpt.py, and its wrappers as "
+        f"{z['code_source']} makes them; the smallest is the {z['smallest']}.",
+    ]
+
+
+def one_gpu_lines(g: dict, rates: dict) -> list[str]:
+    body = [[f"{name} (MFU {rates[key]:.3f})",
+             f"{1000 * g[key]['before_s']:,.0f} ms ({g[key]['before_tokens_per_s'] / 1e6:.2f}M tok/s)",
+             f"{1000 * g[key]['after_s']:,.0f} ms ({g[key]['after_tokens_per_s'] / 1e6:.2f}M tok/s)"]
+            for name, key in (("PR #1855's fit", "mfu"), ("our H200 fit", "our_mfu"))]
+    return table(f"One GPU, the configured step ({g['grad_accum_steps']} micro-batches of {g['micro_batch_tokens']:,} "
+                 f"tokens): predicted, not measured", ["fit", "step before looping", "step after looping"], body) + [
+        "",
+        "The acceptance run's expected step times (tests/gpu_acceptance.py trains the default shape on one GPU): "
+        "no collectives, Newton-Schulz on every matrix. The H100 and H200 share the 989 TFLOP/s dense bf16 peak "
+        "here. Our H200 fit is our code as measured before the varlen kernels and the fused loss; the truth for "
+        "today's code should lie between the rows.",
+    ]
+
+
 def assumption_lines(p: dict) -> list[str]:
     a, r, c, e, n = p["assumptions"], p["rates"], p["checks"], p["eval"], p["world_size"]
     docs = (f"real shards in {a['data_path']}" if a["data_path"] else
@@ -688,6 +1074,9 @@ def assumption_lines(p: dict) -> list[str]:
         f"~{PR1493_TOKENS_PER_S[1] / 1e6:.1f}M measured.",
         f"- Check (not fitted), PR #2014 (progressive context 1024/2048/3072, 596 s clock): "
         f"{c['pr2014_ms_per_step']:.1f} ms/step predicted vs {PR2014_MS_PER_STEP:.1f} measured ({c['pr2014_error_pct']:+.1f} %).",
+        f"- Check (not fitted), PR #2135 (the record the defaults copy; 599.6 s clock, no reserve): "
+        f"{c['pr2135_steps']:,.0f} steps predicted vs {PR2135_STEPS:,} measured ({c['pr2135_steps_error_pct']:+.1f} %), "
+        f"{c['pr2135_ms_per_step']:.1f} vs {PR2135_MS_PER_STEP} ms/step; its GPTQ and evaluation in the check table.",
         f"- Our own fit (second MFU, {r['our_mfu']:.3f}): our code as measured on one H200 (2026-11-26, flex_attention, "
         f"before the varlen kernels): {OURS_H200_STEP_S[0] * 1000:.1f} ms per step before looping (fitted), "
         f"{c['ours_after_s'] * 1000:.1f} ms predicted after vs {OURS_H200_STEP_S[1] * 1000:.1f} ms measured. Until a GPU "
@@ -737,6 +1126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-docs", type=int, default=Assumptions.val_docs)
     p.add_argument("--doc-sigma", type=float, default=Assumptions.doc_sigma, help="log-normal shape of document lengths")
     p.add_argument("--json", type=Path, help="also write the prediction here")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
+                   help=f"print only these sections: {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("--eval-margin", type=float, default=0.10,
+                   help="the slack table's margin for the prediction's error: fits if prediction x (1 + margin) <= 600 s")
     args = p.parse_args(argv)
     overrides = {}
     for item in args.env:
@@ -751,12 +1144,24 @@ def main(argv: list[str] | None = None) -> int:
         prediction = predict(h, args.nproc, assumptions)
     except (ValueError, FileNotFoundError) as e:  # a bad setting (ConfigError) or unreadable shards
         p.error(str(e))
+    try:
+        prediction["plans"] = plans(h, prediction, assumptions, args.eval_margin)
+    except ValueError as e:  # a variant the configuration cannot take (ConfigError)
+        p.error(str(e))
     label = " ".join(args.env) or "defaults"
-    print(f"| time model, {args.nproc} x H100 SXM, train_gpt.py {label} | value |\n|---|---|")
-    for name, value in rows(prediction):
-        print(f"| {name} | {value} |")
-    print("\nAssumptions:")
-    print("\n".join(assumption_lines(prediction)))
+    out: list[str] = []
+    if "prediction" in args.only:
+        out += [f"| time model, {args.nproc} x H100 SXM, train_gpt.py {label} | value |", "|---|---|"]
+        out += [f"| {name} | {value} |" for name, value in rows(prediction)]
+        out += ["", "Assumptions:", *assumption_lines(prediction)]
+    plan = prediction["plans"]
+    sections = {"pr2135": lambda: pr2135_lines(prediction), "calibration": lambda: calibration_lines(plan["calibration"]),
+                "slack": lambda: slack_lines(plan["slack"]), "size": lambda: size_lines(plan["size"]),
+                "one-gpu": lambda: one_gpu_lines(plan["one_gpu"], prediction["rates"])}
+    for name in SECTIONS[1:]:
+        if name in args.only:
+            out += ["", *sections[name]()]
+    print("\n".join(out).lstrip("\n"))
     if args.json:
         args.json.write_text(json.dumps(prediction, indent=1, default=lambda x: x.item()))
     return 0
