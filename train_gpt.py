@@ -68,7 +68,7 @@ PRESETS = {
         "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32", "PROGRESSIVE_CONTEXT": "",
         # Steps, not the clock: the same score on a fast, slow or busy machine (the quick start once
         # trained 26 steps instead of 362 on a machine running another job).
-        "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0", "COMPILE": "0",
+        "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0", "COMPILE": "0", "VAL_LOSS_EVERY": "0",
         "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
         "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # best of the README's TTT sweep
@@ -213,12 +213,12 @@ class Hyperparameters:
         # of the budget ("length:until,...", e.g. 1024:0.1,2048:0.7), then TRAIN_SEQ_LEN.
         self.progressive_context = knob("PROGRESSIVE_CONTEXT", "")
         self.context_lr_ramp_steps = knob("CONTEXT_LR_RAMP_STEPS", 32, 0)  # LR back up over these steps after a switch
-        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 32, 1)  # rows of TRAIN_SEQ_LEN: 98,304 tokens
+        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48, 1)  # rows of TRAIN_SEQ_LEN: 98,304 tokens, PR #2135's per GPU
         self.warmup_steps = knob("WARMUP_STEPS", 20, 0)
         self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85, 0, 1)
         self.min_lr = knob("MIN_LR", 0.10, 0, 1)
         self.train_log_every = knob("TRAIN_LOG_EVERY", 500, 1)
-        self.val_loss_every = knob("VAL_LOSS_EVERY", 4000, 0)
+        self.val_loss_every = knob("VAL_LOSS_EVERY", 0, 0)
         self.compile = knob("COMPILE", True)
         self.dist_timeout_seconds = knob("DIST_TIMEOUT_SECONDS", 300.0, above=0)
 
@@ -335,8 +335,10 @@ class Hyperparameters:
                 length, until = item.split(":")
                 phases.append((int(length), float(until)))
             except ValueError:
-                raise ConfigError(f"PROGRESSIVE_CONTEXT={self.progressive_context!r}: {item!r} is not length:until "
-                                  f"(e.g. 1024:0.1,2048:0.7).") from None
+                phases.append((0, 0.0))
+            if not (phases[-1][0] >= 1 and 0 < phases[-1][1] < 1):
+                raise ConfigError(f"PROGRESSIVE_CONTEXT={self.progressive_context!r}: {item!r} is not length:until with a "
+                                  f"positive length and a fraction of the budget between 0 and 1 (e.g. 1024:0.1,2048:0.7).")
         return phases + [(self.train_seq_len, 1.0)]
 
     def context_at(self, progress: float) -> int:

@@ -240,7 +240,7 @@ def run_once(env: dict[str, str], workdir: Path, script: Path, nproc: int) -> tu
     if proc.returncode != 0:
         log = workdir / "logs" / f"{env['RUN_ID']}.txt"
         raise SystemExit(f"run {env['RUN_ID']} failed (log: {log}):\n{proc.stderr[-3000:]}")
-    data = re.search(r"^data (val_tokens:\d+ tokenizer:\S+ data_path:\S+)", proc.stdout, re.M)
+    data = re.search(r"^data (val_tokens:\d+ tokenizer:\S+ (?:tokenizer_sha256:\w+ )?data_path:\S+)", proc.stdout, re.M)
     dumped = re.search(r"^nll_dump stage:(\w+)", proc.stdout, re.M)
     if not data or not dumped:
         raise SystemExit(f"run {env['RUN_ID']}: no data or nll_dump line in its output; is {script} a train_gpt.py?")

@@ -58,7 +58,7 @@ BAD_SETTINGS = [
     ({"NUM_LAYERS": "abc"}, "NUM_LAYERS='abc' is not a valid int"),
     ({"TTT_MODE": "perdoc"}, "TTT_MODE=perdoc must be one of chunked, docs, phased"),
     ({"TTT_LORA_RANK": "0"}, "TTT_LORA_RANK=0 must be at least 1"),
-    ({"TTT_DOC_CHUNK_TOKENS": "4096"}, "TTT_DOC_CHUNK_TOKENS=4096 must be at most EVAL_SEQ_LEN=3072"),
+    ({"TTT_DOC_CHUNK_TOKENS": "4096"}, "TTT_DOC_CHUNK_TOKENS=4096 must be at most EVAL_SEQ_LEN=2560"),
     ({"PHASED_TTT_PHASES": "9", "PHASED_TTT_PREFIX_DOCS": "4"}, "PHASED_TTT_PHASES=9 must be at most PHASED_TTT_PREFIX_DOCS=4"),
     ({"DIST_TIMEOUT_SECONDS": "0"}, "DIST_TIMEOUT_SECONDS=0.0 must be greater than 0"),
     ({"NEWTON_SCHULZ": "cubic"}, "NEWTON_SCHULZ=cubic must be one of quintic, polar_express"),
@@ -85,11 +85,15 @@ def test_micro_batch_that_does_not_divide_adapts_instead_of_failing():
                                     "MICRO_BATCH_SEQS": "48"})
     h.validate(1)  # 64 sequences per process; 48 does not divide them
     assert h.micro_batch(1) == 32 and h.grad_accum_steps(1) == 2
-    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": str(7 * 3072), "MICRO_BATCH_SEQS": "5", "PROGRESSIVE_CONTEXT": ""})
+    h = tg.Hyperparameters(environ={"TRAIN_BATCH_TOKENS": str(7 * 2048), "MICRO_BATCH_SEQS": "5"})
     assert h.micro_batch(1) == 1 and h.grad_accum_steps(1) == 7  # 7 is prime
-    # Progressive context: windows of lcm(1024, 2048, 3072) = 6144 tokens, 16 of them per
-    # micro-batch of at most 32 x 3072 tokens; calibration reads the same tokens as 32 rows of 3072.
+    # The default: 48 rows of 2048 a micro-batch, one per step on 8 GPUs (PR #2135's grad_accum 1).
     h = tg.Hyperparameters(environ={})
+    assert (h.window_len, h.micro_batch(1), h.grad_accum_steps(1), h.calibration_rows(1)) == (2048, 48, 8, 48)
+    assert (h.micro_batch(8), h.grad_accum_steps(8), h.calibration_rows(8)) == (48, 1, 48)
+    # Progressive context (PR #2014): windows of lcm(1024, 2048, 3072) = 6144 tokens, 16 of them per
+    # micro-batch of at most 32 x 3072 tokens; calibration reads the same tokens as 32 rows of 3072.
+    h = tg.Hyperparameters(environ={"TRAIN_SEQ_LEN": "3072", "PROGRESSIVE_CONTEXT": "1024:0.1,2048:0.7", "MICRO_BATCH_SEQS": "32"})
     assert (h.window_len, h.micro_batch(1), h.grad_accum_steps(1), h.calibration_rows(1)) == (6144, 16, 8, 32)
     assert (h.micro_batch(8), h.grad_accum_steps(8), h.calibration_rows(8)) == (16, 1, 32)
 

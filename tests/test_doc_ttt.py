@@ -279,12 +279,13 @@ def test_the_ngram_tilt_scores_the_same_on_one_or_two_processes(doc_runs):
 # ---- the TTT changes of PRs #2014 and #2135 ----
 
 def test_short_document_batches_get_short_chunks():
-    h = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="48", EVAL_SEQ_LEN="2048", GLOBAL_TTT_CHUNK_TOKENS="2048")
+    h = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="48", EVAL_SEQ_LEN="2048", GLOBAL_TTT_CHUNK_TOKENS="2048",
+                    TTT_SHORT_DOC_CHUNKS="1")
     assert [h.doc_chunk_tokens(n) for n in (1, 256, 257, 2000, 2001, 50000)] == [8, 8, 24, 24, 48, 48]
     off = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="48", EVAL_SEQ_LEN="2048", GLOBAL_TTT_CHUNK_TOKENS="2048",
                       TTT_SHORT_DOC_CHUNKS="0")
     assert {off.doc_chunk_tokens(n) for n in (1, 300, 5000)} == {48}
-    small = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="4")  # never longer than the long chunk
+    small = doc_hparams("docs", TTT_DOC_CHUNK_TOKENS="4", TTT_SHORT_DOC_CHUNKS="1")  # never longer than the long chunk
     assert small.doc_chunk_tokens(10) == 4
 
 
@@ -293,7 +294,7 @@ def test_each_batch_trains_on_the_chunk_its_longest_document_asks_for_and_scores
     lengths = (300, 280, 260, 50, 30, 12)
     val = document_stream(lengths)
     audit: list = []
-    run_ttt("docs", val, audit=audit, TTT_DOC_CHUNK_TOKENS="16")
+    run_ttt("docs", val, audit=audit, TTT_DOC_CHUNK_TOKENS="16", TTT_SHORT_DOC_CHUNKS="1")
     docs = tg.split_documents(val, BOS)
     spans: dict[int, set[int]] = {}  # document index -> lengths of the chunks it trained on
     for kind, first, last in audit:

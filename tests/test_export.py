@@ -35,7 +35,7 @@ def trained(tiny_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("export")
     script = work / "train_gpt.py"
     shutil.copyfile(ROOT / "train_gpt.py", script)
-    env = {**TINY_RUN_ENV, **tiny_data, "RUN_ID": "train",
+    env = {**TINY_RUN_ENV, **tiny_data, "RUN_ID": "train", "AWQ_GROUPS": "1",  # AWQ-lite is off by default (PR #2135)
            "ARTIFACT_PATH": str(work / "model.ptz"), "CHECKPOINT_PATH": str(work / "model.pt")}
     run_script(env, work, script=script)
     return SimpleNamespace(dir=work, script=script, env=env, artifact=work / "model.ptz",

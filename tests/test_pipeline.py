@@ -2,6 +2,7 @@
 like the plain script, and records/package.py turns real logs into a valid folder."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -40,9 +41,11 @@ def test_wrapped_script_gives_the_same_results_and_counts_fewer_code_bytes(tiny_
     assert saved == len(source.encode("utf-8")) - wrapper.stat().st_size
     # The score line differs only by the bytes the wrapper saved.
     assert plain[-1].split(" total_bytes:")[0] == wrapped[-1].split(" total_bytes:")[0]
-    # The wrapped run logs the original source, so its logs package with the plain script.
-    log = (wrapped_dir / "logs" / "tiny.txt").read_text(encoding="utf-8")
-    assert package.same_source(package.parse_log(log).source, source)
+    # The wrapped run logs the minified text it ran and the readable file's SHA-256, so its logs
+    # package with the plain script (records/package.py --wrap).
+    run = package.parse_log((wrapped_dir / "logs" / "tiny.txt").read_text(encoding="utf-8"))
+    assert package.same_source(run.source, package.minify(source))
+    assert run.script["source_sha256"] == hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 def test_packager_builds_a_valid_folder_from_real_logs(tiny_env, tmp_path):

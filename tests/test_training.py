@@ -65,27 +65,36 @@ def test_invalid_configuration_fails_naming_the_variable(env, world_size, names)
 
 # ---- progressive context ----
 
-def test_the_default_context_grows_as_pr_2014s_and_every_graph_is_listed():
-    h = tg.Hyperparameters(environ={})
+PR2014_CONTEXT = {"TRAIN_SEQ_LEN": "3072", "PROGRESSIVE_CONTEXT": "1024:0.1,2048:0.7"}
+
+
+def test_the_default_context_is_fixed_and_pr_2014s_progressive_context_is_one_setting_away():
+    h = tg.Hyperparameters(environ={})  # PR #2135: rows of 2048 throughout, two graphs
+    assert h.context_phases() == [(2048, 1.0)] and h.training_states() == [(2048, False), (2048, True)]
+    h = tg.Hyperparameters(environ=PR2014_CONTEXT)
     assert h.context_phases() == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]
     assert [h.context_at(p) for p in (0.0, 0.0999, 0.1, 0.5, 0.6999, 0.7, 0.9999, 1.0)] == [1024] * 2 + [2048] * 3 + [3072] * 3
     # Looping from 35 %: four graphs, in the order the run meets them.
     assert h.training_states() == [(1024, False), (2048, False), (2048, True), (3072, True)]
-    assert tg.Hyperparameters(environ={"PROGRESSIVE_CONTEXT": "", "ENABLE_LOOPING_AT": "0"}).training_states() == [(3072, True)]
-    assert tg.Hyperparameters(environ={"NUM_LOOPS": "0"}).training_states() == [(1024, False), (2048, False), (3072, False)]
+    assert tg.Hyperparameters(environ={"ENABLE_LOOPING_AT": "0"}).training_states() == [(2048, True)]
+    assert tg.Hyperparameters(environ={**PR2014_CONTEXT, "NUM_LOOPS": "0"}).training_states() == [
+        (1024, False), (2048, False), (3072, False)]
     assert [tg.ramp_after_switch(k, 32) for k in (0, 15, 31, 100)] == [1 / 32, 0.5, 1.0, 1.0]
     assert tg.ramp_after_switch(0, 0) == 1.0
 
 
 @pytest.mark.parametrize("env", [
-    {"PROGRESSIVE_CONTEXT": "1000:0.1"},  # does not divide 3072
+    {"PROGRESSIVE_CONTEXT": "1000:0.1", "TRAIN_SEQ_LEN": "3072"},  # does not divide 3072
     {"PROGRESSIVE_CONTEXT": "2048:0.1,1024:0.7"},  # lengths not increasing
     {"PROGRESSIVE_CONTEXT": "1024:0.7,2048:0.1"},  # fractions not increasing
     {"PROGRESSIVE_CONTEXT": "1024:1.0"},  # no time left for TRAIN_SEQ_LEN
     {"PROGRESSIVE_CONTEXT": "3072:0.5"},  # not shorter than TRAIN_SEQ_LEN
+    {"PROGRESSIVE_CONTEXT": "0:0.5"},  # a length must be positive
+    {"PROGRESSIVE_CONTEXT": "-32:0.5"},
+    {"PROGRESSIVE_CONTEXT": "1024:0.1,2048:nan"},
     {"PROGRESSIVE_CONTEXT": "1024"},
     {"PROGRESSIVE_CONTEXT": "short:0.1"},
-    {"TRAIN_SEQ_LEN": "2048"},  # the default phases do not fit a shorter final context
+    {"PROGRESSIVE_CONTEXT": "1024:0.1,2048:0.7", "TRAIN_SEQ_LEN": "2048"},  # the phases do not fit a shorter final context
 ])
 def test_a_bad_progressive_context_fails_naming_it(env):
     with pytest.raises(tg.ConfigError, match="PROGRESSIVE_CONTEXT"):
@@ -111,12 +120,12 @@ def test_looping_span_is_not_checked_when_looping_is_off():
     tg.Hyperparameters(environ={"NUM_LAYERS": "4", "NUM_LOOPS": "0"}).validate(1)
 
 
-@pytest.mark.parametrize("world_size, accum, micro", [(1, 8, 16), (2, 4, 16), (4, 2, 16), (8, 1, 16), (16, 1, 8)])
+@pytest.mark.parametrize("world_size, accum, micro", [(1, 8, 48), (2, 4, 48), (4, 2, 48), (8, 1, 48), (16, 1, 24)])
 def test_default_batch_splits_over_any_power_of_two_world_size(world_size, accum, micro):
     h = tg.Hyperparameters(environ={})
     h.validate(world_size)
-    global_seqs = h.train_batch_tokens // h.window_len  # windows of 6144 tokens (progressive context)
-    assert (h.train_batch_tokens, h.train_seq_len, h.micro_batch_seqs, global_seqs) == (786_432, 3072, 32, 128)
+    global_seqs = h.train_batch_tokens // h.window_len
+    assert (h.train_batch_tokens, h.train_seq_len, h.micro_batch_seqs, global_seqs) == (786_432, 2048, 48, 384)
     assert h.grad_accum_steps(world_size) == accum
     # train_model's per-rank micro-batch is this, and its chunks cover the rank's share exactly.
     per_rank_micro = global_seqs // world_size // accum
@@ -246,7 +255,7 @@ def test_tiny_gpt_learns_a_markov_source_to_its_entropy_rate(tmp_path):
         "ENABLE_LOOPING_AT": "0.3", "TRAIN_SEQ_LEN": "64", "PROGRESSIVE_CONTEXT": "", "TRAIN_BATCH_TOKENS": "2048",
         "MICRO_BATCH_SEQS": "32",
         "ITERATIONS": "200", "MAX_WALLCLOCK_SECONDS": "0", "WARMUP_STEPS": "0", "TRAIN_LOG_EVERY": "100",
-        "MUON_MOMENTUM_WARMUP_STEPS": "50",
+        "MUON_MOMENTUM_WARMUP_STEPS": "50", "VAL_LOSS_EVERY": "0",
     }
     h = tg.Hyperparameters(environ=env)
     h.validate(1)
@@ -275,3 +284,12 @@ def test_tiny_gpt_learns_a_markov_source_to_its_entropy_rate(tmp_path):
     # (a causality bug); observed about 0.01 above the oracle.
     assert nll > oracle - 0.02
     assert nll < unigram - 1.0
+
+
+@pytest.mark.parametrize("seq_len", ["256", "1000", "4096"])
+def test_any_training_row_length_starts_with_no_other_setting(seq_len):
+    # Progressive context is off by default, so shrinking (or growing) the rows needs nothing else.
+    h = tg.Hyperparameters(environ={"TRAIN_SEQ_LEN": seq_len, "TRAIN_BATCH_TOKENS": str(384 * int(seq_len))})
+    for world_size in (1, 8):
+        h.validate(world_size)
+        assert h.grad_accum_steps(world_size) * h.micro_batch(world_size) * h.window_len * world_size == h.train_batch_tokens
