@@ -218,8 +218,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 OOM_HEADROOM = 2**30
 # The tiny model with one 262,144-token micro-batch: the run reaches training within half of
-# OOM_HEADROOM (a quarter under the CPU build), and the first step needs over four times it
-# (seen here under torch 2.9.1+cu128, 2.11.0+cu130, 2.13.0+cpu and 2.14.1+cu130).
+# OOM_HEADROOM (seen under torch 2.9.1+cu128, 2.11.0+cu130 and 2.14.1+cu130; a quarter under
+# 2.13.0+cpu), and its first step still fails with four times it (2.13.0+cpu, 2.14.1+cu130).
 # No GPU visible: the cap governs the CPU allocator only.
 HUGE_MICRO_BATCH = {"TRAIN_BATCH_TOKENS": "262144", "MICRO_BATCH_SEQS": "4096", "CUDA_VISIBLE_DEVICES": ""}
 
