@@ -15,10 +15,12 @@ import contextlib
 import copy
 import datetime
 import difflib
+import functools
 import glob
 import hashlib
 import importlib
 import io
+import itertools
 import json
 import math
 import os
@@ -428,6 +430,14 @@ class Hyperparameters:
         require(self.val_tokens_limit != 1, "VAL_TOKENS_LIMIT=1 leaves nothing to score; use 0 (whole split) or at least 2.")
         require(not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both.")
 
+    @functools.cached_property
+    def tokenizer_sha256(self) -> str:
+        """The tokenizer's fingerprint: artifacts and checkpoints record it, and a model is never
+        scored with another tokenizer (a CaseOps and a plain one of one size share no meanings)."""
+        if not Path(self.tokenizer_path).is_file():
+            raise InputError(f"TOKENIZER_PATH={self.tokenizer_path} does not exist; download or build the dataset first (see README).")
+        return file_sha256(self.tokenizer_path)
+
     @property
     def window_len(self) -> int:
         """Tokens in one training window (targets: one more): every phase's rows tile it exactly."""
@@ -582,11 +592,12 @@ def sidecar_path(val_shard: Path) -> Path:
     return val_shard.with_name(val_shard.name.replace("fineweb_val_", "fineweb_val_bytes_", 1))
 
 
-def load_validation_bytes(data_path: str, limit: int, mode: str) -> torch.Tensor | None:
+def load_validation_bytes(data_path: str, limit: int, mode: str, most: int) -> torch.Tensor | None:
     """Per validation token, the ORIGINAL UTF-8 bytes it stands for, from the byte sidecars next
     to the validation shards (CaseOps data, PR #1729: its tokens do not spell the original text,
     so bits per byte must divide by these bytes, issue #2138), or None without sidecars.
-    BYTE_SIDECAR=auto uses them when every shard has one; 1 requires them; 0 ignores them."""
+    BYTE_SIDECAR=auto uses them when every shard has one; 1 requires them; 0 ignores them. No count
+    may exceed `most` (see sidecar_limit): a larger one would fake a score."""
     shards = shard_files(data_path, "val")
     present = [sidecar_path(f) for f in shards if sidecar_path(f).is_file()]
     if mode == "0" or (mode == "auto" and not present):
@@ -604,6 +615,10 @@ def load_validation_bytes(data_path: str, limit: int, mode: str) -> torch.Tensor
                              f"does not belong to this shard: re-download or rebuild both.")
         if counts[np.asarray(tokens) == BOS_ID].any():
             raise InputError(f"{side} gives bytes to a BOS token, which stands for no text; re-download or rebuild it.")
+        if len(counts) and int(counts.max()) > most:
+            at = int(np.argmax(np.asarray(counts) > most))
+            raise InputError(f"{side} says the token at position {at} stands for {int(counts[at])} bytes, more than any "
+                             f"token of this tokenizer can ({most}); the sidecar is corrupt: re-download or rebuild it.")
         parts.append(np.asarray(counts))
     counts = np.concatenate(parts)
     return torch.from_numpy((counts[:limit] if limit else counts).astype(np.int64))
@@ -667,6 +682,14 @@ class ByteTables:
         return ByteTables(self.base_bytes.to(device), self.leading_space.to(device), self.is_boundary.to(device), sidecar)
 
 
+def sidecar_limit(tables: ByteTables) -> int:
+    """The most original bytes one token can stand for: its piece (at most 4 original bytes per
+    normalised byte under NFKC) and the whitespace the normaliser dropped before it. Our CaseOps
+    builder measured at most 70 on indented code with 16-byte pieces; 1,024 spaces of slack keeps any
+    real text inside while a forged count (up to 65,535, the format's limit) is refused."""
+    return 4 * (int(tables.base_bytes.max()) + 1) + 1024
+
+
 def build_byte_tables(sp, vocab_size: int) -> ByteTables:
     base = torch.zeros(vocab_size, dtype=torch.int64)
     space = torch.zeros(vocab_size, dtype=torch.bool)
@@ -684,6 +707,23 @@ def build_byte_tables(sp, vocab_size: int) -> ByteTables:
             piece = piece[1:]
         base[token] = len(piece.encode("utf-8"))
     return ByteTables(base, space, boundary)
+
+
+def check_scored_bytes(val: torch.Tensor, tables: ByteTables, data_path: str) -> None:
+    """Bits per byte divides by these bytes: none at all, or a sidecar claiming far more bytes than
+    the tokens spell (honest sidecars: 0.92x on CaseOps text, 1.17x on indented code, from dropped
+    whitespace), cannot give a real score."""
+    targets = torch.arange(1, len(val), device=val.device)
+    claimed = int(tables.target_bytes(val[:-1], val[1:], targets).sum())
+    spelled = int(ByteTables(tables.base_bytes, tables.leading_space, tables.is_boundary).target_bytes(val[:-1], val[1:]).sum())
+    if claimed == 0:
+        raise InputError(f"the {len(val) - 1} scored validation targets in {data_path} stand for no bytes at all "
+                         f"({'their byte sidecar is all zeros' if tables.sidecar is not None else 'only control tokens'}); "
+                         f"bits per byte would divide by zero: re-download or rebuild the data.")
+    if claimed > 1.5 * spelled:
+        raise InputError(f"the byte sidecars in {data_path} claim {claimed:,} bytes for validation tokens that spell "
+                         f"{spelled:,} ({claimed / spelled:.2f}x, honest ones stay under 1.5x); they are corrupt or forged: "
+                         f"re-download or rebuild the data.")
 
 
 class BpbMeter:
@@ -1668,7 +1708,7 @@ COMPILE_PATIENCE_SECONDS = 1800.0
 def compile_timer(rt: Runtime, graph: str):
     """Time one warm-up call that compiles `graph`: every second of it is paid before the clock on every run."""
     rt.synchronize()
-    rt.doing(f"compiling the {graph} graph", COMPILE_PATIENCE_SECONDS)
+    rt.doing(f"warming up the {graph} graph", COMPILE_PATIENCE_SECONDS)
     t0, before = time.perf_counter(), graphs_compiled()
     yield
     rt.synchronize()
@@ -1904,6 +1944,7 @@ def log_peak_memory(rt: Runtime) -> None:
 COMPRESSORS = ("brotli", "zstd", "lzma")
 CHALLENGE_LIMIT_BYTES = 16_000_000  # code + model; also bounds what an artifact may ask the loader to build
 ARTIFACT_MAGIC = b"PGA2"
+ARTIFACT_FORMAT = 4  # 4: two-lane parallel residuals and the tokenizer's SHA-256 in the header
 # Header: magic, compressor id, CRC-32 of the compressor id and the compressed stream (9 bytes).
 ARTIFACT_PREFIX_BYTES = 9
 MAX_HEADER_BYTES = 1 << 20
@@ -2276,7 +2317,7 @@ def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     return raw.view(dtype).reshape(shape)
 
 
-def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str) -> bytes:
+def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_sha256: str = "") -> bytes:
     arrays, entries, offset = [], {}, 0
 
     def add(array: np.ndarray) -> dict:
@@ -2296,7 +2337,8 @@ def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str) -> bytes:
                                       for slot, group, a, a_scale, b, b_scale in item.lqer]}
         else:
             entries[name] = {"kind": "fp16", "data": add(item.numpy())}
-    header = json.dumps({"format": 3, "config": asdict(cfg), "tensors": entries}).encode()
+    header = json.dumps({"format": ARTIFACT_FORMAT, "config": asdict(cfg), "tokenizer_sha256": tokenizer_sha256,
+                         "tensors": entries}).encode()
     payload = len(header).to_bytes(4, "little") + header + b"".join(arrays)
     return seal_artifact(method, compress(payload, method))
 
@@ -2417,7 +2459,7 @@ def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
     agree(rt, problem)
 
 
-def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Parse an artifact into a config and dequantized float32 tensors. Checked in order, each
     before any work that trusts it: magic, checksum, config (against the data's vocabulary),
     every tensor's name, kind and shape; decompression stops where the config says the payload
@@ -2441,7 +2483,14 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
         if header_len > MAX_HEADER_BYTES:
             raise corrupt(f"a {header_len:,}-byte header")
         header = json.loads(stream.read(header_len))
+        if header.get("format") != ARTIFACT_FORMAT:
+            raise InputError(f"the artifact is format {header.get('format')!r}, written by another version of train_gpt.py "
+                             f"(this one reads format {ARTIFACT_FORMAT}); evaluate it with the script that wrote it")
         cfg = checked_config(header.get("config"), vocab_size, len(blob))
+        if tokenizer_sha256 is not None and header.get("tokenizer_sha256") != tokenizer_sha256:
+            raise InputError(f"the artifact was trained with the tokenizer of SHA-256 {str(header.get('tokenizer_sha256'))[:16]}, "
+                             f"but TOKENIZER_PATH has {tokenizer_sha256[:16]}; evaluate it with its own tokenizer and data "
+                             f"(a CaseOps and a plain tokenizer of one vocabulary size do not share token meanings)")
         with torch.device("meta"):
             shapes = {n: tuple(p.shape) for n, p in GPT(cfg).named_parameters()}
         entries = header["tensors"]
@@ -2470,8 +2519,6 @@ def deserialize_artifact(blob: bytes, vocab_size: int) -> tuple[ModelConfig, dic
             check(entry["scale"], "<f2", shapes[name][:-1], f"{name}.scale")
             if not isinstance(entry["bits"], int) or not 2 <= entry["bits"] <= 8:
                 raise corrupt(f"{name} has {entry['bits']!r} bits")
-            entry.setdefault("wide", [])  # format 2 (before AWQ-lite and LQER) had neither
-            entry.setdefault("lqer", [])
             for slot, start, end in entry["wide"]:
                 if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= matrix_of(name, slot)[1]):
                     raise corrupt(f"{name}[{slot}] has int8 columns {start}-{end} outside the matrix")
@@ -2539,8 +2586,8 @@ def read_artifact_file(path: str) -> bytes:
     return path.read_bytes()
 
 
-def model_from_artifact(blob: bytes, device: torch.device, vocab_size: int) -> GPT:
-    cfg, state = deserialize_artifact(blob, vocab_size)
+def model_from_artifact(blob: bytes, device: torch.device, vocab_size: int, tokenizer_sha256: str | None = None) -> GPT:
+    cfg, state = deserialize_artifact(blob, vocab_size, tokenizer_sha256)
     model = GPT(cfg).to(device)
     model.load_state_dict(state, strict=True)
     model.looping = cfg.num_loops > 0  # looping stays on for export and evaluation
@@ -3245,7 +3292,7 @@ class StallMonitor(threading.Thread):
             silent, alive = self.peer_states()
         except Exception:
             return False
-        return not silent and waited < COMPILE_PATIENCE_SECONDS and any(" is compiling " in a for a in alive)
+        return not silent and waited < COMPILE_PATIENCE_SECONDS and any(" is warming up the " in a for a in alive)
 
     def peers(self) -> str:
         try:
@@ -3332,38 +3379,51 @@ def agree(rt: Runtime, problem: str | None, error=ConfigError) -> None:
         raise error(problem)
 
 
+def output_files(h: Hyperparameters) -> list[tuple[str, Path]]:
+    """(setting, path) of every file this run writes; the log first."""
+    outputs = [("RUN_ID", Path("logs") / f"{h.run_id}.txt")]
+    outputs += [("ARTIFACT_PATH", Path(h.artifact_path))] if not h.eval_only else []
+    outputs += [("CHECKPOINT_PATH", Path(h.checkpoint_path))] if h.checkpoint_path and not (h.eval_only or h.export_only) else []
+    return outputs + ([("NLL_DUMP_PATH", Path(h.nll_dump_path))] if h.nll_dump_path else [])
+
+
+def input_files(h: Hyperparameters) -> list[tuple[str, Path]]:
+    """(setting, path) of every file this run reads: the script, the tokenizer, the shards and byte
+    sidecars in DATA_PATH, and the checkpoint or artifact it starts from."""
+    inputs = [("the script", Path(__file__)), ("TOKENIZER_PATH", Path(h.tokenizer_path))]
+    inputs += [("DATA_PATH", Path(p)) for p in sorted(glob.glob(os.path.join(h.data_path, "fineweb_*.bin")))]
+    inputs += [("EXPORT_ONLY", Path(h.export_only))] if h.export_only else []
+    return inputs + ([("EVAL_ONLY=1 ARTIFACT_PATH", Path(h.artifact_path))] if h.eval_only else [])
+
+
 def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
-    """Every file the run will write or read, checked before any work (rank 0 writes them)."""
-    problem = None
-    if rt.is_main:
-        writes = [("logs/RUN_ID", Path("logs") / f"{h.run_id}.txt")]
-        if not h.eval_only:
-            writes.append(("ARTIFACT_PATH", Path(h.artifact_path)))
-        if h.checkpoint_path and not h.eval_only and not h.export_only:
-            writes.append(("CHECKPOINT_PATH", Path(h.checkpoint_path)))
-        if h.nll_dump_path:
-            writes.append(("NLL_DUMP_PATH", Path(h.nll_dump_path)))
-        for name, path in writes:
-            folder = path.parent if path.parent != Path("") else Path(".")
-            if name == "logs/RUN_ID":
-                folder = folder if folder.exists() else Path(".")
-            if path.is_dir():
-                problem = f"{name}={path} is a folder; name a file in it instead."
-                break
-            if not folder.is_dir() or not writable(folder):
-                problem = f"{name}={path}: the folder {folder} does not exist or is not writable; create it or choose another path."
-                break
-        if problem is None and writes[0][1].exists():
-            problem = f"RUN_ID={h.run_id}: logs/{h.run_id}.txt already exists; choose another RUN_ID (or remove that log) so no run is overwritten."
-        reads = [("EXPORT_ONLY", h.export_only, "; point it at the final_model.pt a training run saved")] if h.export_only else []
-        if h.eval_only:
-            reads.append(("EVAL_ONLY=1 but ARTIFACT_PATH", h.artifact_path, ""))
-        for name, path, hint in reads:
-            if problem is None and not Path(path).is_file():
-                what = ("is a folder, not a file" if Path(path).is_dir() else
-                        "is not a regular file" if Path(path).exists() else "does not exist")
-                problem = f"{name}={path} {what}{hint}."
-    agree(rt, problem)
+    """Every file the run will write or read, checked before any work (rank 0 writes them): each
+    output in a writable folder, the log new, no output the same file as another or as an input."""
+    def label(name: str, path: Path) -> str:
+        return {"RUN_ID": f"RUN_ID={h.run_id}: {path}", "DATA_PATH": f"the data file {path}",
+                "the script": f"the script {path}"}.get(name, f"{name}={path}")
+
+    problem, outputs = None, output_files(h)
+    for i, (name, path) in enumerate(outputs):
+        for other, other_path in outputs[:i] + input_files(h):
+            if problem is None and os.path.realpath(path) == os.path.realpath(other_path):
+                problem = (f"{label(name, path)} is the same file as {label(other, other_path)}; a run never writes over "
+                           f"its own inputs or outputs: choose another path.")
+    for name, path in outputs:
+        folder = path.parent if path.parent.exists() or path.parent != Path("logs") else Path(".")  # start_log makes logs/
+        if problem is None and path.is_dir():
+            problem = f"{label(name, path)} is a folder; name a file in it instead."
+        elif problem is None and (not folder.is_dir() or not writable(folder)):
+            problem = f"{label(name, path)}: the folder {folder} does not exist or is not writable; create it or choose another path."
+        elif problem is None and name == "RUN_ID" and path.exists():
+            problem = f"{label(name, path)} already exists; choose another RUN_ID (or remove that log) so no run is overwritten."
+    for name, path, hint in [("EXPORT_ONLY", h.export_only, "; point it at the final_model.pt a training run saved")] * bool(
+            h.export_only) + [("EVAL_ONLY=1 but ARTIFACT_PATH", h.artifact_path, "")] * h.eval_only:
+        if problem is None and not Path(path).is_file():
+            what = ("is a folder, not a file" if Path(path).is_dir() else
+                    "is not a regular file" if Path(path).exists() else "does not exist")
+            problem = f"{name}={path} {what}{hint}."
+    agree(rt, problem if rt.is_main else None)
 
 
 def writable(folder: Path) -> bool:
@@ -3393,15 +3453,16 @@ def write_atomically(path: str, write) -> None:
             os.remove(partial)
 
 
-def move_earlier_artifact(h: Hyperparameters, rt: Runtime) -> None:
-    """An artifact already at ARTIFACT_PATH is an earlier run's: moved aside (not deleted) before
-    this run starts, so a run that does not finish leaves nothing a later EVAL_ONLY could take
+def keep_earlier_outputs(h: Hyperparameters, rt: Runtime) -> None:
+    """An artifact, checkpoint or NLL dump already at this run's path is an earlier run's: it is kept
+    under the first free numbered name (final_model.ptz.1, .2, ...), never overwritten, so no run
+    loses another's files and a run that does not finish leaves nothing a later EVAL_ONLY could take
     for its output."""
-    path = Path(h.artifact_path)
-    if rt.is_main and path.is_file():
-        aside = path.with_name(path.name + ".previous")
-        os.replace(path, aside)
-        rt.log(f"artifact_moved_aside path:{path} to:{aside} (an earlier run's; this run writes its own)")
+    for name, path in output_files(h)[1:]:
+        if rt.is_main and path.is_file():
+            kept = next(Path(f"{path}.{n}") for n in itertools.count(1) if not Path(f"{path}.{n}").exists())
+            os.replace(path, kept)
+            rt.log(f"earlier_file_kept setting:{name} path:{path} as:{kept}")
 
 
 def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
@@ -3499,7 +3560,7 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
         rt.log(f"hparam {name}={value}", console=False)
 
 
-def load_checkpoint(path: str, device: torch.device, vocab_size: int) -> GPT:
+def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_sha256: str | None = None) -> GPT:
     """A full-precision checkpoint written by a training run. Read with weights_only, so nothing
     in it executes; its config goes through the artifact's checks before the model is built."""
     def damaged(reason: str) -> InputError:
@@ -3539,6 +3600,9 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int) -> GPT:
         model.load_state_dict(saved["state_dict"], strict=True)
     except RuntimeError as exc:
         raise damaged(f"its weights do not fit its config: {str(exc).strip().splitlines()[-1].strip()[:160]}") from None
+    if tokenizer_sha256 is not None and saved.get("tokenizer_sha256") != tokenizer_sha256:
+        raise damaged(f"it was trained with the tokenizer of SHA-256 {str(saved.get('tokenizer_sha256'))[:16]}, but "
+                      f"TOKENIZER_PATH has {tokenizer_sha256[:16]}: export it with its own tokenizer")
     model.looping = model.cfg.num_loops > 0
     return model
 
@@ -3550,7 +3614,8 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     write and logs it; a failed write (a full disk, say) is reported and the run goes on."""
     if not (rt.is_main and h.checkpoint_path and not h.export_only):
         return lambda: None
-    saved = {"config": asdict(model.cfg), "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+    saved = {"config": asdict(model.cfg), "tokenizer_sha256": h.tokenizer_sha256,
+             "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     outcome = []
 
     def write() -> None:
@@ -3595,7 +3660,7 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
         rt.doing("compressing the artifact (rank 0) / waiting for it")
         if rt.is_main:
             t1 = time.perf_counter()
-            blob = serialize_artifact(tensors, model.cfg, h.compressor)
+            blob = serialize_artifact(tensors, model.cfg, h.compressor, h.tokenizer_sha256)
             write_atomically(h.artifact_path, lambda partial: Path(partial).write_bytes(blob))
             rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms "
                    f"path:{h.artifact_path} sha256:{hashlib.sha256(blob).hexdigest()}")
@@ -3625,7 +3690,7 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
 def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
                       total_bytes: int, over_limit: bool) -> float:
     """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
-    model = model_from_artifact(blob, rt.device, h.vocab_size)
+    model = model_from_artifact(blob, rt.device, h.vocab_size, h.tokenizer_sha256)
     runners = prepare_model(model, h, rt)
     rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} {rt.kernels.line() if rt.kernels else ''}")
     stages = [("roundtrip", "final_roundtrip",
@@ -3675,8 +3740,6 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         check_training_memory(h, rt)
     source, code_bytes = script_source()
     start_log(h, rt, source, code_bytes)
-    if not h.eval_only:
-        move_earlier_artifact(h, rt)
     rt.doing("checking the attention kernels")
     rt.kernels = pick_attention_kernels(h, rt, rt.log)
     rt.log(rt.kernels.line())
@@ -3684,11 +3747,11 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     np.random.seed(h.seed)
     if h.export_only:  # the checkpoint before the data: a damaged one wastes nothing
         rt.doing("loading the checkpoint")
-        model = load_checkpoint(h.export_only, rt.device, h.vocab_size)
+        model = load_checkpoint(h.export_only, rt.device, h.vocab_size, h.tokenizer_sha256)
     rt.doing("loading the tokenizer and the validation tokens")
     sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
     tables = build_byte_tables(sp, h.vocab_size)
-    tables.sidecar = load_validation_bytes(h.data_path, h.val_tokens_limit, h.byte_sidecar)
+    tables.sidecar = load_validation_bytes(h.data_path, h.val_tokens_limit, h.byte_sidecar, sidecar_limit(tables))
     caseops = is_caseops_tokenizer(sp)
     if caseops and tables.sidecar is None and h.byte_sidecar != "0":
         raise InputError(f"TOKENIZER_PATH={h.tokenizer_path} is a CaseOps tokenizer, but DATA_PATH={h.data_path} has no byte "
@@ -3699,9 +3762,11 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     if int(val.max()) >= h.vocab_size:
         raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; "
                          f"the data and tokenizer do not match.")
-    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} tokenizer_sha256:{file_sha256(h.tokenizer_path)} "
+    check_scored_bytes(val, tables, h.data_path)
+    rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} tokenizer_sha256:{h.tokenizer_sha256} "
            f"data_path:{h.data_path} bytes:{tables.denominator} caseops:{int(caseops)}")
     check_evaluation_settings(h, val)
+    keep_earlier_outputs(h, rt)  # every check passed: this run will write its own outputs
 
     if h.eval_only:
         blob = share_bytes(read_artifact_file(h.artifact_path) if rt.is_main else None, rt)

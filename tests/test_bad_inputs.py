@@ -238,7 +238,7 @@ def test_an_allocation_that_fails_mid_run_is_one_line_with_exit_7(tiny_env, tmp_
     proc = subprocess.run([sys.executable, "-c", launcher], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 7, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert re.match(r"error: out of memory while (compile warm-up|training) step \d+ \(tried to allocate \d+ bytes\): "
+    assert re.match(r"error: out of memory while (warming up the \w+ graph|training step \d+) \(tried to allocate \d+ bytes\): "
                     r"no score from this run; lower MICRO_BATCH_SEQS", line), line
     assert not Path(tiny_env["ARTIFACT_PATH"]).exists() and not Path(tiny_env["CHECKPOINT_PATH"]).exists()
 
@@ -446,7 +446,7 @@ def test_a_killed_rank_is_named_by_the_survivor_with_exit_5(tiny_env, tmp_path):
 
 # ---- second pass: no NaN is a score, every config field checked, one line for every failure ----
 
-def crafted(artifact: bytes, edit_config=None, payload_edit=None, edit_tensors=None) -> bytes:
+def crafted(artifact: bytes, edit_config=None, payload_edit=None, edit_tensors=None, edit_header=None) -> bytes:
     """The artifact with its config, tensor entries or raw payload edited and a valid checksum."""
     import brotli
     payload = payload_of(artifact)
@@ -456,6 +456,8 @@ def crafted(artifact: bytes, edit_config=None, payload_edit=None, edit_tensors=N
         edit_config(header["config"])
     if edit_tensors is not None:
         edit_tensors(header["tensors"])
+    if edit_header is not None:
+        edit_header(header)
     raw = json.dumps(header).encode()
     body = len(raw).to_bytes(4, "little") + raw + payload[4 + header_len:]
     if payload_edit is not None:
@@ -535,18 +537,18 @@ def test_awq_and_lqer_entries_are_checked_before_use(artifact, edit, message):
         tg.deserialize_artifact(crafted(artifact, edit_tensors=edit), 512)
 
 
-def test_an_artifact_of_the_format_before_awq_and_lqer_still_loads():
-    h = tg.Hyperparameters(environ={**TINY_RUN_ENV, "QUANT_METHOD": "rtn", "LQER_RANK": "0"})
-    torch.manual_seed(0)
-    model = randomize(tg.GPT(h.model_config()), 0)
-    current = tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli")
+def test_an_artifact_of_another_format_is_refused_naming_it(artifact):
+    # Format 3 had one-lane parallel residuals and no tokenizer fingerprint: its weights mean another model.
+    with pytest.raises(tg.InputError, match="the artifact is format 3, written by another version of train_gpt.py"):
+        tg.deserialize_artifact(crafted(artifact, edit_header=lambda header: header.update(format=3)), 512)
 
-    def format_2(tensors):  # int entries without the "wide" and "lqer" keys
-        for entry in tensors.values():
-            entry.pop("wide", None), entry.pop("lqer", None)
-    _, state = tg.deserialize_artifact(crafted(current, edit_tensors=format_2), 512)
-    _, expected = tg.deserialize_artifact(current, 512)
-    assert all(torch.equal(state[name], expected[name]) for name in expected)
+
+def test_an_artifact_is_scored_only_with_the_tokenizer_it_was_trained_with(artifact):
+    sealed = crafted(artifact, edit_header=lambda header: header.update(tokenizer_sha256="ab" * 32))
+    assert tg.deserialize_artifact(sealed, 512, "ab" * 32)[0].vocab_size == 512
+    with pytest.raises(tg.InputError, match="trained with the tokenizer of SHA-256 abababababababab, but TOKENIZER_PATH "
+                                            "has cdcdcdcdcdcdcdcd; evaluate it with its own tokenizer"):
+        tg.deserialize_artifact(sealed, 512, "cd" * 32)
 
 
 def test_lqer_levels_outside_their_range_are_refused(artifact):
@@ -713,12 +715,12 @@ def test_a_damaged_checkpoint_is_one_line_read_first_and_never_unpickled(run_in,
     assert "Warning" not in capfd.readouterr().err
 
 
-def test_an_existing_artifact_is_moved_aside_so_a_failed_run_leaves_none(run_in, tmp_path):
+def test_an_existing_artifact_is_kept_aside_so_a_failed_run_leaves_none(run_in, tmp_path):
     old = tmp_path / "m.ptz"
     old.write_bytes(b"an earlier run's artifact")
     error = run_in(EMBED_LR="1e6", EMBED_WD="0", TTT_ENABLED="0", ITERATIONS="6")  # dies at export
     assert isinstance(error, tg.TrainingDiverged)
-    assert not old.exists() and (tmp_path / "m.ptz.previous").read_bytes() == b"an earlier run's artifact"
+    assert not old.exists() and (tmp_path / "m.ptz.1").read_bytes() == b"an earlier run's artifact"
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -750,3 +752,110 @@ def test_a_signal_mid_training_logs_one_line_and_its_own_exit_status(tiny_env, t
     assert len(lines) == 1 and lines[0].startswith(message), lines
     assert "Traceback" not in err and not Path(tiny_env["ARTIFACT_PATH"]).exists()
     assert log.read_text().rstrip().endswith(lines[0])
+
+
+# ---- no run destroys a file it did not create for itself; no forged byte count scores ----
+
+def file_hashes(*folders: Path) -> dict[str, str]:
+    import hashlib
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def own_data(tiny_data, tmp_path) -> dict[str, str]:
+    """A copy of the tiny data set in tmp_path/data (the tests below point outputs at its files)."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data["DATA_PATH"], data)
+    shutil.copy(tiny_data["TOKENIZER_PATH"], data / "tok.model")
+    return {"DATA_PATH": str(data), "TOKENIZER_PATH": str(data / "tok.model"), "VOCAB_SIZE": tiny_data["VOCAB_SIZE"]}
+
+
+def with_sidecar(counts_of):
+    """Setup: a byte sidecar beside the validation shard, counts_of(honest counts) -> the counts written."""
+    def setup(data: Path) -> None:
+        sp = tg.load_tokenizer(str(data / "tok.model"), 512)
+        tables = tg.build_byte_tables(sp, 512)
+        tokens = torch.from_numpy(np.asarray(tg.load_data_shard(data / "fineweb_val_000000.bin")).astype(np.int64))
+        honest = np.zeros(len(tokens), dtype=np.int64)
+        honest[1:] = tables.target_bytes(tokens[:-1], tokens[1:]).numpy()
+        write_shard(data / "fineweb_val_bytes_000000.bin", counts_of(honest))
+    return setup
+
+
+def forged_max(counts):
+    counts = counts.copy()
+    counts[100] = 65535  # the uint16 limit: one token claiming 64 KB
+    return counts
+
+
+# (name, outputs relative to tmp_path or data files, setup of the data folder, exit status, message fragment)
+DESTRUCTIVE = [
+    ("checkpoint-is-artifact", {"CHECKPOINT_PATH": "{tmp}/m.ptz"}, None, 2,
+     "CHECKPOINT_PATH={tmp}/m.ptz is the same file as ARTIFACT_PATH={tmp}/m.ptz"),
+    ("nll-dump-is-artifact", {"NLL_DUMP_PATH": "{tmp}/m.ptz"}, None, 2, "NLL_DUMP_PATH={tmp}/m.ptz is the same file as ARTIFACT_PATH"),
+    ("nll-dump-is-the-log", {"NLL_DUMP_PATH": "logs/bad.txt"}, None, 2,
+     "NLL_DUMP_PATH=logs/bad.txt is the same file as RUN_ID=bad: logs/bad.txt"),
+    ("artifact-is-the-log", {"ARTIFACT_PATH": "logs/bad.txt"}, None, 2, "ARTIFACT_PATH=logs/bad.txt is the same file as RUN_ID=bad"),
+    ("artifact-is-a-val-shard", {"ARTIFACT_PATH": "{data}/fineweb_val_000000.bin"}, None, 2,
+     "is the same file as the data file {data}/fineweb_val_000000.bin"),
+    ("checkpoint-is-the-tokenizer", {"CHECKPOINT_PATH": "{data}/tok.model"}, None, 2,
+     "CHECKPOINT_PATH={data}/tok.model is the same file as TOKENIZER_PATH={data}/tok.model"),
+    ("sidecar-of-zeros", {}, with_sidecar(lambda c: 0 * c), 3, "stand for no bytes at all (their byte sidecar is all zeros)"),
+    ("sidecar-claiming-64-kb", {}, with_sidecar(forged_max), 3,
+     "says the token at position 100 stands for 65535 bytes, more than any token of this tokenizer can"),
+    ("sidecar-doubled", {}, with_sidecar(lambda c: 2 * c), 3, "(2.00x, honest ones stay under 1.5x); they are corrupt or forged"),
+    ("progressive-context-zero", {"PROGRESSIVE_CONTEXT": "0:0.5"}, None, 2, "'0:0.5' is not length:until with a positive length"),
+    ("progressive-context-negative", {"PROGRESSIVE_CONTEXT": "-32:0.5"}, None, 2, "'-32:0.5' is not length:until"),
+    ("flex-compiled-on-the-cpu", {"ATTENTION_KERNEL": "flex", "COMPILE": "1"}, None, 2,
+     "ATTENTION_KERNEL=flex: flex is not available on this cpu machine"),
+]
+
+
+@pytest.mark.parametrize("name, outputs, setup, status, message", DESTRUCTIVE, ids=[row[0] for row in DESTRUCTIVE])
+def test_a_run_that_would_destroy_a_file_or_forge_a_score_stops_at_start(own_data, tmp_path, name, outputs, setup, status,
+                                                                         message):
+    data = Path(own_data["DATA_PATH"])
+    if setup:
+        setup(data)
+    (tmp_path / "m.ptz").write_bytes(b"an earlier run's artifact")
+    fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{data}", str(data))
+    env = {**TINY_RUN_ENV, **own_data, "RUN_ID": "bad", "ARTIFACT_PATH": str(tmp_path / "m.ptz"),
+           "CHECKPOINT_PATH": str(tmp_path / "m.pt"), **{k: fill(v) for k, v in outputs.items()}}
+    before = file_hashes(tmp_path)
+    proc = run_script(env, tmp_path, check=False)
+    assert proc.returncode == status, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and fill(message) in line, line
+    after = file_hashes(tmp_path)
+    assert {k: v for k, v in after.items() if "/logs/" not in k} == before  # the log, when it was started, is the only new file
+
+
+def test_three_runs_on_one_artifact_path_keep_every_runs_artifact_and_checkpoint(tiny_data, tmp_path):
+    env = {**TINY_RUN_ENV, **tiny_data, "ARTIFACT_PATH": "final_model.ptz", "CHECKPOINT_PATH": "final_model.pt",
+           "ITERATIONS": "3", "SLIDING_ENABLED": "0", "TTT_ENABLED": "0"}
+    digests = []
+    for seed in (1, 2, 3):
+        run_script({**env, "SEED": str(seed), "RUN_ID": f"seed{seed}"}, tmp_path)
+        digests.append({name: (tmp_path / name).read_bytes() for name in ("final_model.ptz", "final_model.pt")})
+    for name in ("final_model.ptz", "final_model.pt"):
+        kept = [(tmp_path / f"{name}.1").read_bytes(), (tmp_path / f"{name}.2").read_bytes(), (tmp_path / name).read_bytes()]
+        assert kept == [d[name] for d in digests] and len(set(kept)) == 3
+    assert "earlier_file_kept setting:ARTIFACT_PATH path:final_model.ptz as:final_model.ptz.2" in (
+        tmp_path / "logs" / "seed3.txt").read_text()
+
+
+def test_eval_only_refuses_an_artifact_trained_with_another_tokenizer(tiny_data, tmp_path):
+    # A CaseOps artifact on plain data of the same vocabulary size: same shapes, other token meanings.
+    h = tg.Hyperparameters(environ={**TINY_RUN_ENV, "QUANT_METHOD": "rtn"})
+    torch.manual_seed(0)
+    model = randomize(tg.GPT(h.model_config()), 0)
+    artifact = tmp_path / "caseops.ptz"
+    artifact.write_bytes(tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli", "ab" * 32))
+    proc = run_script({**TINY_RUN_ENV, **tiny_data, "RUN_ID": "other", "EVAL_ONLY": "1", "ARTIFACT_PATH": str(artifact)},
+                      tmp_path, check=False)
+    assert proc.returncode == 3
+    (line,) = proc.stderr.strip().splitlines()
+    assert "trained with the tokenizer of SHA-256 abababababababab, but TOKENIZER_PATH has" in line
+    assert "\nfinal_" not in (tmp_path / "logs" / "other.txt").read_text().split("=" * 100, 1)[1]  # no stage scored

@@ -46,7 +46,7 @@ def loaded(caseops_set) -> tuple[torch.Tensor, tg.ByteTables]:
     sp = tg.load_tokenizer(paths["TOKENIZER_PATH"], VOCAB)
     assert tg.is_caseops_tokenizer(sp)
     tables = tg.build_byte_tables(sp, VOCAB)
-    tables.sidecar = tg.load_validation_bytes(paths["DATA_PATH"], 0, "auto")
+    tables.sidecar = tg.load_validation_bytes(paths["DATA_PATH"], 0, "auto", 65535)
     return tg.load_validation_tokens(paths["DATA_PATH"]), tables
 
 
@@ -96,7 +96,7 @@ def test_a_whole_run_logs_its_denominator_and_dumps_sidecar_bytes(caseops_set, t
     log = (tmp_path / "logs" / "caseops.txt").read_text().split("=" * 100 + "\n", 1)[1]
     assert "bytes:sidecar caseops:1" in next(line for line in log.splitlines() if line.startswith("data val_tokens:"))
     saved = np.load(dump)
-    sidecar = tg.load_validation_bytes(paths["DATA_PATH"], 2500, "auto").numpy()
+    sidecar = tg.load_validation_bytes(paths["DATA_PATH"], 2500, "auto", 65535).numpy()
     assert np.array_equal(saved["bytes"], sidecar[saved["pos"]])
     ttt = next(line for line in log.splitlines() if line.startswith("final_ttt"))
     bpb = float(ttt.split("val_bpb:")[1].split()[0])
