@@ -7,34 +7,13 @@ in a 16,000,000-byte artifact: 10 minutes of training and 10 of evaluation on 8x
     PRESET=cpu python3 train_gpt.py                               # a 2-core CPU, eager, < 10 minutes
 
 Sections, in order: hyperparameters, data, model, optimizers, training loop, GPTQ export,
-evaluation, main. Every knob is an environment variable (see Hyperparameters); the log-line
-contract used by records/package.py is listed in the README.
+evaluation, main. Every knob is an environment variable (SETTINGS); the log-line contract used
+by records/package.py is in records/README.md.
 """
 
-import contextlib
-import copy
-import datetime
-import difflib
-import functools
-import glob
-import hashlib
-import importlib
-import io
-import itertools
-import json
-import math
-import os
-import pickle
-import platform
-import re
-import signal
-import socket
-import sys
-import threading
-import time
-import warnings
-import zlib
-from dataclasses import asdict, dataclass, field, fields, replace
+import contextlib, copy, datetime, difflib, functools, glob, hashlib, importlib, io, itertools, json, math, os
+import pickle, platform, re, signal, socket, sys, threading, time, warnings, zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +24,11 @@ import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
 # HYPERPARAMETERS
-# Defaults follow the public records on 8xH100: the 2026-04-09 record (PR #1493: SP8192,
-# 11 layers x 512, layers 3-5 looped twice more from 35% of training, 786,432 tokens per step at
-# sequence 2048) with the #1 record's additions (PR #1855). Every knob is checked at start.
+# The defaults are PR #2135's logged configuration (1.05651, the best valid 3-seed record: SP8192,
+# 11 layers x 512, layers 3-5 looped twice more from 35% of training, 786,432 tokens per step in
+# rows of 2,048), tests/test_defaults.py holds each shared value beside ours, with the reason for
+# every difference. One table declares every setting; the artifact's model config is its rows
+# marked `model`, checked by the same code. Everything is checked before any work.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -56,38 +37,35 @@ class ConfigError(ValueError):
 
 
 class InputError(ValueError):
-    """A file the run needs is missing, corrupt, or does not match the settings; the message
-    names the file and what to do."""
+    """A file or package the run needs is missing, corrupt, or does not match the settings; the
+    message names it and what to do."""
 
 
-# PRESET=cpu: the whole pipeline on a 2-core CPU in about 8 minutes, on the local stdlib
-# dataset (python3 data/make_local_dataset.py --vocab-size 1024). Explicit variables win.
+# PRESET=cpu: the whole pipeline on a 2-core CPU in about 8 minutes, on the local stdlib dataset
+# (python3 data/make_local_dataset.py --vocab-size 1024); by steps, not the clock, so a busy
+# machine gives the same score. PRESET=pr2135: PR #2135's model without our per-pass adapters, to
+# A/B them on this script. Explicit variables win.
 PRESETS = {
     "cpu": {
         "VOCAB_SIZE": "1024", "DATA_PATH": "data/datasets/local_sp1024", "TOKENIZER_PATH": "data/tokenizers/local_1024_bpe.model",
         "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3",
         "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
         "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32", "PROGRESSIVE_CONTEXT": "",
-        # Steps, not the clock: the same score on a fast, slow or busy machine (the quick start once
-        # trained 26 steps instead of 362 on a machine running another job).
         "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0", "COMPILE": "0", "VAL_LOSS_EVERY": "0",
         "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
-        "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # best of the README's TTT sweep
-        # Per-document TTT on this set's long documents (the longest prefix document has 43,712
-        # tokens, read one chunk after another): short batches, fewer chunks, a smaller rank.
+        "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # the best of a chunked TTT sweep
+        # This set's long documents (the longest prefix one has 43,712 tokens, read chunk by chunk):
+        # short batches, fewer chunks, a smaller rank.
         "SLIDING_ENABLED": "1", "TTT_DOC_BATCH": "4", "TTT_DOC_CHUNK_TOKENS": "64", "TTT_LORA_RANK": "16",
         "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
-        # The constants the README's quick-start score was measured with; the 8xH100 defaults
-        # took PRs #1908-#2135's values on 2026-12-02 (the README's ablation measures them here).
+        # The constants the quick start was first measured with (tests/RESULTS.md).
         "QK_GAIN_INIT": "5.0", "MATRIX_LR": "0.026", "TTT_LORA_LR": "1e-4", "TTT_WEIGHT_DECAY": "0.5",
         "TTT_LORA_TARGETS": "q,k,v,o,mlp,head", "TTT_SHORT_DOC_CHUNKS": "0", "NGRAM_TILT": "0",
         "AWQ_GROUPS": "0", "LQER_RANK": "0",
     },
+    "pr2135": {"PASS_LORA_RANK": "0", "PASS_EMBED": "0"},
 }
-# PRESET=pr2135: PR #2135's model (the best 3-seed record, 1.05651) without our per-pass adapters, to
-# A/B them on this script; every other default is already its configuration (README: Configuration).
-PRESETS["pr2135"] = {"PASS_LORA_RANK": "0", "PASS_EMBED": "0"}
 # Set by torchrun, read by setup_runtime(): not settings, but not typos either.
 LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
@@ -97,20 +75,41 @@ OWN_PREFIXES = ("TTT_", "PHASED_", "GLOBAL_TTT_", "GPTQ_", "MUON_", "EVAL_", "TR
                 "EMBED_", "ATTN_", "MLP_", "XSA_", "SMEAR_", "SKIP_", "DOC_", "MATRIX_", "ARTIFACT_", "CHECKPOINT_",
                 "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_",
                 "PROGRESSIVE_", "CONTEXT_", "AWQ_", "LQER_")
+ATTENTION_SETTINGS = ("auto", "fa3", "varlen", "flex", "sdpa")
+TTT_MODES = ("chunked", "docs", "phased")
+LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
+TTT_LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")
+COMPRESSORS = ("brotli", "zstd", "lzma")
+CHALLENGE_LIMIT_BYTES = 16_000_000  # code + model; also bounds what an artifact may ask the loader to build
+BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3)
 
 
 @dataclass
 class Knob:
-    """How a setting is checked: a closed range [low, high], an open lower bound `above`, or choices."""
-    value: object
+    """One setting: its default (or a function of the settings read before it) and how it is
+    checked: a closed range [low, high], an open lower bound `above`, or choices. `model`: it
+    shapes the model, so an artifact's config carries it."""
+    name: str
+    default: object
     low: float | None = None
     high: float | None = None
     above: float | None = None
     choices: tuple | None = None
+    model: bool = False
 
-    def problem(self) -> str | None:
+    def parse(self, raw: str | None, h: "Hyperparameters"):
+        default = self.default(h) if callable(self.default) else self.default
+        if raw is None:
+            return default
+        if isinstance(default, bool) and raw not in ("0", "1"):
+            raise ConfigError(f"{self.name}={raw!r} must be 0 or 1.")
+        try:
+            return raw == "1" if isinstance(default, bool) else type(default)(raw)
+        except ValueError:
+            raise ConfigError(f"{self.name}={raw!r} is not a valid {type(default).__name__}.") from None
+
+    def problem(self, v) -> str | None:
         """Why the value is out of range, or None."""
-        v = self.value
         if self.choices is not None:
             return None if v in self.choices else f"must be one of {', '.join(map(str, self.choices))}"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -128,205 +127,196 @@ class Knob:
         return None
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """"q, k,v" -> ("q", "k", "v"): the list-valued settings."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def default_data_path(h: "Hyperparameters") -> str:
+    """The records' CaseOps data (PR #1729) when it has been downloaded, else the plain shards."""
+    caseops = f"data/datasets/fineweb10B_sp{h.vocab_size}_caseops"
+    return caseops if Path(caseops).is_dir() else f"data/datasets/fineweb10B_sp{h.vocab_size}"
+
+
+def default_tokenizer(h: "Hyperparameters") -> str:
+    kind = "caseops" if h.data_path.rstrip("/").endswith("_caseops") else "bpe"
+    return f"data/tokenizers/fineweb_{h.vocab_size}_{kind}.model"
+
+
+SETTINGS = [
+    # Data and run identity.
+    Knob("PRESET", ""),
+    Knob("VOCAB_SIZE", 8192, 2, 65536, model=True),  # uint16 shards hold ids up to 65535
+    Knob("DATA_PATH", default_data_path),
+    Knob("TOKENIZER_PATH", default_tokenizer),
+    Knob("BYTE_SIDECAR", "auto", choices=("auto", "0", "1")),  # CaseOps byte counts: auto, required, ignored
+    Knob("RUN_ID", lambda h: time.strftime("run_%Y%m%d_%H%M%S")),
+    Knob("SEED", 1337, 0, 2**32 - 2),  # numpy seeds are 32-bit; calibration uses SEED + 1
+    Knob("VAL_TOKENS_LIMIT", 0, 0),  # score a prefix only (smoke runs; never a submission)
+    # Model shape.
+    Knob("NUM_LAYERS", 11, 1, 256, model=True),
+    Knob("MODEL_DIM", 512, 2, 16384, model=True),
+    Knob("NUM_HEADS", 8, 1, model=True),
+    Knob("NUM_KV_HEADS", 4, 1, model=True),
+    Knob("MLP_MULT", 4.0, above=0, high=64, model=True),
+    Knob("ROPE_DIMS", 16, 0, model=True),
+    Knob("ROPE_BASE", 10000.0, above=1, model=True),
+    Knob("QK_GAIN_INIT", 5.0, above=0, model=True),  # PR #2135 (5.25 in PR #1953)
+    Knob("LOGIT_SOFTCAP", 30.0, 0, model=True),
+    Knob("TIED_EMBED_INIT_STD", 0.005, above=0, model=True),
+    Knob("PARALLEL_RESIDUAL_START", 8, 0, model=True),  # two lanes from this decoder layer (PR #2135)
+    # Depth recurrence and the per-pass adapters (ours).
+    Knob("LOOP_START", 3, 0, model=True),
+    Knob("LOOP_END", 5, 0, model=True),
+    Knob("NUM_LOOPS", 2, 0, 16, model=True),
+    Knob("ENABLE_LOOPING_AT", 0.35, 0, 1),
+    Knob("PASS_LORA_RANK", 1, choices=(0, 1, 2), model=True),
+    Knob("PASS_LORA_TARGETS", "q,k,v,o", model=True),
+    Knob("PASS_EMBED", True, model=True),
+    # The 2026-04-09 record's pieces (PR #1493) and the #1 record's additions (PR #1855).
+    Knob("XSA_LAST_N", lambda h: h.num_layers, 0, model=True),
+    Knob("LN_SCALE", True, model=True),
+    Knob("SKIP_GATES", True, model=True),
+    Knob("SMEAR_GATE", True, model=True),
+    Knob("ATTN_GATE", True, model=True),
+    Knob("ATTN_GATE_SCALE", 0.5, above=0, model=True),
+    Knob("GATE_WINDOW", 12, 1, model=True),
+    Knob("ORTHO_INIT", True, model=True),
+    Knob("DOC_ATTENTION", True, model=True),
+    Knob("ATTENTION_KERNEL", "auto", choices=ATTENTION_SETTINGS),
+    # Training schedule.
+    Knob("ITERATIONS", 20000, 1),
+    Knob("MAX_WALLCLOCK_SECONDS", 600.0, 0),  # 0: no clock, exactly ITERATIONS steps
+    Knob("GPTQ_RESERVE_SECONDS", 8.0, 0),  # calibration and GPTQ run inside the 600 s
+    Knob("TRAIN_BATCH_TOKENS", 786_432, 1),
+    Knob("TRAIN_SEQ_LEN", 2048, 1),  # PR #2135 (PR #2014 ends at 3072)
+    # Progressive context (PR #2014, off as in PR #2135): rows of these lengths until these fractions
+    # of the budget ("length:until,...", e.g. 1024:0.1,2048:0.7), then TRAIN_SEQ_LEN.
+    Knob("PROGRESSIVE_CONTEXT", ""),
+    Knob("CONTEXT_LR_RAMP_STEPS", 32, 0),  # LR back up over these steps after a switch
+    Knob("MICRO_BATCH_SEQS", 48, 1),  # rows of TRAIN_SEQ_LEN: 98,304 tokens, PR #2135's per GPU
+    Knob("WARMUP_STEPS", 20, 0),
+    Knob("WARMDOWN_FRAC", 0.85, 0, 1),
+    Knob("MIN_LR", 0.10, 0, 1),
+    Knob("TRAIN_LOG_EVERY", 500, 1),
+    Knob("VAL_LOSS_EVERY", 0, 0),
+    Knob("COMPILE", True),
+    Knob("DIST_TIMEOUT_SECONDS", 300.0, above=0),
+    # Optimizers.
+    Knob("MATRIX_LR", 0.028, 0),  # PR #2135 (0.026 in PR #1855)
+    Knob("MUON_MOMENTUM", 0.97, 0, 0.9999),
+    Knob("MUON_MOMENTUM_WARMUP_START", 0.92, 0, 0.9999),
+    Knob("MUON_MOMENTUM_WARMUP_STEPS", 1500, 0),
+    Knob("MUON_WD", 0.095, 0),
+    Knob("MUON_ROW_NORM", True),
+    Knob("NEWTON_SCHULZ", "polar_express", choices=("quintic", "polar_express")),
+    Knob("NEWTON_SCHULZ_STEPS", 5, 1, 20),
+    Knob("EMBED_LR", 0.03, 0),
+    Knob("SCALAR_LR", 0.02, 0),
+    Knob("ADAPTER_LR", 0.01, 0),
+    Knob("EMBED_WD", 0.085, 0),
+    Knob("ADAM_WD", 0.02, 0),
+    Knob("BETA1", 0.9, 0, 0.9999),
+    Knob("BETA2", 0.99, 0, 0.9999),
+    Knob("GRAD_CLIP_NORM", 0.3, 0),
+    Knob("EMA_ENABLED", True),
+    Knob("EMA_HORIZON_FRAC", 0.0572, 1e-6, 1),  # decay 0.9965 over PR #2135's 4,994 steps
+    # Export.
+    Knob("QUANT_METHOD", "gptq", choices=("gptq", "rtn")),
+    Knob("MATRIX_BITS", 6, 2, 8),
+    Knob("EMBED_BITS", 7, 2, 8),
+    Knob("ATTN_CLIP_SIGMAS", 13.0, above=0),
+    Knob("MLP_CLIP_SIGMAS", 12.5, above=0),  # PR #2135's 11.5 does not fit 16 MB with brotli
+    Knob("EMBED_CLIP_SIGMAS", 14.0, above=0),
+    Knob("GPTQ_CALIB_BATCHES", 16, 1),
+    Knob("GPTQ_COMPILE", False),  # eager until a GPU acceptance run passes compiled calibration
+    Knob("GPTQ_DAMP", 0.01, above=0),
+    Knob("GPTQ_BLOCK", 128, 1),
+    # AWQ-lite (PR #1908, off as in PR #2135): the most salient groups of input columns on an int8
+    # grid inside the GPTQ solve.
+    Knob("AWQ_GROUPS", 0, 0),
+    Knob("AWQ_GROUP_COLS", 64, 1),
+    # LQER (PR #2135): a low-rank correction of the matrices with the largest quantisation error.
+    Knob("LQER_RANK", 4, 0),
+    Knob("LQER_TENSORS", 3, 1),
+    Knob("LQER_GROUP", 32, 1),
+    Knob("COMPRESSOR", "brotli", choices=COMPRESSORS),
+    Knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1),
+    Knob("ARTIFACT_PATH", "final_model.ptz"),
+    Knob("CHECKPOINT_PATH", "final_model.pt"),  # "": no checkpoint
+    Knob("EXPORT_ONLY", ""),  # a checkpoint to re-export and evaluate, no training
+    Knob("EVAL_ONLY", False),  # evaluate ARTIFACT_PATH, no training
+    # Evaluation and test-time training.
+    Knob("EVAL_SEQ_LEN", 2560, 1),  # PRs #1953, #2135: also the per-document TTT context
+    Knob("EVAL_STRIDE", 64, 1),
+    Knob("EVAL_BATCH_SEQS", 32, 1),
+    Knob("SLIDING_ENABLED", False),
+    Knob("TTT_ENABLED", True),
+    Knob("TTT_MODE", "phased", choices=TTT_MODES),
+    # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #2135's constants.
+    Knob("TTT_DOC_CHUNK_TOKENS", 48, 1),
+    Knob("TTT_SHORT_DOC_CHUNKS", False),  # PR #2014: 8 / 24 tokens for short batches
+    Knob("TTT_DOC_BATCH", 64, 1),
+    Knob("TTT_LORA_RANK", 80, 1),
+    Knob("TTT_LORA_ALPHA", 144.0, above=0),
+    Knob("TTT_LORA_LR", 8e-5, 0),
+    Knob("TTT_LORA_TARGETS", "q,v,o,mlp,head"),  # PR #2135: K off
+    Knob("TTT_BETA1", 0.0, 0, 0.9999),
+    Knob("TTT_BETA2", 0.99, 0, 0.9999),
+    Knob("TTT_WEIGHT_DECAY", 2.0, 0),
+    Knob("TTT_WARM_START_A", True),
+    # Global SGD phases (phased): PRs #1610, #1626; one phase over 2,500 documents (PR #2135).
+    Knob("PHASED_TTT_PREFIX_DOCS", 2500, 1),
+    Knob("PHASED_TTT_PHASES", 1, 1),
+    Knob("GLOBAL_TTT_LR", 1e-3, 0),
+    Knob("GLOBAL_TTT_MOMENTUM", 0.9, 0, 0.9999),
+    Knob("GLOBAL_TTT_CHUNK_TOKENS", 32768, 1),
+    Knob("GLOBAL_TTT_GRAD_CLIP", 1.0, 0),
+    # Chunked TTT (chunked): the 2026-04-09 record's score-first SGD on all weights.
+    Knob("TTT_CHUNK_TOKENS", 32768, 1),
+    Knob("TTT_EPOCHS", 3, 0),
+    Knob("TTT_LR", 0.005, 0),
+    Knob("TTT_MOMENTUM", 0.9, 0, 0.9999),
+    Knob("TTT_GRAD_CLIP", 1.0, 0),
+    Knob("TTT_BATCH_SEQS", 16, 1),
+    # Token n-gram tilt of the per-document TTT score (PR #2135's constants), counts in scoring order.
+    Knob("NGRAM_TILT", True),
+    Knob("NGRAM_ORDER", 16, 1, 64),
+    Knob("NGRAM_THRESHOLD", 0.8, above=0, high=1),
+    Knob("NGRAM_BETA", 2.625, above=0, high=20),
+    Knob("NLL_DUMP_PATH", ""),  # per-token NLL and bytes of the final stage, for audits
+]
+KNOBS = {knob.name: knob for knob in SETTINGS}
+MODEL_FIELDS = [knob.name.lower() for knob in SETTINGS if knob.model]
+
+
 class Hyperparameters:
+    """Every setting as an attribute of its lower-case name, read from the environment (or
+    `environ`) on top of the PRESET; `values` maps each variable to its value."""
+
     def __init__(self, environ: dict[str, str] | None = None):
         env = dict(os.environ if environ is None else environ)
         preset = env.get("PRESET", "")
         if preset and preset not in PRESETS:
             raise ConfigError(f"PRESET={preset!r} is unknown; choose one of {', '.join(PRESETS)} or leave it unset.")
-        preset_values = PRESETS.get(preset, {})
-        env = {**preset_values, **env}
-        self.knobs: dict[str, Knob] = {}
-
-        def knob(name: str, default, low=None, high=None, above=None, choices=None):
-            raw = env.get(name)
+        env = {**PRESETS.get(preset, {}), **env}
+        self.values = {}
+        for knob in SETTINGS:
+            raw = env.get(knob.name)
             # An empty string means "unset" for numbers and switches (the preset's value, else the
             # default), but is a value for strings: CHECKPOINT_PATH= turns the checkpoint off.
-            if raw == "" and not isinstance(default, str):
-                raw = preset_values.get(name)
-            if raw is None:
-                value = default
-            elif isinstance(default, bool) and raw not in ("0", "1"):
-                raise ConfigError(f"{name}={raw!r} must be 0 or 1.")
-            else:
-                try:
-                    value = raw == "1" if isinstance(default, bool) else type(default)(raw)
-                except ValueError:
-                    kind = type(default).__name__
-                    raise ConfigError(f"{name}={raw!r} is not a valid {kind}.") from None
-            self.knobs[name] = Knob(value, low, high, above, choices)
-            return value
-
-        # Data and run identity.
-        self.preset = knob("PRESET", "")
-        self.vocab_size = knob("VOCAB_SIZE", 8192, 2, 65536)  # uint16 shards hold ids up to 65535
-        # The records' CaseOps data (PR #1729) when it has been downloaded, else the plain shards.
-        caseops = f"data/datasets/fineweb10B_sp{self.vocab_size}_caseops"
-        plain = f"data/datasets/fineweb10B_sp{self.vocab_size}"
-        self.data_path = knob("DATA_PATH", caseops if Path(caseops).is_dir() else plain)
-        tokenizer = "caseops.model" if self.data_path.rstrip("/").endswith("_caseops") else "bpe.model"
-        self.tokenizer_path = knob("TOKENIZER_PATH", f"data/tokenizers/fineweb_{self.vocab_size}_{tokenizer}")
-        self.byte_sidecar = knob("BYTE_SIDECAR", "auto", choices=("auto", "0", "1"))
-        self.run_id = knob("RUN_ID", time.strftime("run_%Y%m%d_%H%M%S"))
-        self.seed = knob("SEED", 1337, 0, 2**32 - 2)  # numpy seeds are 32-bit; calibration uses SEED + 1
-        self.val_tokens_limit = knob("VAL_TOKENS_LIMIT", 0, 0)
-
-        # Model shape.
-        self.num_layers = knob("NUM_LAYERS", 11, 1, 256)
-        self.model_dim = knob("MODEL_DIM", 512, 2, 16384)
-        self.num_heads = knob("NUM_HEADS", 8, 1)
-        self.num_kv_heads = knob("NUM_KV_HEADS", 4, 1)
-        self.mlp_mult = knob("MLP_MULT", 4.0, above=0, high=64)
-        self.rope_dims = knob("ROPE_DIMS", 16, 0)
-        self.rope_base = knob("ROPE_BASE", 10000.0, above=1)
-        self.qk_gain_init = knob("QK_GAIN_INIT", 5.0, above=0)  # PR #2135 (5.25 in PR #1953)
-        self.logit_softcap = knob("LOGIT_SOFTCAP", 30.0, 0)
-        self.tied_embed_init_std = knob("TIED_EMBED_INIT_STD", 0.005, above=0)
-        self.parallel_residual_start = knob("PARALLEL_RESIDUAL_START", 8, 0)  # two lanes from decoder layer 8 (PR #2135)
-        # The 2026-04-09 record's pieces (PR #1493) and the #1 record's additions (PR #1855).
-        self.xsa_last_n = knob("XSA_LAST_N", self.num_layers, 0)
-        self.ln_scale = knob("LN_SCALE", True)
-        self.skip_gates = knob("SKIP_GATES", True)
-        self.ortho_init = knob("ORTHO_INIT", True)
-        self.smear_gate = knob("SMEAR_GATE", True)
-        self.attn_gate = knob("ATTN_GATE", True)
-        self.attn_gate_scale = knob("ATTN_GATE_SCALE", 0.5, above=0)
-        self.gate_window = knob("GATE_WINDOW", 12, 1)
-        self.doc_attention = knob("DOC_ATTENTION", True)
-        self.attention_kernel = knob("ATTENTION_KERNEL", "auto", choices=ATTENTION_SETTINGS)
-
-        # Depth recurrence and the per-pass adapters.
-        self.loop_start = knob("LOOP_START", 3, 0)
-        self.loop_end = knob("LOOP_END", 5, 0)
-        self.num_loops = knob("NUM_LOOPS", 2, 0, 16)
-        self.enable_looping_at = knob("ENABLE_LOOPING_AT", 0.35, 0, 1)
-        self.pass_lora_rank = knob("PASS_LORA_RANK", 1, choices=(0, 1, 2))
-        self.pass_lora_targets = knob("PASS_LORA_TARGETS", "q,k,v,o")
-        self.pass_embed = knob("PASS_EMBED", True)
-        self.pass_gains = knob("PASS_GAINS", False)  # per-pass output and q gains: a variant, off until it measures better
-
-        # Training schedule.
-        self.iterations = knob("ITERATIONS", 20000, 1)
-        self.max_wallclock_seconds = knob("MAX_WALLCLOCK_SECONDS", 600.0, 0)
-        self.gptq_reserve_seconds = knob("GPTQ_RESERVE_SECONDS", 8.0, 0)
-        self.train_batch_tokens = knob("TRAIN_BATCH_TOKENS", 786_432, 1)
-        self.train_seq_len = knob("TRAIN_SEQ_LEN", 2048, 1)  # PR #2135 (PR #2014 ends at 3072)
-        # Progressive context (PR #2014, off as in PR #2135): rows of these lengths until these fractions
-        # of the budget ("length:until,...", e.g. 1024:0.1,2048:0.7), then TRAIN_SEQ_LEN.
-        self.progressive_context = knob("PROGRESSIVE_CONTEXT", "")
-        self.context_lr_ramp_steps = knob("CONTEXT_LR_RAMP_STEPS", 32, 0)  # LR back up over these steps after a switch
-        self.micro_batch_seqs = knob("MICRO_BATCH_SEQS", 48, 1)  # rows of TRAIN_SEQ_LEN: 98,304 tokens, PR #2135's per GPU
-        self.warmup_steps = knob("WARMUP_STEPS", 20, 0)
-        self.warmdown_frac = knob("WARMDOWN_FRAC", 0.85, 0, 1)
-        self.min_lr = knob("MIN_LR", 0.10, 0, 1)
-        self.train_log_every = knob("TRAIN_LOG_EVERY", 500, 1)
-        self.val_loss_every = knob("VAL_LOSS_EVERY", 0, 0)
-        self.compile = knob("COMPILE", True)
-        self.dist_timeout_seconds = knob("DIST_TIMEOUT_SECONDS", 300.0, above=0)
-
-        # Optimizers.
-        self.matrix_lr = knob("MATRIX_LR", 0.028, 0)  # PR #2135 (0.026 in PR #1855)
-        self.muon_momentum = knob("MUON_MOMENTUM", 0.97, 0, 0.9999)
-        self.muon_momentum_warmup_start = knob("MUON_MOMENTUM_WARMUP_START", 0.92, 0, 0.9999)
-        self.muon_momentum_warmup_steps = knob("MUON_MOMENTUM_WARMUP_STEPS", 1500, 0)
-        self.muon_wd = knob("MUON_WD", 0.095, 0)
-        self.muon_row_norm = knob("MUON_ROW_NORM", True)
-        self.newton_schulz = knob("NEWTON_SCHULZ", "polar_express", choices=tuple(NEWTON_SCHULZ_COEFFICIENTS))
-        self.newton_schulz_steps = knob("NEWTON_SCHULZ_STEPS", 5, 1, 20)
-        self.embed_lr = knob("EMBED_LR", 0.03, 0)
-        self.scalar_lr = knob("SCALAR_LR", 0.02, 0)
-        self.adapter_lr = knob("ADAPTER_LR", 0.01, 0)
-        self.embed_wd = knob("EMBED_WD", 0.085, 0)
-        self.adam_wd = knob("ADAM_WD", 0.02, 0)
-        self.beta1 = knob("BETA1", 0.9, 0, 0.9999)
-        self.beta2 = knob("BETA2", 0.99, 0, 0.9999)
-        self.grad_clip_norm = knob("GRAD_CLIP_NORM", 0.3, 0)
-        self.ema_enabled = knob("EMA_ENABLED", True)
-        self.ema_horizon_frac = knob("EMA_HORIZON_FRAC", 0.0572, 1e-6, 1)  # decay 0.9965 over PR #2135's 4,994 steps
-
-        # Export.
-        self.quant_method = knob("QUANT_METHOD", "gptq", choices=("gptq", "rtn"))
-        self.matrix_bits = knob("MATRIX_BITS", 6, 2, 8)
-        self.embed_bits = knob("EMBED_BITS", 7, 2, 8)
-        self.attn_clip_sigmas = knob("ATTN_CLIP_SIGMAS", 13.0, above=0)
-        self.mlp_clip_sigmas = knob("MLP_CLIP_SIGMAS", 12.5, above=0)
-        self.embed_clip_sigmas = knob("EMBED_CLIP_SIGMAS", 14.0, above=0)
-        self.gptq_calib_batches = knob("GPTQ_CALIB_BATCHES", 16, 1)
-        # Eager until a GPU acceptance run passes compiled calibration (the first GPU run's fault).
-        self.gptq_compile = knob("GPTQ_COMPILE", False)
-        self.gptq_damp = knob("GPTQ_DAMP", 0.01, above=0)
-        self.gptq_block = knob("GPTQ_BLOCK", 128, 1)
-        # AWQ-lite (PR #1908): the most salient column groups (activation RMS x mean |W|, over all
-        # matrices) quantized on an int8 grid inside the GPTQ solve; 0 turns it off.
-        self.awq_groups = knob("AWQ_GROUPS", 0, 0)  # off, as in PR #2135
-        self.awq_group_cols = knob("AWQ_GROUP_COLS", 64, 1)
-        # LQER (PR #2135): a rank-LQER_RANK correction of the LQER_TENSORS matrices with the largest
-        # quantisation error, left factor int2, right factor int4 in groups of LQER_GROUP; rank 0: off.
-        self.lqer_rank = knob("LQER_RANK", 4, 0)
-        self.lqer_tensors = knob("LQER_TENSORS", 3, 1)
-        self.lqer_group = knob("LQER_GROUP", 32, 1)
-        self.compressor = knob("COMPRESSOR", "brotli", choices=COMPRESSORS)
-        self.artifact_limit_bytes = knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1)
-        self.artifact_path = knob("ARTIFACT_PATH", "final_model.ptz")
-        self.checkpoint_path = knob("CHECKPOINT_PATH", "final_model.pt")
-        self.export_only = knob("EXPORT_ONLY", "")
-        self.eval_only = knob("EVAL_ONLY", False)
-
-        # Evaluation and test-time training.
-        self.eval_seq_len = knob("EVAL_SEQ_LEN", 2560, 1)  # PRs #1953, #2135 (2048 in PR #1855)
-        self.eval_stride = knob("EVAL_STRIDE", 64, 1)
-        self.eval_batch_seqs = knob("EVAL_BATCH_SEQS", 32, 1)
-        self.sliding_enabled = knob("SLIDING_ENABLED", False)
-        self.ttt_enabled = knob("TTT_ENABLED", True)
-        self.ttt_mode = knob("TTT_MODE", "phased", choices=TTT_MODES)
-        # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #1855's
-        # constants with the changes of PRs #1945, #1953, #2014 and #2135 (README: Configuration).
-        self.ttt_doc_chunk_tokens = knob("TTT_DOC_CHUNK_TOKENS", 48, 1)
-        self.ttt_short_doc_chunks = knob("TTT_SHORT_DOC_CHUNKS", False)  # PR #2014: 8 / 24 tokens for short batches
-        self.ttt_doc_batch = knob("TTT_DOC_BATCH", 64, 1)  # PRs #1855, #2135 (24 in PR #2014)
-        self.ttt_lora_rank = knob("TTT_LORA_RANK", 80, 1)
-        self.ttt_lora_alpha = knob("TTT_LORA_ALPHA", 144.0, above=0)
-        self.ttt_lora_lr = knob("TTT_LORA_LR", 8e-5, 0)  # PR #2135
-        self.ttt_lora_targets = knob("TTT_LORA_TARGETS", "q,v,o,mlp,head")  # PR #2135: K off
-        self.ttt_beta1 = knob("TTT_BETA1", 0.0, 0, 0.9999)
-        self.ttt_beta2 = knob("TTT_BETA2", 0.99, 0, 0.9999)
-        self.ttt_weight_decay = knob("TTT_WEIGHT_DECAY", 2.0, 0)  # PRs #1945, #2135 (0.5 in PR #1855)
-        self.ttt_warm_start_a = knob("TTT_WARM_START_A", True)
-        # Global SGD phases (phased): PRs #1610, #1626; one phase over 2,500 documents (PR #2135).
-        self.phased_ttt_prefix_docs = knob("PHASED_TTT_PREFIX_DOCS", 2500, 1)
-        self.phased_ttt_phases = knob("PHASED_TTT_PHASES", 1, 1)
-        self.global_ttt_lr = knob("GLOBAL_TTT_LR", 1e-3, 0)
-        self.global_ttt_momentum = knob("GLOBAL_TTT_MOMENTUM", 0.9, 0, 0.9999)
-        self.global_ttt_chunk_tokens = knob("GLOBAL_TTT_CHUNK_TOKENS", 32768, 1)
-        self.global_ttt_grad_clip = knob("GLOBAL_TTT_GRAD_CLIP", 1.0, 0)
-        # Chunked TTT (chunked): the 2026-04-09 record's score-first SGD on all weights.
-        self.ttt_chunk_tokens = knob("TTT_CHUNK_TOKENS", 32768, 1)
-        self.ttt_epochs = knob("TTT_EPOCHS", 3, 0)
-        self.ttt_lr = knob("TTT_LR", 0.005, 0)
-        self.ttt_optimizer = knob("TTT_OPTIMIZER", "sgd", choices=("sgd", "adamw"))
-        self.ttt_momentum = knob("TTT_MOMENTUM", 0.9, 0, 0.9999)
-        self.ttt_params = knob("TTT_PARAMS", "all", choices=("all", "adapters"))
-        self.ttt_grad_clip = knob("TTT_GRAD_CLIP", 1.0, 0)
-        self.ttt_batch_seqs = knob("TTT_BATCH_SEQS", 16, 1)
-        # Token n-gram tilt of the per-document TTT score (PR #2135's constants), counts in scoring order.
-        self.ngram_tilt = knob("NGRAM_TILT", True)
-        self.ngram_order = knob("NGRAM_ORDER", 16, 1, 64)
-        self.ngram_threshold = knob("NGRAM_THRESHOLD", 0.8, above=0, high=1)
-        self.ngram_beta = knob("NGRAM_BETA", 2.625, above=0, high=20)
-        self.nll_dump_path = knob("NLL_DUMP_PATH", "")
-
-        self.unknown = sorted(name for name in env if name not in self.knobs and name not in LAUNCHER_VARIABLES
-                              and (name.startswith(OWN_PREFIXES) or difflib.get_close_matches(name, self.knobs, 1, 0.85)))
-
-    @property
-    def env_values(self) -> dict[str, object]:
-        return {name: k.value for name, k in self.knobs.items()}
+            if raw == "" and not isinstance(knob.parse(None, self), str):
+                raw = PRESETS.get(preset, {}).get(knob.name)
+            self.values[knob.name] = knob.parse(raw, self)
+            setattr(self, knob.name.lower(), self.values[knob.name])
+        self.unknown = sorted(name for name in env if name not in KNOBS and name not in LAUNCHER_VARIABLES
+                              and (name.startswith(OWN_PREFIXES) or difflib.get_close_matches(name, KNOBS, 1, 0.85)))
 
     def lora_targets(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.pass_lora_targets.split(",") if t.strip())
+        return split_list(self.pass_lora_targets)
 
     def ttt_targets(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.ttt_lora_targets.split(",") if t.strip())
+        return split_list(self.ttt_lora_targets)
 
     def context_phases(self) -> list[tuple[int, float]]:
         """(row length, fraction of the budget it lasts until) of each training phase; the last
@@ -369,66 +359,63 @@ class Hyperparameters:
         return self.ttt_doc_chunk_tokens
 
     def validate(self, world_size: int) -> None:
-        """Fail at start, naming the variable, rather than deep inside a run: first every
-        setting on its own (range, finiteness), then the ones that depend on each other."""
-
-        def require(ok: bool, message: str) -> None:
+        """Fail at start, naming the variable: every setting on its own (range, finiteness), then the
+        ones that depend on each other (each rule: the condition that must hold, and the message)."""
+        for name in self.unknown:
+            match = difflib.get_close_matches(name, KNOBS, 1, 0.6)
+            hint = f"did you mean {match[0]}? " if match else ""
+            raise ConfigError(f"{name} is not a setting of train_gpt.py; {hint}unset it (the README lists every setting).")
+        for name, value in self.values.items():
+            if (problem := KNOBS[name].problem(value)) is not None:
+                raise ConfigError(f"{name}={value} {problem}.")
+        head_dim = self.model_dim // self.num_heads
+        unknown_lora, unknown_ttt = set(self.lora_targets()) - set(LORA_TARGETS), set(self.ttt_targets()) - set(TTT_LORA_TARGETS)
+        phases = self.context_phases()
+        windows, rem = divmod(self.train_batch_tokens, self.window_len)
+        what = f"TRAIN_SEQ_LEN={self.train_seq_len}" if self.window_len == self.train_seq_len else (
+            f"{self.window_len}, the least common multiple of TRAIN_SEQ_LEN={self.train_seq_len} and the PROGRESSIVE_CONTEXT lengths")
+        rules = [
+            (bool(self.run_id) and "/" not in self.run_id and self.run_id not in (".", ".."),
+             f"RUN_ID={self.run_id!r} must be a non-empty file name (it names logs/RUN_ID.txt)."),
+            (self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}."),
+            (head_dim % 2 == 0, f"MODEL_DIM/NUM_HEADS={head_dim} must be even for rotary embeddings."),
+            (self.num_heads % self.num_kv_heads == 0, f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}."),
+            (self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
+             f"ROPE_DIMS={self.rope_dims} must be even and at most the head dimension {head_dim}."),
+            (int(self.mlp_mult * self.model_dim) >= 1,
+             f"MLP_MULT={self.mlp_mult} leaves the MLP without a hidden unit at MODEL_DIM={self.model_dim}."),
+            (self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window} must be at most MODEL_DIM={self.model_dim}."),
+            (self.num_loops == 0 or self.loop_start <= self.loop_end < self.num_layers,
+             f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} layers "
+             f"(0..{self.num_layers - 1})."),
+            (not unknown_lora, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown_lora)}; choose from {','.join(LORA_TARGETS)}."),
+            (not unknown_ttt and self.ttt_targets(), f"TTT_LORA_TARGETS={self.ttt_lora_targets!r} must name some of "
+             f"{','.join(TTT_LORA_TARGETS)} (unknown: {sorted(unknown_ttt)})."),
+            (all(until < later_until and length < later for (length, until), (later, later_until) in zip(phases, phases[1:])),
+             f"PROGRESSIVE_CONTEXT={self.progressive_context!r} must list increasing lengths below TRAIN_SEQ_LEN="
+             f"{self.train_seq_len}, each until an increasing fraction of the budget below 1 (e.g. 1024:0.1,2048:0.7; "
+             f"empty: TRAIN_SEQ_LEN throughout)."),
+            (rem == 0 and windows >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of {what}."),
+            (windows % world_size == 0, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {windows} sequences of "
+             f"{self.window_len} tokens, which do not split over {world_size} processes; use a multiple of "
+             f"{self.window_len * world_size}."),
+            (self.max_wallclock_seconds == 0 or self.max_wallclock_seconds > self.gptq_reserve_seconds,
+             f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS="
+             f"{self.gptq_reserve_seconds} (or be 0 for no clock)."),
+            (self.eval_stride <= self.eval_seq_len,
+             f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}."),
+            (self.ttt_doc_chunk_tokens <= self.eval_seq_len, f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be "
+             f"at most EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored inside one window of context)."),
+            (self.phased_ttt_phases <= self.phased_ttt_prefix_docs, f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be "
+             f"at most PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}."),
+            (self.global_ttt_chunk_tokens >= self.eval_seq_len, f"GLOBAL_TTT_CHUNK_TOKENS={self.global_ttt_chunk_tokens} "
+             f"must hold at least one EVAL_SEQ_LEN={self.eval_seq_len} sequence."),
+            (self.val_tokens_limit != 1, "VAL_TOKENS_LIMIT=1 leaves nothing to score; use 0 (whole split) or at least 2."),
+            (not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both."),
+        ]
+        for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
-
-        for name in self.unknown:
-            match = difflib.get_close_matches(name, self.knobs, 1, 0.6)
-            hint = f"did you mean {match[0]}? " if match else ""
-            require(False, f"{name} is not a setting of train_gpt.py; {hint}unset it (the README lists every setting).")
-        for name, k in self.knobs.items():
-            problem = k.problem()
-            require(problem is None, f"{name}={k.value} {problem}.")
-        require(bool(self.run_id) and "/" not in self.run_id and self.run_id not in (".", ".."),
-                f"RUN_ID={self.run_id!r} must be a non-empty file name (it names logs/RUN_ID.txt).")
-        require(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}.")
-        head_dim = self.model_dim // self.num_heads
-        require(head_dim % 2 == 0, f"MODEL_DIM/NUM_HEADS={head_dim} must be even for rotary embeddings.")
-        require(self.num_heads % self.num_kv_heads == 0, f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}.")
-        require(self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
-                f"ROPE_DIMS={self.rope_dims} must be even and at most the head dimension {head_dim}.")
-        require(int(self.mlp_mult * self.model_dim) >= 1,
-                f"MLP_MULT={self.mlp_mult} leaves the MLP without a hidden unit at MODEL_DIM={self.model_dim}.")
-        require(self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window} must be at most MODEL_DIM={self.model_dim}.")
-        if self.num_loops > 0:
-            require(self.loop_start <= self.loop_end < self.num_layers,
-                    f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} "
-                    f"layers (0..{self.num_layers - 1}).")
-        unknown = set(self.lora_targets()) - set(LORA_TARGETS)
-        require(not unknown, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown)}; choose from {','.join(LORA_TARGETS)}.")
-        unknown = set(self.ttt_targets()) - set(TTT_LORA_TARGETS)
-        require(not unknown and self.ttt_targets(), f"TTT_LORA_TARGETS={self.ttt_lora_targets!r} must name some of "
-                f"{','.join(TTT_LORA_TARGETS)} (unknown: {sorted(unknown)}).")
-        phases = self.context_phases()
-        require(all(0 < until < later_until and length < later for (length, until), (later, later_until) in zip(phases, phases[1:])),
-                f"PROGRESSIVE_CONTEXT={self.progressive_context!r} must list increasing lengths below TRAIN_SEQ_LEN="
-                f"{self.train_seq_len}, each until an increasing fraction of the budget below 1 (e.g. 1024:0.1,2048:0.7; "
-                f"empty: TRAIN_SEQ_LEN throughout).")
-        window = self.window_len
-        what = f"TRAIN_SEQ_LEN={self.train_seq_len}" if window == self.train_seq_len else (
-            f"{window}, the least common multiple of TRAIN_SEQ_LEN={self.train_seq_len} and the PROGRESSIVE_CONTEXT lengths")
-        windows, rem = divmod(self.train_batch_tokens, window)
-        require(rem == 0 and windows >= 1, f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of {what}.")
-        require(windows % world_size == 0,
-                f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} gives {windows} sequences of {window} tokens, which do "
-                f"not split over {world_size} processes; use a multiple of {window * world_size}.")
-        require(self.max_wallclock_seconds == 0 or self.max_wallclock_seconds > self.gptq_reserve_seconds,
-                f"MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds} must exceed GPTQ_RESERVE_SECONDS="
-                f"{self.gptq_reserve_seconds} (or be 0 for no clock).")
-        require(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}.")
-        require(self.ttt_doc_chunk_tokens <= self.eval_seq_len,
-                f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be at most EVAL_SEQ_LEN={self.eval_seq_len} "
-                f"(a chunk is scored inside one window of context).")
-        require(self.phased_ttt_phases <= self.phased_ttt_prefix_docs,
-                f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be at most PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}.")
-        require(self.global_ttt_chunk_tokens >= self.eval_seq_len,
-                f"GLOBAL_TTT_CHUNK_TOKENS={self.global_ttt_chunk_tokens} must hold at least one EVAL_SEQ_LEN={self.eval_seq_len} sequence.")
-        require(self.val_tokens_limit != 1, "VAL_TOKENS_LIMIT=1 leaves nothing to score; use 0 (whole split) or at least 2.")
-        require(not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both.")
 
     @functools.cached_property
     def tokenizer_sha256(self) -> str:
@@ -462,25 +449,33 @@ class Hyperparameters:
         return self.train_batch_tokens // self.train_seq_len // world_size // self.grad_accum_steps(world_size)
 
     def model_config(self) -> "ModelConfig":
-        cfg = ModelConfig(**{name: getattr(self, name) for name in MODEL_SETTINGS})
-        cfg.pass_lora_targets = list(self.lora_targets())
-        return cfg
+        return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
 
-# The model's settings: each ModelConfig field is the Hyperparameters attribute of the same name,
-# read from this environment variable. An artifact's config goes through the same checks
-# (checked_config), so one table serves both.
-MODEL_SETTINGS = {
-    "vocab_size": "VOCAB_SIZE", "num_layers": "NUM_LAYERS", "model_dim": "MODEL_DIM", "num_heads": "NUM_HEADS",
-    "num_kv_heads": "NUM_KV_HEADS", "mlp_mult": "MLP_MULT", "rope_dims": "ROPE_DIMS", "rope_base": "ROPE_BASE",
-    "qk_gain_init": "QK_GAIN_INIT", "logit_softcap": "LOGIT_SOFTCAP", "tied_embed_init_std": "TIED_EMBED_INIT_STD",
-    "parallel_residual_start": "PARALLEL_RESIDUAL_START", "loop_start": "LOOP_START", "loop_end": "LOOP_END",
-    "num_loops": "NUM_LOOPS", "pass_lora_rank": "PASS_LORA_RANK", "pass_lora_targets": "PASS_LORA_TARGETS",
-    "pass_embed": "PASS_EMBED", "pass_gains": "PASS_GAINS", "xsa_last_n": "XSA_LAST_N", "ln_scale": "LN_SCALE", "skip_gates": "SKIP_GATES",
-    "smear_gate": "SMEAR_GATE", "attn_gate": "ATTN_GATE", "attn_gate_scale": "ATTN_GATE_SCALE",
-    "gate_window": "GATE_WINDOW", "ortho_init": "ORTHO_INIT", "doc_attention": "DOC_ATTENTION",
-}
+class ModelConfig:
+    """The model's settings (the SETTINGS marked `model`, by lower-case name; the PASS_LORA_TARGETS
+    list as a list) and the BOS id: what an artifact or checkpoint carries. Settings not given take
+    their defaults."""
 
+    def __init__(self, **settings):
+        unknown = set(settings) - set(MODEL_FIELDS) - {"bos_id"}
+        if unknown:
+            raise TypeError(f"ModelConfig has no setting {sorted(unknown)}")
+        defaults = Hyperparameters(environ={})
+        self.__dict__.update({**{name: getattr(defaults, name) for name in MODEL_FIELDS}, "bos_id": BOS_ID, **settings})
+        if isinstance(self.pass_lora_targets, str):
+            self.pass_lora_targets = list(split_list(self.pass_lora_targets))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ModelConfig) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        return f"ModelConfig({self.__dict__})"
+
+    head_dim = property(lambda self: self.model_dim // self.num_heads)
+    kv_dim = property(lambda self: self.num_kv_heads * self.head_dim)
+    mlp_dim = property(lambda self: int(self.mlp_mult * self.model_dim))
+    loop_len = property(lambda self: self.loop_end - self.loop_start + 1 if self.num_loops > 0 else 0)
 
 # ---------------------------------------------------------------------------------------------
 # DATA
@@ -760,61 +755,6 @@ class BpbMeter:
 # GPTQ calibration run the same forward path.
 # ---------------------------------------------------------------------------------------------
 
-LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
-TTT_MODES = ("chunked", "docs", "phased")
-TTT_LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")
-BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3)
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 8192
-    num_layers: int = 11
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_mult: float = 4.0
-    rope_dims: int = 16
-    rope_base: float = 10000.0
-    qk_gain_init: float = 5.0
-    logit_softcap: float = 30.0
-    tied_embed_init_std: float = 0.005
-    parallel_residual_start: int = 8
-    loop_start: int = 3
-    loop_end: int = 5
-    num_loops: int = 2
-    pass_lora_rank: int = 1
-    pass_lora_targets: list = field(default_factory=lambda: ["q", "k", "v", "o"])
-    pass_embed: bool = True
-    pass_gains: bool = False
-    xsa_last_n: int = 11
-    ln_scale: bool = True
-    skip_gates: bool = True
-    smear_gate: bool = True
-    attn_gate: bool = True
-    attn_gate_scale: float = 0.5
-    gate_window: int = 12
-    ortho_init: bool = True
-    doc_attention: bool = True
-    bos_id: int = BOS_ID
-
-    @property
-    def head_dim(self) -> int:
-        return self.model_dim // self.num_heads
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_kv_heads * self.head_dim
-
-    @property
-    def mlp_dim(self) -> int:
-        return int(self.mlp_mult * self.model_dim)
-
-    @property
-    def loop_len(self) -> int:
-        return self.loop_end - self.loop_start + 1 if self.num_loops > 0 else 0
-
-
 def virtual_layers(num_layers: int, loop_start: int, loop_end: int, num_loops: int, looping: bool) -> list[tuple[int, int]]:
     """The run order as (physical layer, pass) pairs; pass 0 is the first visit of a layer.
 
@@ -849,7 +789,6 @@ def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
 # once per run (pick_attention_kernels), checked against SDPA with a dense mask before any
 # work, and logged; GPT.attend() only dispatches on the layout it is handed.
 
-ATTENTION_SETTINGS = ("auto", "fa3", "varlen", "flex", "sdpa")
 # Segment slots per packed row: T // 64 + 1 holds rows whose documents average 64 tokens or
 # more (FineWeb's average is over ten times that). A row with more documents merges its last
 # ones into its last slot: attention across those documents, inside the row, never longer.
@@ -956,7 +895,7 @@ def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str
     float32; then the same traced whole by torch.compile (fullgraph, with a backend that generates
     no code: a kernel that breaks the graph fails here, not minutes into compiling). None when it
     agrees, else why not. A device fault raises KernelFault."""
-    cfg = replace(h.model_config(), num_layers=1, num_loops=0, vocab_size=256)
+    cfg = ModelConfig(**{**h.model_config().__dict__, "num_layers": 1, "num_loops": 0, "vocab_size": 256})
     probe = GPT(cfg).to(rt.device)
     with torch.no_grad():  # random weights everywhere: zero-initialised projections and gates shape the output
         for p in probe.parameters():
@@ -1121,9 +1060,6 @@ class GPT(nn.Module):
                 self.lora_A[target] = nn.Parameter(torch.randn(passes, span, rank, in_dim) / math.sqrt(in_dim))
                 self.lora_B[target] = nn.Parameter(torch.zeros(passes, span, out_dim, rank))
         self.pass_embed = nn.Parameter(torch.zeros(passes, span, D)) if cfg.pass_embed and passes > 0 else None
-        # Per-pass gains: repeated pass p of looped layer l multiplies its attention output scale,
-        # its MLP output scale and each head's q gain by (1 + g); g starts at 0 (the shared layer).
-        self.pass_gains = nn.Parameter(torch.zeros(passes, span, 2 + H)) if cfg.pass_gains and passes > 0 else None
         self.ttt_lora = None  # per-document TTT adapters (evaluation only), see TTTLoRA
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.rope_dims, 2, dtype=torch.float32) / max(cfg.rope_dims, 1))
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
@@ -1244,7 +1180,7 @@ class GPT(nn.Module):
         k = self.project(x, self.kv_bank[layer], "k", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
         v = self.project(x, self.kv_bank[L + layer], "v", layer, pass_idx, slot).view(B, T, c.num_kv_heads, c.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        q = q * (self.q_gain[layer] * self.pass_gain(layer, pass_idx, slice(2, None)))[None, None, :, None].to(q.dtype)
+        q = q * self.q_gain[layer][None, None, :, None].to(q.dtype)
         y = self.attend(q, k, v, layout)
         if layer in self.xsa_layers:
             # XSA (PR #1493): drop each head's component along its own token's value vector
@@ -1272,29 +1208,18 @@ class GPT(nn.Module):
             out = out + self.ttt_lora.delta("mlp", slot, x)
         return out
 
-    def pass_gain(self, layer: int, pass_idx: int, which: slice | int):
-        """(1 + g) of this pass for the gains `which` picks (0 attention, 1 MLP, 2: the heads' q);
-        1.0 on the first pass or without PASS_GAINS."""
-        if pass_idx == 0 or self.pass_gains is None:
-            return 1.0
-        return 1.0 + self.pass_gains[pass_idx - 1, layer - self.cfg.loop_start, which]
-
     def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         mix, ln = self.resid_mix[layer], self.ln_factors[layer]
         x = mix[0] * x + mix[1] * x0
-        attn_scale = self.attn_scale[layer] * self.pass_gain(layer, pass_idx, 0)
-        mlp_scale = self.mlp_scale[layer] * self.pass_gain(layer, pass_idx, 1)
-        x = x + attn_scale * self.attention(rms_norm(x) * ln, layer, pass_idx, slot, layout)
-        return x + mlp_scale * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
+        x = x + self.attn_scale[layer] * self.attention(rms_norm(x) * ln, layer, pass_idx, slot, layout)
+        return x + self.mlp_scale[layer] * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
 
     def parallel_block(self, x: torch.Tensor, mlp_lane: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int,
                        slot: int, layout) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer on the two lanes (x is the attention lane); see lane_post in __init__."""
         mix, ln = self.resid_mix[layer], self.ln_factors[layer]
-        attn_scale = self.attn_scale[layer] * self.pass_gain(layer, pass_idx, 0)
-        mlp_scale = self.mlp_scale[layer] * self.pass_gain(layer, pass_idx, 1)
-        attn = attn_scale * self.attention(rms_norm(mix[0] * x + mix[1] * x0) * ln, layer, pass_idx, slot, layout)
-        mlp = mlp_scale * self.mlp(rms_norm(mlp_lane) * ln, layer, pass_idx, slot)
+        attn = self.attn_scale[layer] * self.attention(rms_norm(mix[0] * x + mix[1] * x0) * ln, layer, pass_idx, slot, layout)
+        mlp = self.mlp_scale[layer] * self.mlp(rms_norm(mlp_lane) * ln, layer, pass_idx, slot)
         i = layer - self.cfg.parallel_residual_start
         post, resid = self.lane_post[i], self.lane_resid[i]
         return (resid[0] * x + post[0, 0] * attn + post[1, 0] * mlp,
@@ -1355,19 +1280,13 @@ class GPT(nn.Module):
             logits = logits + self.ttt_lora.delta("head", 0, x)
         return logits
 
-    def forward_logits(self, input_ids: torch.Tensor, layout=None) -> torch.Tensor:
-        """Soft-capped float32 logits, for analysis and tests; training and scoring use forward()."""
-        logits = self.head(self.hidden_states(input_ids, layout)).float()
-        cap = self.cfg.logit_softcap
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
-
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean", layout=None) -> torch.Tensor:
         nll = softcapped_nll(self.head(self.hidden_states(input_ids, layout)), target_ids, self.cfg.logit_softcap)
         return nll.mean() if reduction == "mean" else nll
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         params = list(self.lora_A.values()) + list(self.lora_B.values())
-        return params + [p for p in (self.pass_embed, self.pass_gains) if p is not None]
+        return params + ([self.pass_embed] if self.pass_embed is not None else [])
 
     def bank_parameters(self) -> list[nn.Parameter]:
         return [self.qo_bank, self.kv_bank, self.up_bank, self.down_bank]
@@ -1783,10 +1702,77 @@ def log_training_step(rt: Runtime, h: Hyperparameters, loss: torch.Tensor, step:
            f"step_avg:{train_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / max(train_ms / 1000, 1e-9))}")
 
 
+def training_step(h: Hyperparameters, runners: Runners, rt: Runtime, opt: Optimizers, loader: TrainLoader):
+    """The function that runs one optimizer step on the next global batch, in rows of a given length."""
+    accum, window = h.grad_accum_steps(rt.world_size), h.window_len
+
+    def run_step(lr_mult: float, momentum: float, row_len: int) -> torch.Tensor:
+        batch = loader.next_batch(rt.device)
+        total = torch.zeros((), device=rt.device)
+        for micro in batch.chunk(accum):
+            inputs, targets = micro[:, :-1], micro[:, 1:]
+            if row_len != window:  # each window cut into rows of this phase's length: every target kept
+                inputs, targets = inputs.reshape(-1, row_len), targets.reshape(-1, row_len)
+            with rt.autocast():
+                loss = runners.train(inputs, targets)
+            (loss / accum).backward()
+            total += loss.detach()
+        opt.set_schedule(lr_mult, momentum)
+        opt.step()
+        opt.zero_grad()
+        return total / accum
+    return run_step
+
+
+def warm_up_training(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, opt: Optimizers,
+                     loader: TrainLoader, run_step) -> None:
+    """Compile every (row length, looping) graph the run will meet before the clock starts (at least
+    one step each), then undo the steps' effect on the weights, optimizer state and data order."""
+    states = h.training_states()
+    t0, graphs = time.perf_counter(), graphs_compiled()
+    initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
+    warmup_steps = max(h.warmup_steps, len(states))
+    for i in range(warmup_steps):
+        rt.doing(f"compile warm-up step {i + 1}")
+        row_len, model.looping = states[i * len(states) // warmup_steps]
+        if i * len(states) % warmup_steps < len(states):  # the first step of its state
+            with compile_timer(rt, f"train_{'looped' if model.looping else 'unlooped'}_{row_len}"):
+                run_step(1.0, h.muon_momentum_warmup_start, row_len)
+        else:
+            run_step(1.0, h.muon_momentum_warmup_start, row_len)
+    model.load_state_dict(initial_model)
+    opt.load_state_dict(initial_opt)
+    loader.reset()
+    if h.quant_method == "gptq" and h.compile and h.gptq_compile:
+        with compile_timer(rt, "calibration"):
+            warm_up_calibration(model, runners, h, rt)
+    rt.synchronize()
+    rt.log(f"warmup_done steps:{warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
+    log_compiles(rt, "warmup", graphs)
+
+
+def schedule_step(h: Hyperparameters, model: GPT, rt: Runtime, step: int, progress: float, row_len: int,
+                  switched_at: int | None) -> tuple[float, float, int, int | None]:
+    """The decisions before one step, taken from the slowest rank's clock so every rank takes them
+    on the same step: looping on, the row length, the LR multiplier and Muon's momentum."""
+    if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
+        model.looping = True
+        layers = " ".join(str(layer) for layer, _ in model.schedule())
+        rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
+    if (length := h.context_at(progress)) != row_len:
+        row_len, switched_at = length, step
+        rt.log(f"context_switch step:{step} progress:{progress:.3f} seq_len:{row_len}")
+    frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
+    momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+    lr_mult = lr_multiplier(progress, h.warmdown_frac, h.min_lr)
+    if switched_at is not None:
+        lr_mult *= ramp_after_switch(step - switched_at, h.context_lr_ramp_steps)
+    return lr_mult, momentum, row_len, switched_at
+
+
 def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, evaluate) -> dict:
     """Train in place (steps run through runners.train); returns timing facts. `evaluate()`
     gives (val_loss, val_bpb)."""
-    compiled = runners.train
     opt = Optimizers(model, h, rt.rank, rt.world_size)
     window = h.window_len
     global_seqs = h.train_batch_tokens // window
@@ -1798,52 +1784,13 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
     rt.log(f"train_setup global_seqs:{global_seqs} window_len:{window} tokens_per_step:{global_seqs * window} "
            f"row_lens:{','.join(str(length) for length, _ in h.context_phases())} grad_accum:{accum} micro_batch_seqs:{micro} "
            f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}{adapted}")
-
-    def run_step(lr_mult: float, momentum: float, row_len: int) -> torch.Tensor:
-        batch = loader.next_batch(rt.device)
-        total = torch.zeros((), device=rt.device)
-        for micro in batch.chunk(accum):
-            inputs, targets = micro[:, :-1], micro[:, 1:]
-            if row_len != window:  # each window cut into rows of this phase's length: every target kept
-                inputs, targets = inputs.reshape(-1, row_len), targets.reshape(-1, row_len)
-            with rt.autocast():
-                loss = compiled(inputs, targets)
-            (loss / accum).backward()
-            total += loss.detach()
-        opt.set_schedule(lr_mult, momentum)
-        opt.step()
-        opt.zero_grad()
-        return total / accum
-
-    states = h.training_states()  # every (row length, looping) graph the run will meet
+    run_step = training_step(h, runners, rt, opt, loader)
     if h.warmup_steps > 0:
-        t0, graphs = time.perf_counter(), graphs_compiled()
-        initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
-        warmup_steps = max(h.warmup_steps, len(states))  # at least one step per graph
-        for i in range(warmup_steps):
-            rt.doing(f"compile warm-up step {i + 1}")
-            row_len, model.looping = states[i * len(states) // warmup_steps]
-            if i * len(states) % warmup_steps < len(states):  # the first step of its state
-                with compile_timer(rt, f"train_{'looped' if model.looping else 'unlooped'}_{row_len}"):
-                    run_step(1.0, h.muon_momentum_warmup_start, row_len)
-            else:
-                run_step(1.0, h.muon_momentum_warmup_start, row_len)
-        model.load_state_dict(initial_model)
-        opt.load_state_dict(initial_opt)
-        loader.reset()
-        if h.quant_method == "gptq" and h.compile and h.gptq_compile:
-            with compile_timer(rt, "calibration"):
-                warm_up_calibration(model, runners, h, rt)
-        rt.synchronize()
-        rt.log(f"warmup_done steps:{warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
-        log_compiles(rt, "warmup", graphs)
+        warm_up_training(h, model, runners, rt, opt, loader, run_step)
     graphs = graphs_compiled()
-
-    row_len, model.looping = states[0]
-    switched_at = None  # the step of the last context switch: the LR ramps back up from it
+    (row_len, model.looping), switched_at = h.training_states()[0], None
     budget_ms = 1000.0 * (h.max_wallclock_seconds - h.gptq_reserve_seconds) if h.max_wallclock_seconds > 0 else 0.0
     ema = WeightEMA(model, h.ema_horizon_frac) if h.ema_enabled else None
-    tokens_per_step = global_seqs * window
     clock = SlowestClock(rt)
     host_ms, step, stopped_by_clock = 0.0, 0, False
     rt.synchronize()
@@ -1858,20 +1805,8 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
             t_start = time.perf_counter()
         if last_step:
             break
-        # Every decision reads the slowest rank's clock, so all ranks act on the same step.
         progress = clock.ms / budget_ms if budget_ms else step / h.iterations
-        if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
-            model.looping = True
-            layers = " ".join(str(layer) for layer, _ in model.schedule())
-            rt.log(f"looping_enabled step:{step} progress:{progress:.3f} virtual_layers:{layers}")
-        if (length := h.context_at(progress)) != row_len:
-            row_len, switched_at = length, step
-            rt.log(f"context_switch step:{step} progress:{progress:.3f} seq_len:{row_len}")
-        frac = min(step / max(h.muon_momentum_warmup_steps, 1), 1.0)
-        momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
-        lr_mult = lr_multiplier(progress, h.warmdown_frac, h.min_lr)
-        if switched_at is not None:
-            lr_mult *= ramp_after_switch(step - switched_at, h.context_lr_ramp_steps)
+        lr_mult, momentum, row_len, switched_at = schedule_step(h, model, rt, step, progress, row_len, switched_at)
         rt.doing(f"training step {step + 1}")
         loss = run_step(lr_mult, momentum, row_len)
         step += 1
@@ -1885,12 +1820,11 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
             clock.read_now(now, step)
             logged = True
         if logged:
-            log_training_step(rt, h, loss, step, clock.ms, tokens_per_step)
+            log_training_step(rt, h, loss, step, clock.ms, global_seqs * window)
         if stopped_by_clock:
             rt.log(f"stopping_early: wallclock_cap train_time:{clock.ms:.0f}ms step:{step}/{h.iterations}")
     if clock.step != step:
         clock.read_now(host_ms + 1000 * (time.perf_counter() - t_start), step)
-    train_ms = clock.ms
     if ema is not None:
         ema.copy_to_model()
         rt.log(f"ema_applied horizon_frac:{h.ema_horizon_frac}")
@@ -1899,7 +1833,7 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
     if broken:
         raise TrainingDiverged(f"after {step} steps these weights are not finite: {', '.join(broken)}; no artifact or score "
                                f"is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR).")
-    return {"train_ms": train_ms, "steps": step, "loader": loader}
+    return {"train_ms": clock.ms, "steps": step, "loader": loader}
 
 
 @torch.no_grad()
@@ -1941,8 +1875,6 @@ def log_peak_memory(rt: Runtime) -> None:
 # compressed: loading it never unpickles anything.
 # ---------------------------------------------------------------------------------------------
 
-COMPRESSORS = ("brotli", "zstd", "lzma")
-CHALLENGE_LIMIT_BYTES = 16_000_000  # code + model; also bounds what an artifact may ask the loader to build
 ARTIFACT_MAGIC = b"PGA2"
 ARTIFACT_FORMAT = 4  # 4: two-lane parallel residuals and the tokenizer's SHA-256 in the header
 # Header: magic, compressor id, CRC-32 of the compressor id and the compressed stream (9 bytes).
@@ -2028,36 +1960,6 @@ def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
     if name in ("qo_bank", "kv_bank"):
         return h.matrix_bits, h.attn_clip_sigmas
     return h.matrix_bits, h.mlp_clip_sigmas
-
-
-def predicted_model_bytes(model: GPT, h: Hyperparameters) -> int:
-    """Compressed size if every quantized row were Gaussian: with SDClip at k sigma a level costs
-    about log2(qmax / k * sqrt(2 pi e)) bits (the entropy of a rounded Gaussian), plus fp16 row
-    scales and fp16 passthrough tensors. Measured within 1% for the default model (README)."""
-    total_bits = 0.0
-    quantized = {name for name, _, _ in quant_units(model)}
-    for name, param in model.named_parameters():
-        if name not in quantized:
-            total_bits += 16 * param.numel()
-            continue
-        bits, clip = quant_spec(name, h)
-        qmax = 2 ** (bits - 1) - 1
-        level_bits = min(bits, max(0.0, math.log2(qmax / clip * math.sqrt(2 * math.pi * math.e))))
-        rows = param.numel() // param.size(-1)
-        total_bits += level_bits * param.numel() + 16 * rows
-    # Bounds from the largest candidates (the chosen ones are known only after GPTQ): AWQ-lite's
-    # groups cost log2(127 / qmax) more bits a level, LQER's factors 2 and 4 bits plus fp16 scales.
-    matrices = [(p.shape[-2], p.shape[-1], quant_spec(name, h)[0]) for name, p in model.named_parameters()
-                if name in quantized for _ in range(p.shape[0] if p.dim() == 3 else 1)]
-    if h.quant_method == "gptq" and h.awq_groups > 0:
-        extra = sorted((rows * h.awq_group_cols * math.log2(WIDE_QMAX / (2 ** (bits - 1) - 1))
-                        for rows, cols, bits in matrices if cols >= h.awq_group_cols), reverse=True)
-        total_bits += sum(extra[:h.awq_groups])
-    if h.lqer_rank > 0:
-        fixes = sorted((r * (2 * rows + 4 * cols + 16 * -(-cols // h.lqer_group)) + 16
-                        for rows, cols, _ in matrices for r in [min(h.lqer_rank, rows, cols)]), reverse=True)
-        total_bits += sum(fixes[:h.lqer_tensors])
-    return int(total_bits / 8)
 
 
 @torch.no_grad()
@@ -2337,7 +2239,7 @@ def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_s
                                       for slot, group, a, a_scale, b, b_scale in item.lqer]}
         else:
             entries[name] = {"kind": "fp16", "data": add(item.numpy())}
-    header = json.dumps({"format": ARTIFACT_FORMAT, "config": asdict(cfg), "tokenizer_sha256": tokenizer_sha256,
+    header = json.dumps({"format": ARTIFACT_FORMAT, "config": cfg.__dict__, "tokenizer_sha256": tokenizer_sha256,
                          "tensors": entries}).encode()
     payload = len(header).to_bytes(4, "little") + header + b"".join(arrays)
     return seal_artifact(method, compress(payload, method))
@@ -2349,41 +2251,29 @@ def seal_artifact(method: str, stream: bytes) -> bytes:
     return ARTIFACT_MAGIC + body[:1] + zlib.crc32(body).to_bytes(4, "little") + body[1:]
 
 
-CONFIG_KINDS = {f.name: f.type for f in fields(ModelConfig)}
 KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", list: "a list of strings"}
-
-
-def setting_text(value, kind: type) -> str | None:
-    """An artifact config value as the environment variable would spell it, or None unless its
-    JSON type is the one this script writes for the field: an integer is never 1.0 or "128",
-    a switch is true or false, and a number is never a string."""
-    if kind is bool:
-        return str(int(value)) if isinstance(value, bool) else None
-    if kind is int and type(value) is int or kind is float and type(value) in (int, float):
-        return str(value)
-    if kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)
-    return None
 
 
 def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str = "the artifact") -> ModelConfig:
     """The model settings of an artifact (or of a checkpoint: `source` names the file), refused
-    before anything is built unless they are a model this script could have written for this
-    data: every field through the same checks as the environment's settings (MODEL_SETTINGS),
-    this vocabulary and BOS id, and no more parameters than the file's bytes could hold or the
-    device's memory could evaluate."""
-    if not isinstance(raw, dict) or set(raw) != set(MODEL_SETTINGS) | {"bos_id"}:
+    before anything is built unless they are a model this script could have written for this data:
+    each value of the JSON type this script writes, then through the same checks as the environment's
+    settings, this vocabulary and BOS id, and no more parameters than the file's bytes could hold or
+    the device's memory could evaluate."""
+    if not isinstance(raw, dict) or set(raw) != set(MODEL_FIELDS) | {"bos_id"}:
         fields_seen = sorted(raw) if isinstance(raw, dict) else raw
         raise InputError(f"{source}'s model config has the fields {fields_seen!r}, not this script's; it was not "
                          f"written by this train_gpt.py")
+    defaults = ModelConfig().__dict__
     env = {"TRAIN_BATCH_TOKENS": "2048", "TRAIN_SEQ_LEN": "2048", "PROGRESSIVE_CONTEXT": ""}  # only the model is checked
-    for name, variable in MODEL_SETTINGS.items():
-        kind = CONFIG_KINDS[name]
-        text = setting_text(raw[name], kind)
-        if text is None:
-            raise InputError(f"{source}'s model config has {name}={raw[name]!r}, which is not {KIND_NAMES[kind]} "
-                             f"(the {variable} setting it stands for)")
-        env[variable] = text
+    for name in MODEL_FIELDS:
+        value, kind = raw[name], type(defaults[name])
+        # The JSON type this script writes: an integer is never 1.0, True or "128"; a list holds strings.
+        if not (type(value) is kind or kind is float and type(value) is int) or kind is list and not all(
+                isinstance(v, str) for v in value):
+            raise InputError(f"{source}'s model config has {name}={value!r}, which is not {KIND_NAMES[kind]} "
+                             f"(the {name.upper()} setting it stands for)")
+        env[name.upper()] = str(int(value)) if kind is bool else ",".join(value) if kind is list else str(value)
     try:
         h = Hyperparameters(environ=env)
         h.validate(1)
@@ -2459,12 +2349,14 @@ def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
     agree(rt, problem)
 
 
-def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Parse an artifact into a config and dequantized float32 tensors. Checked in order, each
-    before any work that trusts it: magic, checksum, config (against the data's vocabulary),
-    every tensor's name, kind and shape; decompression stops where the config says the payload
-    ends. Only JSON and raw arrays are read, so a file crafted to run code when unpickled is
-    refused, never run."""
+def artifact_corrupt(reason: str) -> InputError:
+    return InputError(f"the artifact is corrupt or truncated ({reason}); refusing to load it. Copy it again or "
+                      f"re-export it with EXPORT_ONLY=<checkpoint>")
+
+
+def artifact_header(blob: bytes, vocab_size: int, tokenizer_sha256: str | None) -> tuple[dict, ModelConfig, BoundedDecompressor]:
+    """Magic, checksum, format, config and tokenizer, each checked before anything trusts it; returns the
+    header, the checked config and the stream positioned at the payload."""
     if blob[:4] != ARTIFACT_MAGIC or len(blob) < ARTIFACT_PREFIX_BYTES or blob[4] >= len(COMPRESSORS):
         raise InputError("not a train_gpt.py artifact (bad magic); refusing to load it. Only files written by this "
                          "script's export can be evaluated")
@@ -2473,100 +2365,103 @@ def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | N
         raise InputError("the artifact's checksum does not match its contents: the file is corrupt (even one changed "
                          "bit is refused). Copy it again or re-export it with EXPORT_ONLY=<checkpoint>")
     stream = BoundedDecompressor(blob[ARTIFACT_PREFIX_BYTES:], COMPRESSORS[blob[4]])
+    header_len = int.from_bytes(stream.read(4), "little")
+    if header_len > MAX_HEADER_BYTES:
+        raise artifact_corrupt(f"a {header_len:,}-byte header")
+    header = json.loads(stream.read(header_len))
+    if header.get("format") != ARTIFACT_FORMAT:
+        raise InputError(f"the artifact is format {header.get('format')!r}, written by another version of train_gpt.py "
+                         f"(this one reads format {ARTIFACT_FORMAT}); evaluate it with the script that wrote it")
+    cfg = checked_config(header.get("config"), vocab_size, len(blob))
+    if tokenizer_sha256 is not None and header.get("tokenizer_sha256") != tokenizer_sha256:
+        raise InputError(f"the artifact was trained with the tokenizer of SHA-256 {str(header.get('tokenizer_sha256'))[:16]}, "
+                         f"but TOKENIZER_PATH has {tokenizer_sha256[:16]}; evaluate it with its own tokenizer and data "
+                         f"(a CaseOps and a plain tokenizer of one vocabulary size do not share token meanings)")
+    return header, cfg, stream
 
-    def corrupt(reason: str) -> InputError:
-        return InputError(f"the artifact is corrupt or truncated ({reason}); refusing to load it. Copy it again or "
-                          f"re-export it with EXPORT_ONLY=<checkpoint>")
 
+def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
+    """Every array the tensor entries name, each checked against the model's shapes (dtype, shape,
+    bits, AWQ-lite column ranges, LQER factors) before any byte of the payload is read."""
+    arrays = []
+
+    def check(ref: dict, dtype: str, shape: tuple, what: str) -> None:
+        if ref["dtype"] != dtype or tuple(ref["shape"]) != tuple(shape):
+            raise artifact_corrupt(f"{what} is {ref['dtype']}{ref['shape']}, expected {dtype}{list(shape)}")
+        arrays.append(ref)
+
+    def matrix_of(name: str, slot) -> tuple[int, int]:
+        """(rows, cols) of one matrix of tensor `name`; slot -1 for a matrix, an index for a bank."""
+        shape = shapes[name]
+        if not isinstance(slot, int) or isinstance(slot, bool) or not (0 <= slot < shape[0] if len(shape) == 3 else slot == -1):
+            raise artifact_corrupt(f"{name} has no matrix {slot!r}")
+        return shape[-2], shape[-1]
+
+    if set(entries) != set(shapes):
+        raise artifact_corrupt(f"tensors {sorted(set(entries) ^ set(shapes))} do not match the model")
+    for name, entry in entries.items():
+        if entry["kind"] != "int":
+            check(entry["data"], "<f2", shapes[name], f"{name}.data")
+            continue
+        check(entry["q"], "|i1", shapes[name], f"{name}.q")
+        check(entry["scale"], "<f2", shapes[name][:-1], f"{name}.scale")
+        if not isinstance(entry["bits"], int) or not 2 <= entry["bits"] <= 8:
+            raise artifact_corrupt(f"{name} has {entry['bits']!r} bits")
+        for slot, start, end in entry["wide"]:
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= matrix_of(name, slot)[1]):
+                raise artifact_corrupt(f"{name}[{slot}] has int8 columns {start}-{end} outside the matrix")
+        for fix in entry["lqer"]:
+            rows, cols = matrix_of(name, fix["slot"])
+            rank, group = fix["a"]["shape"][-1], fix["group"]
+            if not (isinstance(rank, int) and 1 <= rank <= min(rows, cols) and isinstance(group, int) and group >= 1):
+                raise artifact_corrupt(f"{name}[{fix['slot']}] has an LQER correction of rank {rank!r}, group {group!r}")
+            for key, dtype, shape, what in (("a", "|i1", (rows, rank), "A"), ("a_scale", "<f2", (1,), "A scale"),
+                                            ("b", "|i1", (rank, cols), "B"), ("b_scale", "<f2", (rank, -(-cols // group)), "B scales")):
+                check(fix[key], dtype, shape, f"{name} LQER {what}")
+    return arrays
+
+
+def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Parse an artifact into a config and dequantized float32 tensors, each part checked before any
+    work that trusts it (artifact_header, payload_arrays); decompression stops where the config says
+    the payload ends. Only JSON and raw arrays are read: a file crafted to run code when unpickled is
+    refused, never run."""
     try:
-        header_len = int.from_bytes(stream.read(4), "little")
-        if header_len > MAX_HEADER_BYTES:
-            raise corrupt(f"a {header_len:,}-byte header")
-        header = json.loads(stream.read(header_len))
-        if header.get("format") != ARTIFACT_FORMAT:
-            raise InputError(f"the artifact is format {header.get('format')!r}, written by another version of train_gpt.py "
-                             f"(this one reads format {ARTIFACT_FORMAT}); evaluate it with the script that wrote it")
-        cfg = checked_config(header.get("config"), vocab_size, len(blob))
-        if tokenizer_sha256 is not None and header.get("tokenizer_sha256") != tokenizer_sha256:
-            raise InputError(f"the artifact was trained with the tokenizer of SHA-256 {str(header.get('tokenizer_sha256'))[:16]}, "
-                             f"but TOKENIZER_PATH has {tokenizer_sha256[:16]}; evaluate it with its own tokenizer and data "
-                             f"(a CaseOps and a plain tokenizer of one vocabulary size do not share token meanings)")
+        header, cfg, stream = artifact_header(blob, vocab_size, tokenizer_sha256)
         with torch.device("meta"):
             shapes = {n: tuple(p.shape) for n, p in GPT(cfg).named_parameters()}
-        entries = header["tensors"]
-        if set(entries) != set(shapes):
-            raise corrupt(f"tensors {sorted(set(entries) ^ set(shapes))} do not match the model")
-        expected = []
-
-        def check(ref: dict, dtype: str, shape: tuple, what: str) -> None:
-            if ref["dtype"] != dtype or tuple(ref["shape"]) != tuple(shape):
-                raise corrupt(f"{what} is {ref['dtype']}{ref['shape']}, expected {dtype}{list(shape)}")
-            expected.append(ref)
-
-        def matrix_of(name: str, slot) -> tuple[int, int]:
-            """(rows, cols) of one matrix of tensor `name`; slot -1 for a matrix, an index for a bank."""
-            shape = shapes[name]
-            banked = len(shape) == 3
-            if not isinstance(slot, int) or isinstance(slot, bool) or not (0 <= slot < shape[0] if banked else slot == -1):
-                raise corrupt(f"{name} has no matrix {slot!r}")
-            return shape[-2], shape[-1]
-
-        for name, entry in entries.items():
-            if entry["kind"] != "int":
-                check(entry["data"], "<f2", shapes[name], f"{name}.data")
-                continue
-            check(entry["q"], "|i1", shapes[name], f"{name}.q")
-            check(entry["scale"], "<f2", shapes[name][:-1], f"{name}.scale")
-            if not isinstance(entry["bits"], int) or not 2 <= entry["bits"] <= 8:
-                raise corrupt(f"{name} has {entry['bits']!r} bits")
-            for slot, start, end in entry["wide"]:
-                if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= matrix_of(name, slot)[1]):
-                    raise corrupt(f"{name}[{slot}] has int8 columns {start}-{end} outside the matrix")
-            for fix in entry["lqer"]:
-                rows, cols = matrix_of(name, fix["slot"])
-                rank, group = fix["a"]["shape"][-1], fix["group"]
-                if not (isinstance(rank, int) and 1 <= rank <= min(rows, cols) and isinstance(group, int) and group >= 1):
-                    raise corrupt(f"{name}[{fix['slot']}] has an LQER correction of rank {rank!r}, group {group!r}")
-                check(fix["a"], "|i1", (rows, rank), f"{name} LQER A")
-                check(fix["a_scale"], "<f2", (1,), f"{name} LQER A scale")
-                check(fix["b"], "|i1", (rank, cols), f"{name} LQER B")
-                check(fix["b_scale"], "<f2", (rank, -(-cols // group)), f"{name} LQER B scales")
-        total = sum(math.prod(r["shape"]) * np.dtype(r["dtype"]).itemsize for r in expected)
+        arrays = payload_arrays(header["tensors"], shapes)
+        total = sum(math.prod(r["shape"]) * np.dtype(r["dtype"]).itemsize for r in arrays)
         data = stream.read(total)
         if len(data) < total:
-            raise corrupt(f"the payload ends after {len(data):,} of {total:,} bytes")
+            raise artifact_corrupt(f"the payload ends after {len(data):,} of {total:,} bytes")
         if stream.read(1) or stream.trailing():
-            raise corrupt(f"more data follows the {total:,} bytes the config needs")
+            raise artifact_corrupt(f"more data follows the {total:,} bytes the config needs")
 
-        def read(ref: dict) -> torch.Tensor:
+        def read(ref: dict, levels: tuple[int, int] | None = None, what: str = "") -> torch.Tensor:
             size = math.prod(ref["shape"]) * np.dtype(ref["dtype"]).itemsize
             if ref["offset"] < 0 or ref["offset"] + size > total or ref["nbytes"] != size:
-                raise corrupt(f"an array at offset {ref['offset']} lies outside the payload")
-            chunk = data[ref["offset"]: ref["offset"] + size]
-            return torch.from_numpy(_unshuffled(chunk, ref["dtype"], ref["shape"]).copy())
-
-        def levels(ref: dict, low: int, high: int, what: str) -> torch.Tensor:
-            values = read(ref)
-            if values.numel() and not (low <= int(values.min()) and int(values.max()) <= high):
-                raise corrupt(f"{what} has levels outside [{low}, {high}]")
+                raise artifact_corrupt(f"an array at offset {ref['offset']} lies outside the payload")
+            values = torch.from_numpy(_unshuffled(data[ref["offset"]: ref["offset"] + size], ref["dtype"], ref["shape"]).copy())
+            if levels and values.numel() and not (levels[0] <= int(values.min()) and int(values.max()) <= levels[1]):
+                raise artifact_corrupt(f"{what} has levels outside [{levels[0]}, {levels[1]}]")
             return values
 
         state = {}
-        for name, entry in entries.items():
-            if entry["kind"] == "int":
-                lqer = [[fix["slot"], fix["group"], levels(fix["a"], *LQER_A_LEVELS, f"{name} LQER A"), read(fix["a_scale"]),
-                         levels(fix["b"], *LQER_B_LEVELS, f"{name} LQER B"), read(fix["b_scale"])] for fix in entry["lqer"]]
-                state[name] = QuantizedTensor(entry["bits"], read(entry["q"]), read(entry["scale"]),
-                                              entry["wide"], lqer).dequantized()
-            else:
+        for name, entry in header["tensors"].items():
+            if entry["kind"] != "int":
                 state[name] = read(entry["data"]).float()
-        broken = [name for name, t in state.items() if not torch.isfinite(t).all()]
-        if broken:
-            raise InputError(f"the artifact's weights are not finite ({', '.join(broken)}): it cannot give a score")
+                continue
+            lqer = [[fix["slot"], fix["group"], read(fix["a"], LQER_A_LEVELS, f"{name} LQER A"), read(fix["a_scale"]),
+                     read(fix["b"], LQER_B_LEVELS, f"{name} LQER B"), read(fix["b_scale"])] for fix in entry["lqer"]]
+            state[name] = QuantizedTensor(entry["bits"], read(entry["q"]), read(entry["scale"]), entry["wide"], lqer).dequantized()
     except InputError:
         raise
     except Exception as exc:  # brotli/zstd/lzma, JSON, numpy and key errors alike
-        raise corrupt(f"{type(exc).__name__}: {exc}") from exc
+        raise artifact_corrupt(f"{type(exc).__name__}: {exc}") from exc
+    broken = [name for name, t in state.items() if not torch.isfinite(t).all()]
+    if broken:
+        raise InputError(f"the artifact's weights are not finite ({', '.join(broken)}): it cannot give a score")
     return cfg, state
 
 
@@ -2723,14 +2618,6 @@ def evaluate_windows(score_fn, val: torch.Tensor, seq_len: int, stride: int, h: 
     return meter.result()
 
 
-def ttt_parameters(model: GPT, which: str) -> list[nn.Parameter]:
-    if which == "all":
-        return list(model.parameters())
-    # "adapters": LoRA factors, pass embeddings, and the per-layer gains, scales and mixes.
-    big = {id(p) for p in model.bank_parameters() + [model.tok_emb.weight]}
-    return [p for p in model.parameters() if id(p) not in big]
-
-
 def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-length training sequences covering targets chunk_start+1..chunk_end once each.
 
@@ -2750,33 +2637,22 @@ def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tup
 
 
 def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
-                    rt: Runtime, recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
-    """Chunked test-time training that scores every token before any update that uses it.
-
-    `audit`, when given, receives ("score", first_target, last_target) and
-    ("train", first_target, last_target) events so tests can check the order.
-    """
+                    rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
+    """Chunked test-time training (the 2026-04-09 record's SGD on every weight) that scores every
+    token before any update that uses it: chunk c's windows are scored, then trained on; the last
+    chunk never is."""
     windows = sliding_windows(len(val), h.eval_seq_len, h.eval_stride)
     chunk_of_window = windows.score_from // h.ttt_chunk_tokens
     num_chunks = int(chunk_of_window[-1]) + 1
     targets = len(val) - 1
-    params = ttt_parameters(model, h.ttt_params)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    if h.ttt_optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
-    else:
-        opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     meter = BpbMeter(rt.device)
     for chunk in range(num_chunks):
         rt.doing(f"chunked TTT, chunk {chunk + 1} of {num_chunks}")
         mine = windows.subset(np.nonzero(chunk_of_window == chunk)[0])
         model.eval()
         score_windows(runners.score, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
-        if audit is not None and len(mine):
-            audit.append(("score", int(mine.score_from[0]) + 1, int(mine.ends[-1])))
         if chunk == num_chunks - 1 or h.ttt_epochs == 0:
             continue
         chunk_start, chunk_end = chunk * h.ttt_chunk_tokens, min((chunk + 1) * h.ttt_chunk_tokens, targets)
@@ -2786,10 +2662,6 @@ def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperp
         model.train()
         train_on_tokens(runners.train, val, chunk_start, chunk_end, params, opt, h.eval_seq_len, h.ttt_batch_seqs,
                         h.ttt_epochs, h.ttt_grad_clip, rt)
-        if audit is not None:
-            audit.append(("train", chunk_start + 1, chunk_end))
-    for p in model.parameters():
-        p.requires_grad_(True)
     return meter.result()
 
 
@@ -3001,8 +2873,7 @@ def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: 
 
 def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]], lora: TTTLoRA, opt,
                          h: Hyperparameters, tables: ByteTables, meter: BpbMeter, rt: Runtime, order_base: int,
-                         recorder: NllRecorder | None = None, audit: list | None = None,
-                         ngram: NgramTilt | None = None) -> None:
+                         recorder: NllRecorder | None = None, ngram: NgramTilt | None = None) -> None:
     """Read a batch of documents chunk by chunk: score chunk c of every document (at most
     EVAL_SEQ_LEN tokens of context, all from the same document), then one Adam step on the
     mean loss of each document's chunk c, except for a document's last chunk. The scores come
@@ -3047,22 +2918,16 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         if recorder is not None:
             positions = target_pos[scored_host]
             recorder.add(positions, score, nbytes[scored], torch.full_like(positions, order_base + c))
-        if audit is not None:
-            audit += [("score", int(starts[r] + rel[r][scored_host[r]].min() + 1), int(starts[r] + rel[r][scored_host[r]].max() + 1))
-                      for r in range(rows) if scored_host[r].any()]
         if trains_host.any():
             # Each document's mean chunk loss, summed: documents share no gradient.
             per_doc = (nll * scored).sum(1) / scored.sum(1).clamp_min(1)
             opt.zero_grad(set_to_none=True)
             (per_doc * trains).sum().backward()
             opt.step()
-            if audit is not None:
-                audit += [("train", int(starts[r] + c * C + 1), int(starts[r] + (c + 1) * C))
-                          for r in range(rows) if trains_host[r]]
 
 
 def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[int, int]], h: Hyperparameters,
-                     rt: Runtime, audit: list | None = None) -> int:
+                     rt: Runtime) -> int:
     """SGD on every base weight over documents that are already fully scored, in
     GLOBAL_TTT_CHUNK_TOKENS chunks with a cosine learning rate across them (PR #1626)."""
     stream = torch.cat([val[s:s + n + 1] for s, n in docs])
@@ -3081,13 +2946,11 @@ def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[i
     model.eval()
     for p in params:
         p.requires_grad_(False)
-    if audit is not None:
-        audit += [("train", s + 1, s + n) for s, n in docs]
     return len(stream)
 
 
 def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
-                        rt: Runtime, recorder: NllRecorder | None = None, audit: list | None = None) -> tuple[float, float]:
+                        rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
     """TTT_MODE=docs or phased: per-document LoRA TTT, plus global SGD phases for phased."""
     docs = split_documents(val.cpu(), model.cfg.bos_id)
     phases = h.phased_ttt_phases if h.ttt_mode == "phased" else 0
@@ -3115,7 +2978,7 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
         if b in plan.phase_ends:
             rt.doing(f"per-document TTT, global SGD phase after batch {b}")
             done = [docs[d] for prior in plan.batches[:b] for d in prior]
-            tokens = global_sgd_phase(model, runners.train, val, done, h, rt, audit)
+            tokens = global_sgd_phase(model, runners.train, val, done, h, rt)
             lora.reset(True, generator)  # A restarts after each phase (PR #1855)
             rt.log(f"ttt_phase after_batch:{b} documents:{len(done)} tokens:{tokens} time:{1000 * (time.perf_counter() - t0):.0f}ms")
         if plan.owner[b] != rt.rank:
@@ -3129,7 +2992,7 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
         model.ttt_lora, model.rows_are_documents = lora, True
         try:
             score_document_batch(runners.documents, val, [docs[d] for d in batch], lora, opt, h, tables, meter, rt,
-                                 b << 32, recorder, audit, ngram)
+                                 b << 32, recorder, ngram)
         finally:
             model.ttt_lora, model.rows_are_documents = None, False
     for p in model.parameters():
@@ -3556,7 +3419,7 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
     # the readable source it stands for (a packager wrapper names it in _SOURCE_SHA256).
     ran = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} source_sha256:{wrapper_value('_SOURCE_SHA256') or ran}")
-    for name, value in h.env_values.items():
+    for name, value in h.values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
 
@@ -3614,7 +3477,7 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     write and logs it; a failed write (a full disk, say) is reported and the run goes on."""
     if not (rt.is_main and h.checkpoint_path and not h.export_only):
         return lambda: None
-    saved = {"config": asdict(model.cfg), "tokenizer_sha256": h.tokenizer_sha256,
+    saved = {"config": model.cfg.__dict__, "tokenizer_sha256": h.tokenizer_sha256,
              "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     outcome = []
 
@@ -3793,9 +3656,6 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         rt.log(f"init_probe seed:{h.seed} values:{','.join(f'{v:.7g}' for v in model.init_probe())}")
         model = model.to(rt.device)
         runners = prepare_model(model, h, rt)
-        predicted = predicted_model_bytes(model, h)
-        rt.log(f"artifact_plan predicted_model_bytes:{predicted} code_bytes:{code_bytes} predicted_total_bytes:{predicted + code_bytes} "
-               f"limit_bytes:{h.artifact_limit_bytes} (rounded-Gaussian estimate, see the README's size planning)")
         stats = train_model(h, model, runners, rt, lambda: full_eval(runners.score))
         log_peak_memory(rt)
         blob, quant_ms = export_model(model, runners, h, rt)

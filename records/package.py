@@ -104,7 +104,7 @@ KEY_HPARAMS = (
     "VOCAB_SIZE NUM_LAYERS MODEL_DIM NUM_HEADS NUM_KV_HEADS MLP_MULT TRAIN_SEQ_LEN PROGRESSIVE_CONTEXT EVAL_SEQ_LEN "
     "TRAIN_BATCH_TOKENS LOOP_START LOOP_END NUM_LOOPS ENABLE_LOOPING_AT PASS_LORA_RANK "
     "PASS_LORA_TARGETS PASS_EMBED MATRIX_BITS EMBED_BITS COMPRESSOR EVAL_STRIDE TTT_ENABLED "
-    "TTT_PARAMS TTT_OPTIMIZER TTT_EPOCHS TTT_LR TTT_CHUNK_TOKENS MAX_WALLCLOCK_SECONDS"
+    "TTT_MODE TTT_EPOCHS TTT_LR TTT_CHUNK_TOKENS MAX_WALLCLOCK_SECONDS"
 ).split()
 BPB_TOLERANCE = 5e-9  # values are stored with 8 decimals
 # The challenge's validation split: the first 50,000 documents of its FineWeb export, each
@@ -340,7 +340,7 @@ MAX_SOURCE_BYTES = 64 << 20  # a payload that inflates past this is refused, not
 # must leave train_gpt.py's behaviour alone:
 MINIFY_OPTIONS = {
     "remove_literal_statements": True,  # docstrings: train_gpt.py never reads __doc__ (tested)
-    "rename_globals": False,  # globals are looked up and printed by name (type(exc).__name__)
+    "rename_globals": True,  # nothing looks a global up by name: the init probe imports the readable script
     "rename_locals": True,  # keyword arguments keep their names; python-minifier renames
                             # nothing at all in a module that calls globals(), locals() or exec
     "hoist_literals": False,  # names for repeated strings compress worse than the strings do
@@ -956,13 +956,12 @@ for env in json.loads(sys.stdin.read()):
 PROBE_TOLERANCE = 1e-5
 
 
-def check_init_probes(runs: list[RunLog], rebuild: bool) -> None:
+def check_init_probes(runs: list[RunLog], rebuild: bool, source: str) -> None:
     """A log's SEED must be the seed its model was initialised with: its init_probe line must
-    name that seed and, with `rebuild` (--rescore: it runs the logged source, as rescoring runs
-    the shipped script), equal the values the logged SEED and settings give on the CPU here.
-    Nothing to check for a script that logs no init_probe."""
-    source = runs[0].source
-    # Not "init_probe(self": a wrapper's minified source renames self.
+    name that seed and, with `rebuild` (--rescore), equal the values the logged SEED and settings
+    give on the CPU here, rebuilt by the readable `source` (a wrapper runs it minified, with other
+    global names: check_shipped_script proved the two the same program). Nothing to check for a
+    script that logs no init_probe."""
     if not re.search(r"^\s+def init_probe\(", source, flags=re.M):  # an older or another script
         return
     for run in runs:
@@ -1278,8 +1277,7 @@ def _ttt_summary(hp: dict[str, str]) -> str:
     kind = {"chunked": "score-first TTT", "docs": "score-first per-document LoRA TTT",
             "phased": "score-first per-document LoRA TTT + global SGD phases"}.get(
                 mode, f"score-first TTT ({mode} mode)")
-    formats = {"TTT_OPTIMIZER": "{}", "TTT_PARAMS": "{} params", "TTT_EPOCHS": "{} epochs",
-               "TTT_LR": "lr {}", "TTT_CHUNK_TOKENS": "{}-token chunks"}
+    formats = {"TTT_EPOCHS": "{} epochs", "TTT_LR": "lr {}", "TTT_CHUNK_TOKENS": "{}-token chunks"}
     details = [fmt.format(hp[key]) for key, fmt in formats.items() if hp.get(key)]
     return f"{kind} ({', '.join(details)})" if details else kind
 
@@ -1536,7 +1534,7 @@ def check_folder(folder: Path, expected_name: str | None = None,
                  runs)
     check_code_bytes(script_text, shipped_name, runs)
     check_shipped_script(script_text, shipped_name, readable, readable_name, runs)
-    check_init_probes(runs, rebuild=options.rescore)
+    check_init_probes(runs, rebuild=options.rescore, source=readable if wrapped else script_text)
     for run in runs:
         artifact = folder / artifact_name(run.seed)
         if not artifact.is_file():

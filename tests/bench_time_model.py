@@ -32,7 +32,7 @@ After the prediction's table the script prints, as sections (--only picks them):
                of training, against PR #2135's -0.0002 for 32 batches; the verdict
   slack        phased TTT with more global phases or a longer prefix: predicted evaluation seconds
                and whether each fits 600 s with a margin (--eval-margin) for the prediction's error
-  size         predicted model bytes (train_gpt.predicted_model_bytes) of the configuration and of
+  size         predicted model bytes (predicted_model_bytes) of the configuration and of
                the clip / AWQ-lite alternatives, with the plain script and each wrapper that
                records/package.py makes, against the 16,000,000-byte limit
   one-gpu      the configured step on one GPU (gradient accumulation): the acceptance run's
@@ -125,7 +125,7 @@ SEED_SPREAD_BPB = 5e-4  # seed-to-seed spread of a record's score (records/packa
 # PR #1855 ran three (75-84 s), PRs #2014 and #2135 one.
 PHASE_NOTES = {1: "PRs #2014, #2135 (train_gpt.py's default)", 3: "\u22120.0014 (PRs #1610, #1626); PR #1855's count",
                6: "the most before overfitting (PR #1626)"}
-# Predictor error of train_gpt.predicted_model_bytes, measured (README, Size planning): the
+# Predictor error of predicted_model_bytes, measured (README, Size planning): the
 # previous default model with Gaussian weights compressed 0.8 % larger than predicted.
 SIZE_PREDICTOR_ERROR = 0.008
 
@@ -167,6 +167,36 @@ class Rates:
     docs_mfu: float  # per-document LoRA TTT scoring and training, fitted to PR #1855's TTT minus its phases
     phase_mfu: float  # the global SGD phases, fitted to PR #1855's phase time
     hessian_scale: float  # measured / FLOP-predicted seconds of PR #1855's GPTQ calibration + Hessians
+
+
+def predicted_model_bytes(model: torch.nn.Module, h: tg.Hyperparameters) -> int:
+    """Compressed size if every quantized row were Gaussian: with SDClip at k sigma a level costs
+    about log2(qmax / k * sqrt(2 pi e)) bits (the entropy of a rounded Gaussian), plus fp16 row
+    scales and fp16 passthrough tensors (tests/PLANNING.md: within 1% on the default model)."""
+    total_bits = 0.0
+    quantized = {name for name, _, _ in tg.quant_units(model)}
+    for name, param in model.named_parameters():
+        if name not in quantized:
+            total_bits += 16 * param.numel()
+            continue
+        bits, clip = tg.quant_spec(name, h)
+        qmax = 2 ** (bits - 1) - 1
+        level_bits = min(bits, max(0.0, math.log2(qmax / clip * math.sqrt(2 * math.pi * math.e))))
+        rows = param.numel() // param.size(-1)
+        total_bits += level_bits * param.numel() + 16 * rows
+    # Bounds from the largest candidates (the chosen ones are known only after GPTQ): AWQ-lite's
+    # groups cost log2(127 / qmax) more bits a level, LQER's factors 2 and 4 bits plus fp16 scales.
+    matrices = [(p.shape[-2], p.shape[-1], tg.quant_spec(name, h)[0]) for name, p in model.named_parameters()
+                if name in quantized for _ in range(p.shape[0] if p.dim() == 3 else 1)]
+    if h.quant_method == "gptq" and h.awq_groups > 0:
+        extra = sorted((rows * h.awq_group_cols * math.log2(tg.WIDE_QMAX / (2 ** (bits - 1) - 1))
+                        for rows, cols, bits in matrices if cols >= h.awq_group_cols), reverse=True)
+        total_bits += sum(extra[:h.awq_groups])
+    if h.lqer_rank > 0:
+        fixes = sorted((r * (2 * rows + 4 * cols + 16 * -(-cols // h.lqer_group)) + 16
+                        for rows, cols, _ in matrices for r in [min(h.lqer_rank, rows, cols)]), reverse=True)
+        total_bits += sum(fixes[:h.lqer_tensors])
+    return int(total_bits / 8)
 
 
 # --- Documents: lengths, and attended pairs under the document mask ---------------------------
@@ -670,7 +700,7 @@ def predict(h: tg.Hyperparameters, world_size: int, assumptions: Assumptions) ->
     quant["reserve_enough"] = quant["seconds_calibrated"] <= h.gptq_reserve_seconds
     lengths = validation_lengths(assumptions)
     ev = evaluation(counts, world_size, lengths, assumptions, rates)
-    model_bytes = tg.predicted_model_bytes(counts.model, h)
+    model_bytes = predicted_model_bytes(counts.model, h)
     code_bytes = Path(tg.__file__).stat().st_size
     artifact = {"model_bytes": model_bytes, "code_bytes": code_bytes, "total_bytes": model_bytes + code_bytes,
                 "limit_bytes": h.artifact_limit_bytes}
@@ -800,7 +830,7 @@ def code_sizes(script: Path) -> tuple[dict[str, int], str]:
 
 
 def size_plan(h: tg.Hyperparameters, p: dict) -> dict:
-    """Predicted model bytes (train_gpt.predicted_model_bytes) of the configuration and of the
+    """Predicted model bytes (predicted_model_bytes) of the configuration and of the
     clip / AWQ-lite alternatives, with each way of shipping the code, against the limit."""
     n = p["world_size"]
     model = Counts(h).model
@@ -812,7 +842,7 @@ def size_plan(h: tg.Hyperparameters, p: dict) -> dict:
     settings += [(f"AWQ_GROUPS={v}", {"awq_groups": v}) for v in (0, 1) if v != h.awq_groups]
     rows = []
     for label, change in settings:
-        model_bytes = tg.predicted_model_bytes(model, variant(h, n, **change))
+        model_bytes = predicted_model_bytes(model, variant(h, n, **change))
         rows.append({"label": label, "model_bytes": model_bytes,
                      **{f"margin_{name}": limit - model_bytes - b for name, b in code.items()},
                      "margin_after_error": limit - int(model_bytes * (1 + SIZE_PREDICTOR_ERROR)) - code[smallest]})
@@ -1034,7 +1064,7 @@ def size_lines(z: dict) -> list[str]:
                  ["export settings", "predicted model bytes", *(f"+ {name} ({b:,} B)" for name, b in code.items()),
                   f"margin with the {z['smallest']}, after the predictor's +{100 * SIZE_PREDICTOR_ERROR:.1f} %"], body) + [
         "",
-        f"Model bytes: train_gpt.predicted_model_bytes (rounded-Gaussian entropy of each quantised row, fp16 scales "
+        f"Model bytes: predicted_model_bytes (rounded-Gaussian entropy of each quantised row, fp16 scales "
         f"and passthrough tensors, AWQ-lite and LQER bounds); its measured error +{100 * SIZE_PREDICTOR_ERROR:.1f} % "
         f"(README, Size planning: Gaussian weights). Code bytes: this train_gpt.py, and its wrappers as "
         f"{z['code_source']} makes them; the smallest is the {z['smallest']}.",
@@ -1113,7 +1143,7 @@ def assumption_lines(p: dict) -> list[str]:
         f"the calibrated efficiency; --data-path gives the real lengths.",
         f"- Eval budget {EVAL_BUDGET_S:.0f} s = roundtrip (+ sliding when SLIDING_ENABLED=1) + the TTT mode "
         f"(calibrated where available); model loading and compilation are not counted. Artifact: "
-        f"train_gpt.predicted_model_bytes (rounded-Gaussian entropy) + this train_gpt.py's bytes (unwrapped).",
+        f"predicted_model_bytes (rounded-Gaussian entropy) + this train_gpt.py's bytes (unwrapped).",
     ]
 
 

@@ -109,3 +109,11 @@ def log_lines(cwd: Path, run_id: str, prefix: str) -> list[str]:
     text = (cwd / "logs" / f"{run_id}.txt").read_text(encoding="utf-8")
     body = text.split("=" * 100 + "\n", 1)[1]
     return [line for line in body.splitlines() if line.startswith(prefix)]
+
+
+def forward_logits(model, input_ids: torch.Tensor, layout=None) -> torch.Tensor:
+    """The model's soft-capped float32 logits (the script itself only ever needs the loss): its
+    hidden states through the tied head, capped as in softcapped_nll."""
+    logits = model.head(model.hidden_states(input_ids, layout)).float()
+    cap = model.cfg.logit_softcap
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits

@@ -681,7 +681,7 @@ def edited_checkpoint(edit):
         model = tg.GPT(tg.Hyperparameters(environ=TINY_RUN_ENV).model_config())
         state = model.state_dict()
         state["tok_emb.weight"] = edit(state["tok_emb.weight"])
-        torch.save({"config": tg.asdict(model.cfg), "state_dict": state}, path)
+        torch.save({"config": model.cfg.__dict__, "state_dict": state}, path)
     return make
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from conftest import TINY_MODEL_ENV, TINY_RUN_ENV
+from conftest import TINY_MODEL_ENV, TINY_RUN_ENV, forward_logits
 
 CPU = torch.device("cpu")
 RT = tg.Runtime(0, 1, 0, CPU)
@@ -91,7 +91,7 @@ def test_training_evaluation_and_calibration_compile_whole_and_match_eager(backe
         model.hessians = model.hessian_buffers()
         runners.calibrate(ids[:, :-1])
         compiled, model.hessians = model.hessians, model.hessian_buffers()
-        model.forward_logits(ids[:, :-1])
+        forward_logits(model, ids[:, :-1])
         eager, model.hessians = model.hessians, None
     assert_same([compiled[k] for k in sorted(compiled)], [eager[k] for k in sorted(eager)], atol=1e-4)
     # Chunked TTT and the global phases train through the same runner with per-token losses.
@@ -163,7 +163,7 @@ def test_inductor_calibration_fills_fresh_accumulators_after_its_warm_up():
     model.hessians = model.hessian_buffers()
     runners.calibrate(ids[:, :-1])
     compiled, model.hessians = model.hessians, model.hessian_buffers()
-    model.forward_logits(ids[:, :-1])
+    forward_logits(model, ids[:, :-1])
     eager, model.hessians = model.hessians, None
     assert tg.graphs_compiled() == built
     assert_same([compiled[k] for k in sorted(compiled)], [eager[k] for k in sorted(eager)], atol=1e-3)
@@ -254,9 +254,9 @@ def test_the_flash_attention_3_path_gives_the_sdpa_result(monkeypatch, returns_l
     model.looping = True
     ids = documents(2, 32)
     with torch.no_grad():
-        reference = model.forward_logits(ids[:, :-1])
+        reference = forward_logits(model, ids[:, :-1])
         model.dense = dense
-        through_fa3 = model.forward_logits(ids[:, :-1])
+        through_fa3 = forward_logits(model, ids[:, :-1])
     torch.testing.assert_close(through_fa3, reference, atol=1e-5, rtol=1e-5)
     cfg = model.cfg
     assert calls == [((2, 32, cfg.num_heads, cfg.head_dim), (2, 32, cfg.num_kv_heads, cfg.head_dim), True)] * len(model.schedule())
@@ -265,5 +265,5 @@ def test_the_flash_attention_3_path_gives_the_sdpa_result(monkeypatch, returns_l
     doc_model, _ = tiny_model()
     doc_model.dense = dense
     with torch.no_grad():
-        doc_model.forward_logits(ids[:, :-1])
+        forward_logits(doc_model, ids[:, :-1])
     assert calls == []

@@ -77,7 +77,7 @@ OURS_ONLY = {  # our additions: no counterpart in PR #2135 (PRESET=pr2135 turns 
 
 
 def default(name: str):
-    return tg.Hyperparameters(environ={}).knobs[name].value
+    return tg.Hyperparameters(environ={}).values[name]
 
 
 @pytest.mark.parametrize("name", sorted({**PR2135, **PR2135_CODE}))

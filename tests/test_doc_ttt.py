@@ -5,6 +5,8 @@ through warm-start A and the phases, documents already scored); re-runs and worl
 Chunked TTT is pinned to the score it gave before the per-document modes existed."""
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import json
 import math
@@ -48,16 +50,59 @@ def tables() -> tg.ByteTables:
 
 
 def run_ttt(mode: str, val: torch.Tensor, model_seed: int = 1, audit: list | None = None, **overrides: str):
-    """(bpb, recorder) of one TTT stage on a fresh copy of a fixed random model."""
+    """(bpb, recorder) of one TTT stage on a fresh copy of a fixed random model; per-document modes
+    append what they do, in order, to `audit` (document_ttt_events)."""
     model = eval_model(model_seed)
     h = doc_hparams(mode, **overrides)
     recorder = tg.NllRecorder(len(val))
-    kwargs = {"audit": audit} if audit is not None else {}
     if mode == "chunked":
-        _, bpb = tg.score_first_ttt(model, same_runner(model), val, h, tables(), RT, recorder, **kwargs)
+        _, bpb = tg.score_first_ttt(model, same_runner(model), val, h, tables(), RT, recorder)
     else:
-        _, bpb = tg.score_documents_ttt(model, tg.Runners.eager(model), val, h, tables(), RT, recorder, **kwargs)
+        with document_ttt_events(audit if audit is not None else []):
+            _, bpb = tg.score_documents_ttt(model, tg.Runners.eager(model), val, h, tables(), RT, recorder)
     return bpb, recorder
+
+
+@contextlib.contextmanager
+def document_ttt_events(events: list):
+    """Record per-document TTT from the outside, in order: ("score", first, last target) of each
+    document's chunk as the batch's forward scores it (NllRecorder.add on a fresh recorder), then
+    ("train", first, last target) of each document the Adam step after it trains (the chunk the
+    documented rule gives: chunk c of every document with chunks after it), and ("train", s + 1,
+    s + n) for every document a global phase trains on."""
+    batch_fn, phase_fn = tg.score_document_batch, tg.global_sgd_phase
+
+    def batch(score_fn, val, docs, lora, opt, h, tables, meter, rt, order_base, recorder=None, ngram=None):
+        C = h.doc_chunk_tokens(max(n for _, n in docs))
+        spy = tg.NllRecorder(len(val))
+        step, steps = opt.step, [0]
+
+        def add(positions, nll, nbytes, order):
+            for start, n in docs:
+                mine = positions[(positions > start) & (positions <= start + n)]
+                if len(mine):
+                    events.append(("score", int(mine.min()), int(mine.max())))
+            return tg.NllRecorder.add(spy, positions, nll, nbytes, order)
+
+        def stepped(*args, **kwargs):
+            c = steps[0]
+            events.extend(("train", s + c * C + 1, s + (c + 1) * C) for s, n in docs if c < -(-n // C) - 1)
+            steps[0] += 1
+            return step(*args, **kwargs)
+        spy.add, opt.step = add, stepped
+        batch_fn(score_fn, val, docs, lora, opt, h, tables, meter, rt, order_base, spy, ngram)
+        if recorder is not None:  # the caller's recorder gets what the spy saw
+            for name in ("nll", "bytes", "count", "order"):
+                getattr(recorder, name).add_(getattr(spy, name))
+
+    def phase(model, score_fn, val, docs, h, rt):
+        events.extend(("train", s + 1, s + n) for s, n in docs)
+        return phase_fn(model, score_fn, val, docs, h, rt)
+    tg.score_document_batch, tg.global_sgd_phase = batch, phase
+    try:
+        yield
+    finally:
+        tg.score_document_batch, tg.global_sgd_phase = batch_fn, phase_fn
 
 
 # ---- documents and the plan ----

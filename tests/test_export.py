@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import ROOT, TINY_RUN_ENV, log_lines, run_script
+from conftest import ROOT, TINY_RUN_ENV, log_lines, run_script, forward_logits
 
 CPU = torch.device("cpu")
 RT = tg.Runtime(0, 1, 0, CPU)
@@ -112,7 +112,7 @@ def test_gptq_output_error_is_well_below_rtn_on_real_activations(trained, quanti
     val = tg.load_validation_tokens(h.data_path, 2049)
     model.hessians = model.hessian_buffers()
     with torch.no_grad():
-        model.forward_logits(val[:2048].view(32, 64))
+        forward_logits(model, val[:2048].view(32, 64))
     held_out, model.hessians = {f"{k}:{i}": m for (k, i), m in model.hessians.items()}, None
     params = dict(model.named_parameters())
     ratios = {}
@@ -253,8 +253,8 @@ def test_model_from_artifact_gives_bit_identical_logits(trained, quantized):
     in_memory.load_state_dict(dequantized(quantized.tensors))
     tokens = tg.load_validation_tokens(trained.h.data_path, 257)[:256].view(4, 64)
     with torch.no_grad():
-        expected, got = in_memory.forward_logits(tokens), loaded.forward_logits(tokens)
-        original = quantized.model.forward_logits(tokens)
+        expected, got = forward_logits(in_memory, tokens), forward_logits(loaded, tokens)
+        original = forward_logits(quantized.model, tokens)
     assert torch.equal(got, expected)
     assert not torch.equal(got, original)
 
@@ -425,18 +425,18 @@ def test_eval_only_rescoring_reproduces_the_run_exactly(trained, tmp_path):
 
 
 def test_size_plan_predicts_the_compressed_model_within_ten_percent(trained, quantized):
-    (plan,) = log_lines(trained.dir, "train", "artifact_plan ")
+    # The size plan (tests/bench_time_model.py --only size) predicts this run's export.
+    import bench_time_model as bt
     (line,) = log_lines(trained.dir, "train", "artifact ")
-    predicted, measured = int(fields(plan)["predicted_model_bytes"]), int(fields(line)["model_bytes"])
-    assert int(fields(plan)["code_bytes"]) == int(fields(line)["code_bytes"])
-    assert measured == len(tg.serialize_artifact(quantized.tensors, quantized.model.cfg, "brotli"))
-    # The same checkpoint without AWQ-lite and LQER: the plan's rounded-Gaussian entropy per level
-    # (the README measured +0.8% on the default model with Gaussian weights, -1.5% on the CPU
-    # preset after 300 steps) stays within 10% on a tiny, barely trained model.
+    predicted, measured = bt.predicted_model_bytes(quantized.model, trained.h), int(fields(line)["model_bytes"])
+    assert measured == len(tg.serialize_artifact(quantized.tensors, quantized.model.cfg, "brotli", trained.h.tokenizer_sha256))
+    # The same checkpoint without AWQ-lite and LQER: the rounded-Gaussian entropy per level
+    # (+0.8% on the default model with Gaussian weights, -1.5% on the CPU preset after 300 steps,
+    # tests/PLANNING.md) stays within 10% on a tiny, barely trained model.
     plain_h = tg.Hyperparameters(environ={**trained.env, "AWQ_GROUPS": "0", "LQER_RANK": "0"})
     plain_tensors = tg.quantize_model(quantized.model, quantized.hessians, plain_h, RT)
-    plain_measured = len(tg.serialize_artifact(plain_tensors, quantized.model.cfg, "brotli"))
-    plain_predicted = tg.predicted_model_bytes(quantized.model, plain_h)
+    plain_measured = len(tg.serialize_artifact(plain_tensors, quantized.model.cfg, "brotli", trained.h.tokenizer_sha256))
+    plain_predicted = bt.predicted_model_bytes(quantized.model, plain_h)
     assert abs(plain_predicted - plain_measured) / plain_measured < 0.10, (plain_predicted, plain_measured)
     # Their allowance (bounds from the largest candidates) covers what they really cost.
     assert predicted - plain_predicted >= measured - plain_measured > 0, (predicted, plain_predicted, measured, plain_measured)

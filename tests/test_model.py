@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from conftest import ROOT
+from conftest import ROOT, forward_logits
 
 # Five layers with 1..3 looped twice: the loop covers a sequential block (1, 2) and a parallel-
 # residual one (3), and there are two repeated passes, so an adapter indexed by the wrong pass
@@ -23,7 +23,7 @@ SMALL = {
     "MLP_MULT": "2", "ROPE_DIMS": "4", "LOOP_START": "1", "LOOP_END": "3", "NUM_LOOPS": "2",
     "PARALLEL_RESIDUAL_START": "3", "PASS_LORA_RANK": "1", "PASS_LORA_TARGETS": "q,k,v,o,up,down",
 }
-ADAPTER_PREFIXES = ("lora_A.", "lora_B.", "pass_embed", "pass_gains")
+ADAPTER_PREFIXES = ("lora_A.", "lora_B.", "pass_embed")
 
 
 def small_hparams(**overrides: str) -> tg.Hyperparameters:
@@ -59,7 +59,7 @@ def tokens(batch: int = 2, length: int = 12, vocab: int = 64, seed: int = 0) -> 
 @torch.no_grad()
 def logits_of(model: tg.GPT, ids: torch.Tensor, looping: bool) -> torch.Tensor:
     model.looping = looping
-    return model.forward_logits(ids)
+    return forward_logits(model, ids)
 
 
 def adapter_names(model: tg.GPT) -> list[str]:
@@ -97,25 +97,24 @@ def test_model_schedule_follows_its_looping_switch():
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_zero_adapters_give_exactly_the_shared_weight_model(rank):
-    adapted = small_model(PASS_LORA_RANK=str(rank), PASS_GAINS="1")
+    adapted = small_model(PASS_LORA_RANK=str(rank))
     give_shared_weights_structure(adapted)
     plain = small_model(PASS_LORA_RANK="0", PASS_EMBED="0")
     assert adapter_names(plain) == []
     result = plain.load_state_dict(adapted.state_dict(), strict=False)
     assert result.missing_keys == []
     assert sorted(result.unexpected_keys) == sorted(adapter_names(adapted))
-    # Fresh adapters: B, the pass embeddings and the pass gains start at zero, A does not.
-    assert all(not p.any() for n, p in adapted.named_parameters() if n.startswith(("lora_B.", "pass_embed", "pass_gains")))
+    # Fresh adapters: B and the pass embeddings start at zero, A does not.
+    assert all(not p.any() for n, p in adapted.named_parameters() if n.startswith(("lora_B.", "pass_embed")))
     assert all(p.abs().min() > 0 for n, p in adapted.named_parameters() if n.startswith("lora_A."))
     ids = tokens()
     for looping in (True, False):
         torch.testing.assert_close(logits_of(adapted, ids, looping), logits_of(plain, ids, looping), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["lora_B.q", "lora_B.k", "lora_B.v", "lora_B.o", "lora_B.up", "lora_B.down", "pass_embed",
-                                  "pass_gains"])
+@pytest.mark.parametrize("name", ["lora_B.q", "lora_B.k", "lora_B.v", "lora_B.o", "lora_B.up", "lora_B.down", "pass_embed"])
 def test_nonzero_adapter_changes_looped_output_only(name):
-    model = small_model(PASS_GAINS="1")
+    model = small_model()
     give_shared_weights_structure(model)
     ids = tokens()
     looped, unlooped = logits_of(model, ids, True), logits_of(model, ids, False)
@@ -126,10 +125,10 @@ def test_nonzero_adapter_changes_looped_output_only(name):
     assert torch.equal(logits_of(model, ids, False), unlooped)
 
 
-@pytest.mark.parametrize("name", ["lora_B.q", "pass_embed", "pass_gains"])
+@pytest.mark.parametrize("name", ["lora_B.q", "pass_embed"])
 def test_every_pass_and_layer_has_its_own_adapter_slot(name):
     # Changing any one (pass, layer) slot changes the looped output: no slot is shared or unused.
-    model = small_model(PASS_GAINS="1")
+    model = small_model()
     give_shared_weights_structure(model)
     ids = tokens()
     base = logits_of(model, ids, True)
@@ -283,7 +282,7 @@ def test_default_model_builds_and_runs_a_forward_on_cpu():
     model.looping = True
     ids = torch.randint(0, cfg.vocab_size, (1, 9))
     with torch.no_grad():
-        logits = model.forward_logits(ids[:, :-1])
+        logits = forward_logits(model, ids[:, :-1])
         loss = model(ids[:, :-1], ids[:, 1:])
     assert logits.shape == (1, 8, cfg.vocab_size) and torch.isfinite(logits).all()
     # The tied embedding starts tiny, so the first prediction is close to uniform.
@@ -299,16 +298,3 @@ def test_default_model_builds_and_runs_a_forward_on_cpu():
     assert adapter_params > 0 and params > 10 * 2**20
 
 
-def test_each_pass_gain_scales_what_it_names():
-    # Gain 0 of a slot scales that pass's attention output, gain 1 its MLP output, gains 2: its
-    # heads' q gains; -1 switches the attention or MLP branch of that pass off entirely.
-    model = small_model(PASS_GAINS="1", PASS_LORA_RANK="0", PASS_EMBED="0")
-    give_shared_weights_structure(model)
-    assert model.pass_gains.shape == (2, 3, 2 + model.cfg.num_heads)
-    assert model.pass_gain(model.cfg.loop_start, 0, 0) == 1.0  # the first pass is the shared layer
-    with torch.no_grad():
-        model.pass_gains[0, 0, 0] = -1.0
-        model.pass_gains[1, 2, 3] = 0.5
-        layer = model.cfg.loop_start
-        assert model.pass_gain(layer, 1, 0).item() == 0.0 and model.pass_gain(layer, 1, 1).item() == 1.0
-        assert model.pass_gain(layer + 2, 2, slice(2, None)).tolist() == [1.0, 1.5] + [1.0] * (model.cfg.num_heads - 2)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from conftest import ROOT
+from conftest import ROOT, forward_logits
 from test_model import give_shared_weights_structure, small_hparams, small_model, tokens
 
 PINNED = json.loads((ROOT / "tests" / "pinned_values.json").read_text())
@@ -58,7 +58,7 @@ def test_every_new_switch_off_reproduces_the_pinned_logits_and_training():
     ids = tokens(2, 16, seed=7)
     pinned = lambda key: torch.tensor(PINNED[key]).view(2, -1, 8)
     with torch.no_grad():
-        logits = model.forward_logits(ids)
+        logits = forward_logits(model, ids)
     torch.testing.assert_close(logits[:, ::3, ::8], pinned("logits_at_init"), atol=2e-5, rtol=1e-5)
     h = small_hparams(**ALL_NEW_SWITCHES_OFF)
     opt = tg.Optimizers(model, h, 0, 1)
@@ -68,7 +68,7 @@ def test_every_new_switch_off_reproduces_the_pinned_logits_and_training():
         opt.step()
         opt.zero_grad()
     with torch.no_grad():
-        logits = model.forward_logits(ids)
+        logits = forward_logits(model, ids)
     # Three Muon steps amplify float rounding: summing the loss in another order (the fused
     # soft-capped CE) moved these logits by 4.4e-3 and torch 2.14 by 5.9e-3, while training moves
     # them by 8.9 and a Muon momentum of 0.90 instead of 0.95 by 0.05: 2e-2 tells the two apart.
@@ -87,7 +87,7 @@ def test_xsa_leaves_no_component_along_each_heads_own_value_vector(attn_gate):
     model.looping = True
     calls = capture_projections(model)
     with torch.no_grad():
-        model.forward_logits(tokens(2, 12))
+        forward_logits(model, tokens(2, 12))
     cfg = model.cfg
     values = [c for c in calls if c["target"] == "v"]
     heads_out = [c for c in calls if c["target"] == "o"]
@@ -107,7 +107,7 @@ def test_xsa_leaves_no_component_along_each_heads_own_value_vector(attn_gate):
     plain.looping = True
     calls = capture_projections(plain)
     with torch.no_grad():
-        plain.forward_logits(tokens(2, 12))
+        forward_logits(plain, tokens(2, 12))
     y = [c for c in calls if c["target"] == "o"][-1]["x"].view(2, 12, cfg.num_kv_heads, -1, cfg.head_dim)
     v = [c for c in calls if c["target"] == "v"][-1]["y"].view(2, 12, cfg.num_kv_heads, 1, cfg.head_dim)
     assert ((y * F.normalize(v, dim=-1)).sum(-1).abs() / v.norm(dim=-1)).max() > 0.1
@@ -127,7 +127,7 @@ def test_ln_scale_uses_the_physical_layer_index_on_every_pass():
     model.looping = True
     calls = capture_projections(model)
     with torch.no_grad():
-        model.forward_logits(tokens(2, 12))
+        forward_logits(model, tokens(2, 12))
     queries = [c for c in calls if c["target"] == "q"]
     assert [(c["layer"], c["pass"]) for c in queries] == model.schedule()
     for c in queries:
@@ -156,7 +156,7 @@ def test_skip_gates_at_init_mix_skip_and_stream_half_and_half():
     model.merge_skip = lambda x, e, i: merged.append(i) or original(x, e, i)
     model.looping = True
     with torch.no_grad():
-        model.forward_logits(tokens())
+        forward_logits(model, tokens())
     assert merged == list(range(len(model.schedule()) // 2))
 
 
@@ -188,14 +188,14 @@ def test_with_document_attention_no_logit_of_a_document_depends_on_an_earlier_on
     assert model.cfg.doc_attention and model.smear_gate is not None
     ids = with_documents()
     with torch.no_grad():
-        before = model.forward_logits(ids)
-        after = model.forward_logits(perturb_document(ids, 0, 17))  # the first two documents
+        before = forward_logits(model, ids)
+        after = forward_logits(model, perturb_document(ids, 0, 17))  # the first two documents
     assert torch.equal(before[:, 17:], after[:, 17:])  # the third document, exactly
     assert (before[:, :17] - after[:, :17]).abs().max() > 1e-3  # the changed ones did change
     # Without document attention the third document does read the earlier ones.
     open_model = trained_looking(DOC_ATTENTION="0")
     with torch.no_grad():
-        crossing = open_model.forward_logits(perturb_document(ids, 0, 17)) - open_model.forward_logits(ids)
+        crossing = forward_logits(open_model, perturb_document(ids, 0, 17)) - forward_logits(open_model, ids)
     assert crossing[:, 17:].abs().max() > 1e-3
 
 
@@ -239,11 +239,11 @@ def test_flex_attention_block_mask_matches_masked_sdpa():
     model = trained_looking()
     ids = with_documents(2, 24)
     with torch.no_grad():
-        reference = model.forward_logits(ids)
+        reference = forward_logits(model, ids)
         # The flex kernel with its block mask built eagerly, as a Runner builds it (slow, but exact).
         layout = model.attention_layout(ids, "flex")
         assert not isinstance(layout, torch.Tensor)
-        flex = model.forward_logits(ids, layout)
+        flex = forward_logits(model, ids, layout)
     torch.testing.assert_close(flex, reference, atol=2e-5, rtol=1e-5)
 
 
@@ -260,8 +260,8 @@ def test_attention_gate_starts_at_one_half_for_every_head():
     gated.looping = plain.looping = True
     heads_gated, heads_plain = capture_projections(gated), capture_projections(plain)
     with torch.no_grad():
-        gated.forward_logits(tokens())
-        plain.forward_logits(tokens())
+        forward_logits(gated, tokens())
+        forward_logits(plain, tokens())
     # The first layer sees the same input in both models: its head outputs are exactly halved.
     first = lambda calls: next(c for c in calls if c["target"] == "o")["x"]
     torch.testing.assert_close(first(heads_gated), 0.5 * first(heads_plain), atol=1e-6, rtol=0)

@@ -43,7 +43,7 @@ HPARAMS = {
     "TRAIN_BATCH_TOKENS": "786432", "LOOP_START": "3", "LOOP_END": "5", "NUM_LOOPS": "2",
     "ENABLE_LOOPING_AT": "0.35", "PASS_LORA_RANK": "1", "PASS_LORA_TARGETS": "q,k,v,o",
     "PASS_EMBED": "1", "MATRIX_BITS": "6", "EMBED_BITS": "8", "COMPRESSOR": "brotli",
-    "EVAL_STRIDE": "64", "TTT_ENABLED": "1", "TTT_PARAMS": "all", "TTT_OPTIMIZER": "sgd",
+    "EVAL_STRIDE": "64", "TTT_ENABLED": "1",
     "TTT_EPOCHS": "3", "TTT_LR": "0.005", "TTT_CHUNK_TOKENS": "32768", "VAL_TOKENS_LIMIT": "0",
     "MAX_WALLCLOCK_SECONDS": "600",
 }
@@ -1013,24 +1013,19 @@ def _module_from(source: str, name: str, monkeypatch):
     return module
 
 
-def test_minified_train_gpt_keeps_every_global_dataclass_field_and_keyword(monkeypatch):
+def test_minified_train_gpt_keeps_every_dataclass_field_and_reads_no_docstring(monkeypatch):
+    # Globals are renamed (nothing looks one up by name: the init probe imports the readable
+    # script), but dataclass fields are class annotations and must stay, and docstrings go.
     import dataclasses
-    import inspect
     source = (REPO / "train_gpt.py").read_text(encoding="utf-8")
-    # Docstrings are dropped, so nothing may read them.
     assert "__doc__" not in source
     plain = _module_from(source, "tg_plain", monkeypatch)
     minified = _module_from(package.minify(source), "tg_min", monkeypatch)
-    names = {n for n in vars(plain) if not n.startswith("__")}
-    assert names == {n for n in vars(minified) if not n.startswith("__")}
-    for name in sorted(names):
-        a, b = getattr(plain, name), getattr(minified, name)
-        if dataclasses.is_dataclass(a) and isinstance(a, type):
-            assert [f.name for f in dataclasses.fields(a)] == [f.name for f in dataclasses.fields(b)], name
-        if inspect.isfunction(a) and a.__module__ == "tg_plain":
-            assert list(inspect.signature(a).parameters) == list(inspect.signature(b).parameters), name
-    h = minified.Hyperparameters(environ={**TINY_RUN_ENV, "SEED": "3"})
-    assert h.env_values == plain.Hyperparameters(environ={**TINY_RUN_ENV, "SEED": "3"}).env_values
+
+    def fields_of(module) -> list[tuple[str, ...]]:
+        return sorted(tuple(f.name for f in dataclasses.fields(v)) for v in vars(module).values()
+                      if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == module.__name__)
+    assert fields_of(plain) == fields_of(minified) and len(fields_of(plain)) >= 5
 
 
 def test_minify_writes_f_strings_that_parse_before_python_3_12():
