@@ -281,7 +281,8 @@ def doc_runs(tiny_data, tmp_path_factory):
     h = tg.Hyperparameters(environ={**env, "QUANT_METHOD": "rtn", "LQER_RANK": "0"})  # the figures below predate LQER
     torch.manual_seed(0)
     model = randomize(tg.GPT(h.model_config()), 0)
-    (work / "random.ptz").write_bytes(tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli"))
+    (work / "random.ptz").write_bytes(tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli",
+                                                            h.tokenizer_sha256))
     bpb = {}
     runs = (("cold1", 1, "0", "0"), ("cold1_again", 1, "0", "0"), ("cold2", 2, "0", "0"), ("warm1", 1, "1", "0"),
             ("warm2", 2, "1", "0"), ("tilt1", 1, "0", "1"), ("tilt2", 2, "0", "1"))

@@ -280,7 +280,8 @@ def script_runs(tiny_data, tmp_path_factory):
     h = tg.Hyperparameters(environ={**env, "QUANT_METHOD": "rtn"})
     torch.manual_seed(0)
     model = randomize(tg.GPT(h.model_config()), 0)
-    Path(env["ARTIFACT_PATH"]).write_bytes(tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli"))
+    Path(env["ARTIFACT_PATH"]).write_bytes(tg.serialize_artifact(tg.quantize_model(model, None, h, RT), model.cfg, "brotli",
+                                                                 h.tokenizer_sha256))
     for nproc in (1, 2):
         run_script({**env, "RUN_ID": f"np{nproc}", "NLL_DUMP_PATH": str(work / f"np{nproc}.npz")}, work, nproc=nproc)
     return SimpleNamespace(dir=work, val_tokens=int(env["VAL_TOKENS_LIMIT"]))

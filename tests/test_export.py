@@ -171,7 +171,7 @@ def test_roles_decide_the_path_even_when_every_tensor_is_small(trained, quantize
 
 def test_artifact_round_trip_matches_names_shapes_and_values(trained, quantized):
     model, tensors = quantized.model, quantized.tensors
-    blob = tg.serialize_artifact(tensors, model.cfg, "brotli")
+    blob = tg.serialize_artifact(tensors, model.cfg, "brotli", trained.h.tokenizer_sha256)
     # The script's export of this checkpoint wrote exactly these bytes.
     assert blob == trained.artifact.read_bytes()
     cfg, state = tg.deserialize_artifact(blob, 512)
@@ -404,7 +404,7 @@ def test_export_only_re_exports_the_checkpoint_with_new_settings(trained, reexpo
     model = tg.load_checkpoint(str(trained.checkpoint), CPU, trained.h.vocab_size)
     tensors = tg.quantize_model(model, None, h, RT)
     blob = reexported.artifact.read_bytes()
-    assert blob == tg.serialize_artifact(tensors, model.cfg, "zstd")
+    assert blob == tg.serialize_artifact(tensors, model.cfg, "zstd", h.tokenizer_sha256)
     for name in QUANTIZED - {"tok_emb.weight"}:
         assert tensors[name].bits == 4 and int(tensors[name].q.abs().max()) <= 7, name  # int4 levels: -7..7
     assert int(tensors["tok_emb.weight"].q.abs().max()) > 7, "the embedding keeps EMBED_BITS=7"

@@ -60,7 +60,7 @@ def test_the_dry_run_takes_every_stage_through_and_prints_one_table(dry_run):
     assert rows["serialize"][6].startswith("zstd ")
     assert rows["prequant"][3] == "sdpa_mask" and rows["ttt_docs"][3] == "documents:sdpa_causal"
     assert "a global phase after batch 1" in rows["ttt_phased"][6]
-    assert "the loader reads back the same 23 tensors" in rows["brotli"][6]
+    assert "the loader reads back the same 25 tensors" in rows["brotli"][6]
     assert "validation subset of" in rows["setup"][6] and "the longest 80" in rows["setup"][6]  # 64-token window + one 16-token chunk
     for name in ("first", "main", "brotli", "ttt_docs", "ttt_chunked"):
         assert f"[gpu_acceptance] {name}: " in proc.stdout and "s of the 1800 s budget used" in proc.stdout
