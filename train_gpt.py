@@ -31,10 +31,8 @@ import torch.nn.functional as F
 # marked `model`, checked by the same code. Everything is checked before any work.
 # ---------------------------------------------------------------------------------------------
 
-
 class ConfigError(ValueError):
     """An impossible or inconsistent setting; the message names the variable to change."""
-
 
 class InputError(ValueError):
     """A file or package the run needs is missing, corrupt, or does not match the settings; the
@@ -83,7 +81,6 @@ COMPRESSORS = ("brotli", "zstd", "lzma")
 CHALLENGE_LIMIT_BYTES = 16_000_000  # code + model; also bounds what an artifact may ask the loader to build
 BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3)
 
-
 @dataclass
 class Knob:
     """One setting: its default (or a function of the settings read before it) and how it is
@@ -126,63 +123,45 @@ class Knob:
             return f"must be at most {self.high}"
         return None
 
-
 def split_list(text: str) -> tuple[str, ...]:
     """"q, k,v" -> ("q", "k", "v"): the list-valued settings."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
 
 def default_data_path(h: "Hyperparameters") -> str:
     """The records' CaseOps data (PR #1729) when it has been downloaded, else the plain shards."""
     caseops = f"data/datasets/fineweb10B_sp{h.vocab_size}_caseops"
     return caseops if Path(caseops).is_dir() else f"data/datasets/fineweb10B_sp{h.vocab_size}"
 
-
 def default_tokenizer(h: "Hyperparameters") -> str:
     kind = "caseops" if h.data_path.rstrip("/").endswith("_caseops") else "bpe"
     return f"data/tokenizers/fineweb_{h.vocab_size}_{kind}.model"
-
 
 SETTINGS = [
     # Data and run identity.
     Knob("PRESET", ""),
     Knob("VOCAB_SIZE", 8192, 2, 65536, model=True),  # uint16 shards hold ids up to 65535
-    Knob("DATA_PATH", default_data_path),
-    Knob("TOKENIZER_PATH", default_tokenizer),
+    Knob("DATA_PATH", default_data_path), Knob("TOKENIZER_PATH", default_tokenizer),
     Knob("BYTE_SIDECAR", "auto", choices=("auto", "0", "1")),  # CaseOps byte counts: auto, required, ignored
     Knob("RUN_ID", lambda h: time.strftime("run_%Y%m%d_%H%M%S")),
     Knob("SEED", 1337, 0, 2**32 - 2),  # numpy seeds are 32-bit; calibration uses SEED + 1
     Knob("VAL_TOKENS_LIMIT", 0, 0),  # score a prefix only (smoke runs; never a submission)
     # Model shape.
-    Knob("NUM_LAYERS", 11, 1, 256, model=True),
-    Knob("MODEL_DIM", 512, 2, 16384, model=True),
-    Knob("NUM_HEADS", 8, 1, model=True),
-    Knob("NUM_KV_HEADS", 4, 1, model=True),
-    Knob("MLP_MULT", 4.0, above=0, high=64, model=True),
-    Knob("ROPE_DIMS", 16, 0, model=True),
+    Knob("NUM_LAYERS", 11, 1, 256, model=True), Knob("MODEL_DIM", 512, 2, 16384, model=True),
+    Knob("NUM_HEADS", 8, 1, model=True), Knob("NUM_KV_HEADS", 4, 1, model=True),
+    Knob("MLP_MULT", 4.0, above=0, high=64, model=True), Knob("ROPE_DIMS", 16, 0, model=True),
     Knob("ROPE_BASE", 10000.0, above=1, model=True),
     Knob("QK_GAIN_INIT", 5.0, above=0, model=True),  # PR #2135 (5.25 in PR #1953)
-    Knob("LOGIT_SOFTCAP", 30.0, 0, model=True),
-    Knob("TIED_EMBED_INIT_STD", 0.005, above=0, model=True),
+    Knob("LOGIT_SOFTCAP", 30.0, 0, model=True), Knob("TIED_EMBED_INIT_STD", 0.005, above=0, model=True),
     Knob("PARALLEL_RESIDUAL_START", 8, 0, model=True),  # two lanes from this decoder layer (PR #2135)
     # Depth recurrence and the per-pass adapters (ours).
-    Knob("LOOP_START", 3, 0, model=True),
-    Knob("LOOP_END", 5, 0, model=True),
-    Knob("NUM_LOOPS", 2, 0, 16, model=True),
-    Knob("ENABLE_LOOPING_AT", 0.35, 0, 1),
-    Knob("PASS_LORA_RANK", 1, choices=(0, 1, 2), model=True),
-    Knob("PASS_LORA_TARGETS", "q,k,v,o", model=True),
-    Knob("PASS_EMBED", True, model=True),
+    Knob("LOOP_START", 3, 0, model=True), Knob("LOOP_END", 5, 0, model=True), Knob("NUM_LOOPS", 2, 0, 16, model=True),
+    Knob("ENABLE_LOOPING_AT", 0.35, 0, 1), Knob("PASS_LORA_RANK", 1, choices=(0, 1, 2), model=True),
+    Knob("PASS_LORA_TARGETS", "q,k,v,o", model=True), Knob("PASS_EMBED", True, model=True),
     # The 2026-04-09 record's pieces (PR #1493) and the #1 record's additions (PR #1855).
-    Knob("XSA_LAST_N", lambda h: h.num_layers, 0, model=True),
-    Knob("LN_SCALE", True, model=True),
-    Knob("SKIP_GATES", True, model=True),
-    Knob("SMEAR_GATE", True, model=True),
-    Knob("ATTN_GATE", True, model=True),
-    Knob("ATTN_GATE_SCALE", 0.5, above=0, model=True),
-    Knob("GATE_WINDOW", 12, 1, model=True),
-    Knob("ORTHO_INIT", True, model=True),
-    Knob("DOC_ATTENTION", True, model=True),
+    Knob("XSA_LAST_N", lambda h: h.num_layers, 0, model=True), Knob("LN_SCALE", True, model=True),
+    Knob("SKIP_GATES", True, model=True), Knob("SMEAR_GATE", True, model=True), Knob("ATTN_GATE", True, model=True),
+    Knob("ATTN_GATE_SCALE", 0.5, above=0, model=True), Knob("GATE_WINDOW", 12, 1, model=True),
+    Knob("ORTHO_INIT", True, model=True), Knob("DOC_ATTENTION", True, model=True),
     Knob("ATTENTION_KERNEL", "auto", choices=ATTENTION_SETTINGS),
     # Training schedule.
     Knob("ITERATIONS", 20000, 1),
@@ -195,100 +174,59 @@ SETTINGS = [
     Knob("PROGRESSIVE_CONTEXT", ""),
     Knob("CONTEXT_LR_RAMP_STEPS", 32, 0),  # LR back up over these steps after a switch
     Knob("MICRO_BATCH_SEQS", 48, 1),  # rows of TRAIN_SEQ_LEN: 98,304 tokens, PR #2135's per GPU
-    Knob("WARMUP_STEPS", 20, 0),
-    Knob("WARMDOWN_FRAC", 0.85, 0, 1),
-    Knob("MIN_LR", 0.10, 0, 1),
-    Knob("TRAIN_LOG_EVERY", 500, 1),
-    Knob("VAL_LOSS_EVERY", 0, 0),
-    Knob("COMPILE", True),
+    Knob("WARMUP_STEPS", 20, 0), Knob("WARMDOWN_FRAC", 0.85, 0, 1), Knob("MIN_LR", 0.10, 0, 1),
+    Knob("TRAIN_LOG_EVERY", 500, 1), Knob("VAL_LOSS_EVERY", 0, 0), Knob("COMPILE", True),
     Knob("DIST_TIMEOUT_SECONDS", 300.0, above=0),
     # Optimizers.
     Knob("MATRIX_LR", 0.028, 0),  # PR #2135 (0.026 in PR #1855)
-    Knob("MUON_MOMENTUM", 0.97, 0, 0.9999),
-    Knob("MUON_MOMENTUM_WARMUP_START", 0.92, 0, 0.9999),
-    Knob("MUON_MOMENTUM_WARMUP_STEPS", 1500, 0),
-    Knob("MUON_WD", 0.095, 0),
-    Knob("MUON_ROW_NORM", True),
-    Knob("NEWTON_SCHULZ", "polar_express", choices=("quintic", "polar_express")),
-    Knob("NEWTON_SCHULZ_STEPS", 5, 1, 20),
-    Knob("EMBED_LR", 0.03, 0),
-    Knob("SCALAR_LR", 0.02, 0),
-    Knob("ADAPTER_LR", 0.01, 0),
-    Knob("EMBED_WD", 0.085, 0),
-    Knob("ADAM_WD", 0.02, 0),
-    Knob("BETA1", 0.9, 0, 0.9999),
-    Knob("BETA2", 0.99, 0, 0.9999),
-    Knob("GRAD_CLIP_NORM", 0.3, 0),
-    Knob("EMA_ENABLED", True),
+    Knob("MUON_MOMENTUM", 0.97, 0, 0.9999), Knob("MUON_MOMENTUM_WARMUP_START", 0.92, 0, 0.9999),
+    Knob("MUON_MOMENTUM_WARMUP_STEPS", 1500, 0), Knob("MUON_WD", 0.095, 0), Knob("MUON_ROW_NORM", True),
+    Knob("NEWTON_SCHULZ_STEPS", 5, 1, 20), Knob("EMBED_LR", 0.03, 0), Knob("SCALAR_LR", 0.02, 0),
+    Knob("ADAPTER_LR", 0.01, 0), Knob("EMBED_WD", 0.085, 0), Knob("ADAM_WD", 0.02, 0), Knob("BETA1", 0.9, 0, 0.9999),
+    Knob("BETA2", 0.99, 0, 0.9999), Knob("GRAD_CLIP_NORM", 0.3, 0), Knob("EMA_ENABLED", True),
     Knob("EMA_HORIZON_FRAC", 0.0572, 1e-6, 1),  # decay 0.9965 over PR #2135's 4,994 steps
     # Export.
-    Knob("QUANT_METHOD", "gptq", choices=("gptq", "rtn")),
-    Knob("MATRIX_BITS", 6, 2, 8),
-    Knob("EMBED_BITS", 7, 2, 8),
+    Knob("QUANT_METHOD", "gptq", choices=("gptq", "rtn")), Knob("MATRIX_BITS", 6, 2, 8), Knob("EMBED_BITS", 7, 2, 8),
     Knob("ATTN_CLIP_SIGMAS", 13.0, above=0),
     Knob("MLP_CLIP_SIGMAS", 12.5, above=0),  # PR #2135's 11.5 does not fit 16 MB with brotli
-    Knob("EMBED_CLIP_SIGMAS", 14.0, above=0),
-    Knob("GPTQ_CALIB_BATCHES", 16, 1),
-    Knob("GPTQ_COMPILE", False),  # eager until a GPU acceptance run passes compiled calibration
-    Knob("GPTQ_DAMP", 0.01, above=0),
+    Knob("EMBED_CLIP_SIGMAS", 14.0, above=0), Knob("GPTQ_CALIB_BATCHES", 16, 1), Knob("GPTQ_DAMP", 0.01, above=0),
     Knob("GPTQ_BLOCK", 128, 1),
     # AWQ-lite (PR #1908, off as in PR #2135): the most salient groups of input columns on an int8
     # grid inside the GPTQ solve.
-    Knob("AWQ_GROUPS", 0, 0),
-    Knob("AWQ_GROUP_COLS", 64, 1),
+    Knob("AWQ_GROUPS", 0, 0), Knob("AWQ_GROUP_COLS", 64, 1),
     # LQER (PR #2135): a low-rank correction of the matrices with the largest quantisation error.
-    Knob("LQER_RANK", 4, 0),
-    Knob("LQER_TENSORS", 3, 1),
-    Knob("LQER_GROUP", 32, 1),
-    Knob("COMPRESSOR", "brotli", choices=COMPRESSORS),
-    Knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1),
+    Knob("LQER_RANK", 4, 0), Knob("LQER_TENSORS", 3, 1), Knob("LQER_GROUP", 32, 1),
+    Knob("COMPRESSOR", "brotli", choices=COMPRESSORS), Knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1),
     Knob("ARTIFACT_PATH", "final_model.ptz"),
     Knob("CHECKPOINT_PATH", "final_model.pt"),  # "": no checkpoint
     Knob("EXPORT_ONLY", ""),  # a checkpoint to re-export and evaluate, no training
     Knob("EVAL_ONLY", False),  # evaluate ARTIFACT_PATH, no training
     # Evaluation and test-time training.
     Knob("EVAL_SEQ_LEN", 2560, 1),  # PRs #1953, #2135: also the per-document TTT context
-    Knob("EVAL_STRIDE", 64, 1),
-    Knob("EVAL_BATCH_SEQS", 32, 1),
-    Knob("SLIDING_ENABLED", False),
-    Knob("TTT_ENABLED", True),
-    Knob("TTT_MODE", "phased", choices=TTT_MODES),
+    Knob("EVAL_STRIDE", 64, 1), Knob("EVAL_BATCH_SEQS", 32, 1), Knob("SLIDING_ENABLED", False),
+    Knob("TTT_ENABLED", True), Knob("TTT_MODE", "phased", choices=TTT_MODES),
     # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #2135's constants.
     Knob("TTT_DOC_CHUNK_TOKENS", 48, 1),
     Knob("TTT_SHORT_DOC_CHUNKS", False),  # PR #2014: 8 / 24 tokens for short batches
-    Knob("TTT_DOC_BATCH", 64, 1),
-    Knob("TTT_LORA_RANK", 80, 1),
-    Knob("TTT_LORA_ALPHA", 144.0, above=0),
+    Knob("TTT_DOC_BATCH", 64, 1), Knob("TTT_LORA_RANK", 80, 1), Knob("TTT_LORA_ALPHA", 144.0, above=0),
     Knob("TTT_LORA_LR", 8e-5, 0),
     Knob("TTT_LORA_TARGETS", "q,v,o,mlp,head"),  # PR #2135: K off
-    Knob("TTT_BETA1", 0.0, 0, 0.9999),
-    Knob("TTT_BETA2", 0.99, 0, 0.9999),
-    Knob("TTT_WEIGHT_DECAY", 2.0, 0),
+    Knob("TTT_BETA1", 0.0, 0, 0.9999), Knob("TTT_BETA2", 0.99, 0, 0.9999), Knob("TTT_WEIGHT_DECAY", 2.0, 0),
     Knob("TTT_WARM_START_A", True),
     # Global SGD phases (phased): PRs #1610, #1626; one phase over 2,500 documents (PR #2135).
-    Knob("PHASED_TTT_PREFIX_DOCS", 2500, 1),
-    Knob("PHASED_TTT_PHASES", 1, 1),
-    Knob("GLOBAL_TTT_LR", 1e-3, 0),
-    Knob("GLOBAL_TTT_MOMENTUM", 0.9, 0, 0.9999),
-    Knob("GLOBAL_TTT_CHUNK_TOKENS", 32768, 1),
+    Knob("PHASED_TTT_PREFIX_DOCS", 2500, 1), Knob("PHASED_TTT_PHASES", 1, 1), Knob("GLOBAL_TTT_LR", 1e-3, 0),
+    Knob("GLOBAL_TTT_MOMENTUM", 0.9, 0, 0.9999), Knob("GLOBAL_TTT_CHUNK_TOKENS", 32768, 1),
     Knob("GLOBAL_TTT_GRAD_CLIP", 1.0, 0),
     # Chunked TTT (chunked): the 2026-04-09 record's score-first SGD on all weights.
-    Knob("TTT_CHUNK_TOKENS", 32768, 1),
-    Knob("TTT_EPOCHS", 3, 0),
-    Knob("TTT_LR", 0.005, 0),
-    Knob("TTT_MOMENTUM", 0.9, 0, 0.9999),
-    Knob("TTT_GRAD_CLIP", 1.0, 0),
-    Knob("TTT_BATCH_SEQS", 16, 1),
+    Knob("TTT_CHUNK_TOKENS", 32768, 1), Knob("TTT_EPOCHS", 3, 0), Knob("TTT_LR", 0.005, 0),
+    Knob("TTT_MOMENTUM", 0.9, 0, 0.9999), Knob("TTT_GRAD_CLIP", 1.0, 0), Knob("TTT_BATCH_SEQS", 16, 1),
     # Token n-gram tilt of the per-document TTT score (PR #2135's constants), counts in scoring order.
-    Knob("NGRAM_TILT", True),
-    Knob("NGRAM_ORDER", 16, 1, 64),
-    Knob("NGRAM_THRESHOLD", 0.8, above=0, high=1),
+    Knob("NGRAM_TILT", True), Knob("NGRAM_ORDER", 16, 1, 64), Knob("NGRAM_THRESHOLD", 0.8, above=0, high=1),
     Knob("NGRAM_BETA", 2.625, above=0, high=20),
     Knob("NLL_DUMP_PATH", ""),  # per-token NLL and bytes of the final stage, for audits
 ]
 KNOBS = {knob.name: knob for knob in SETTINGS}
 MODEL_FIELDS = [knob.name.lower() for knob in SETTINGS if knob.model]
-
 
 class Hyperparameters:
     """Every setting as an attribute of its lower-case name, read from the environment (or
@@ -451,7 +389,6 @@ class Hyperparameters:
     def model_config(self) -> "ModelConfig":
         return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
-
 class ModelConfig:
     """The model's settings (the SETTINGS marked `model`, by lower-case name; the PASS_LORA_TARGETS
     list as a list) and the BOS id: what an artifact or checkpoint carries. Settings not given take
@@ -490,7 +427,6 @@ SHARD_VERSION = 1
 SHARD_HEADER_WORDS = 256
 SHARD_HEADER_BYTES = SHARD_HEADER_WORDS * 4
 
-
 def load_data_shard(path: str | Path) -> np.ndarray:
     """Validate a shard's header and size, then memory-map its tokens (read-only uint16)."""
     path = Path(path)
@@ -509,7 +445,6 @@ def load_data_shard(path: str | Path) -> np.ndarray:
                          f"{size} bytes; the shard is truncated or corrupt, re-download or rebuild it.")
     return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(num_tokens,))
 
-
 def shard_files(data_path: str, split: str) -> list[Path]:
     # [0-9]: the byte sidecars fineweb_val_bytes_*.bin are not token shards.
     files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_[0-9]*.bin")))
@@ -519,7 +454,6 @@ def shard_files(data_path: str, split: str) -> list[Path]:
             f"'python3 data/cached_challenge_fineweb.py --variant sp8192' or build a local set with "
             f"'python3 data/make_local_dataset.py', then set DATA_PATH to the folder it prints.")
     return files
-
 
 class TrainLoader:
     """Seeded, world-size-independent stream of training sequences.
@@ -571,7 +505,6 @@ class TrainLoader:
             batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
 
-
 def load_validation_tokens(data_path: str, limit: int = 0) -> torch.Tensor:
     """All validation shards concatenated (or their first `limit` tokens, for smoke runs)."""
     tokens = np.concatenate([np.asarray(load_data_shard(f)) for f in shard_files(data_path, "val")])
@@ -581,11 +514,9 @@ def load_validation_tokens(data_path: str, limit: int = 0) -> torch.Tensor:
         raise InputError(f"The validation shards in {data_path} hold fewer than 2 tokens; nothing can be scored.")
     return torch.from_numpy(tokens.astype(np.int64))
 
-
 def sidecar_path(val_shard: Path) -> Path:
     """fineweb_val_000000.bin -> fineweb_val_bytes_000000.bin, in the same folder."""
     return val_shard.with_name(val_shard.name.replace("fineweb_val_", "fineweb_val_bytes_", 1))
-
 
 def load_validation_bytes(data_path: str, limit: int, mode: str, most: int) -> torch.Tensor | None:
     """Per validation token, the ORIGINAL UTF-8 bytes it stands for, from the byte sidecars next
@@ -618,18 +549,14 @@ def load_validation_bytes(data_path: str, limit: int, mode: str, most: int) -> t
     counts = np.concatenate(parts)
     return torch.from_numpy((counts[:limit] if limit else counts).astype(np.int64))
 
-
 CASEOPS_OPERATORS = ("\ue001", "\ue002", "\ue003", "\ue004")  # TITLE, ALLCAPS, CAPNEXT, ESC (PR #1729)
-
 
 def is_caseops_tokenizer(sp) -> bool:
     """A CaseOps tokenizer holds the case operators as pieces of their own."""
     return all(sp.piece_to_id(op) != sp.unk_id() for op in CASEOPS_OPERATORS)
 
-
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
 
 def load_tokenizer(tokenizer_path: str, vocab_size: int):
     import sentencepiece as spm
@@ -645,7 +572,6 @@ def load_tokenizer(tokenizer_path: str, vocab_size: int):
         raise ConfigError(f"Tokenizer {tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}; set "
                           f"VOCAB_SIZE={sp.vocab_size()} or point TOKENIZER_PATH at the matching tokenizer.")
     return sp
-
 
 @dataclass
 class ByteTables:
@@ -676,14 +602,12 @@ class ByteTables:
         sidecar = None if self.sidecar is None else self.sidecar.to(device)
         return ByteTables(self.base_bytes.to(device), self.leading_space.to(device), self.is_boundary.to(device), sidecar)
 
-
 def sidecar_limit(tables: ByteTables) -> int:
     """The most original bytes one token can stand for: its piece (at most 4 original bytes per
     normalised byte under NFKC) and the whitespace the normaliser dropped before it. Our CaseOps
     builder measured at most 70 on indented code with 16-byte pieces; 1,024 spaces of slack keeps any
     real text inside while a forged count (up to 65,535, the format's limit) is refused."""
     return 4 * (int(tables.base_bytes.max()) + 1) + 1024
-
 
 def build_byte_tables(sp, vocab_size: int) -> ByteTables:
     base = torch.zeros(vocab_size, dtype=torch.int64)
@@ -703,7 +627,6 @@ def build_byte_tables(sp, vocab_size: int) -> ByteTables:
         base[token] = len(piece.encode("utf-8"))
     return ByteTables(base, space, boundary)
 
-
 def check_scored_bytes(val: torch.Tensor, tables: ByteTables, data_path: str) -> None:
     """Bits per byte divides by these bytes: none at all, or a sidecar claiming far more bytes than
     the tokens spell (honest sidecars: 0.92x on CaseOps text, 1.17x on indented code, from dropped
@@ -719,7 +642,6 @@ def check_scored_bytes(val: torch.Tensor, tables: ByteTables, data_path: str) ->
         raise InputError(f"the byte sidecars in {data_path} claim {claimed:,} bytes for validation tokens that spell "
                          f"{spelled:,} ({claimed / spelled:.2f}x, honest ones stay under 1.5x); they are corrupt or forged: "
                          f"re-download or rebuild the data.")
-
 
 class BpbMeter:
     """Sums token NLL (nats), target count and target bytes; reduced across ranks once."""
@@ -767,12 +689,10 @@ def virtual_layers(num_layers: int, loop_start: int, loop_end: int, num_loops: i
     repeats = [(layer, p) for p in range(1, num_loops + 1) for layer in span]
     return order[:loop_end + 1] + repeats + order[loop_end + 1:]
 
-
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm that keeps x's dtype: from PyTorch 2.12, CUDA autocast runs rms_norm in float32 (pytorch
     #188955), which would hand the attention kernels a float32 q and k beside a bf16 v."""
     return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
-
 
 def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     """Per position, how many BOS tokens came at or before it: equal ids = same document.
@@ -794,10 +714,8 @@ def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
 # ones into its last slot: attention across those documents, inside the row, never longer.
 SEGMENT_TOKENS = 64
 
-
 def segment_slots(seq_len: int) -> int:
     return seq_len // SEGMENT_TOKENS + 1
-
 
 def packed_segments(input_ids: torch.Tensor, bos_id: int, slots: int) -> torch.Tensor:
     """cu_seqlens (int32, B * slots + 1) of the rows of `input_ids` packed into one stream,
@@ -811,14 +729,12 @@ def packed_segments(input_ids: torch.Tensor, bos_id: int, slots: int) -> torch.T
     first = first + torch.arange(B, device=input_ids.device, dtype=torch.int32)[:, None] * T
     return torch.cat([first.flatten(), first.new_full((1,), B * T)])
 
-
 def document_mask(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     """The dense (B, 1, T, T) boolean mask of causal attention inside documents, for SDPA."""
     docs = document_ids(input_ids, bos_id)
     T = input_ids.size(1)
     causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
     return (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
-
 
 def document_block_mask(input_ids: torch.Tensor, bos_id: int):
     """A flex_attention BlockMask of causal attention inside documents, built eagerly: compiled
@@ -832,7 +748,6 @@ def document_block_mask(input_ids: torch.Tensor, bos_id: int):
 
     return create_block_mask(same_document_causal, B, None, T, T, device=input_ids.device, _compile=False)
 
-
 def fa3_kernels() -> dict[str, object]:
     """FlashAttention-3's kernels when its package imports here: "fa3_causal" (q, k, v) -> causal
     attention of (B, T, heads, head_dim) rows, "fa3_varlen" (q, k, v, cu_seqlens, max_len) -> packed."""
@@ -843,7 +758,6 @@ def fa3_kernels() -> dict[str, object]:
     first = lambda out: out[0] if isinstance(out, tuple) else out  # some builds also return the LSE
     return {"fa3_causal": lambda q, k, v: first(flash_attn_func(q, k, v, causal=True)),
             "fa3_varlen": lambda q, k, v, cu, n: first(flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True))}
-
 
 def torch_varlen(fn=None):
     """PyTorch's varlen_attn (>= 2.10) as (q, k, v, cu_seqlens, max_len) -> out, or None. Its
@@ -875,7 +789,6 @@ def torch_varlen(fn=None):
         return fn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **extra)
     return run
 
-
 def kernel_functions(device: torch.device) -> dict[str, object]:
     """The attention kernels this machine offers beyond SDPA (all need CUDA): FlashAttention-3's
     dense and varlen kernels, PyTorch's varlen_attn, and flex_attention."""
@@ -884,10 +797,8 @@ def kernel_functions(device: torch.device) -> dict[str, object]:
     found = {**fa3_kernels(), "torch_varlen": torch_varlen(), "flex": "flex"}
     return {name: fn for name, fn in found.items() if fn is not None}
 
-
 class KernelFault(RuntimeError):
     """A kernel crashed the device during its start-up check: the process cannot go on."""
-
 
 def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str | None:
     """One forward and backward of the run's attention block (its norms, rotary, gates and XSA, under
@@ -938,7 +849,6 @@ def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
-
 @dataclass
 class AttentionKernels:
     """What each kind of forward runs: `train` (graphs with gradients), `nograd` (evaluation,
@@ -953,7 +863,6 @@ class AttentionKernels:
     def line(self) -> str:
         return (f"attention_kernels train:{self.train} eval:{self.nograd} calibration:{self.nograd} "
                 f"documents:{self.dense} check:{self.check}")
-
 
 def pick_attention_kernels(h: "Hyperparameters", rt: "Runtime", log=lambda line: None) -> AttentionKernels:
     """Every kernel this machine offers is checked through the model (check_attention) before it is
@@ -990,7 +899,6 @@ def pick_attention_kernels(h: "Hyperparameters", rt: "Runtime", log=lambda line:
                             offered.get("fa3_causal") if dense == "fa3_causal" else None,
                             ",".join(verdicts) or "not needed")
 
-
 def softcapped_nll(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
     """Per-token cross-entropy of cap * tanh(logits / cap), written as logsumexp(z) - z[target]
     so that, compiled, the cap and the fp32 upcast fuse into the reduction and only the bf16
@@ -1002,7 +910,6 @@ def softcapped_nll(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> t
     if targets.dim() == z.dim():  # (..., k) targets: k NLLs per position from the same logits
         return torch.logsumexp(z, dim=-1, keepdim=True) - z.gather(-1, targets)
     return torch.logsumexp(z, dim=-1) - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -1303,22 +1210,17 @@ class GPT(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-# Newton-Schulz steps X <- aX + (bA + cA^2)X with A = XX^T. The quintic repeats one tuple
-# (modded-nanogpt); Polar Express (PR #1787) gives each of its five steps its own minimax tuple
-# and lands closer to the polar factor UV^T. Steps past a list's end repeat its last tuple.
-NEWTON_SCHULZ_COEFFICIENTS = {
-    "quintic": ((3.4445, -4.7750, 2.0315),),
-    "polar_express": ((8.156554524902461, -22.48329292557795, 15.878769915207462),
-                      (4.042929935166739, -2.808917465908714, 0.5000178451051316),
-                      (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
-                      (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
-                      (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)),
-}
+# Newton-Schulz steps X <- aX + (bA + cA^2)X with A = XX^T. Polar Express (PR #1787) gives each
+# of its five steps its own minimax tuple and lands closer to the polar factor UV^T than the
+# quintic's one repeated tuple (tests/RESULTS.md); steps past the end repeat the last tuple.
+POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                 (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                 (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                 (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                 (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
 
-
-def newton_schulz(grads: torch.Tensor, steps: int, method: str = "polar_express") -> torch.Tensor:
+def newton_schulz(grads: torch.Tensor, steps: int, coefficients: tuple = POLAR_EXPRESS) -> torch.Tensor:
     """Approximately orthogonalise each matrix of a (batch, rows, cols) stack."""
-    coefficients = NEWTON_SCHULZ_COEFFICIENTS[method]
     x = grads.bfloat16() if grads.is_cuda else grads.float()
     tall = x.size(-2) > x.size(-1)
     if tall:
@@ -1330,18 +1232,16 @@ def newton_schulz(grads: torch.Tensor, steps: int, method: str = "polar_express"
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if tall else x
 
-
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-
 class ParallelMuon:
     def __init__(self, banks: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
-                 ns_steps: int, ns_method: str, row_norm: bool, rank: int, world_size: int):
+                 ns_steps: int, row_norm: bool, rank: int, world_size: int):
         # Largest bank first: its communication starts earliest and overlaps the most work.
         self.banks = sorted(banks, key=lambda p: p.numel(), reverse=True)
         self.base_lr, self.lr, self.momentum, self.weight_decay = lr, lr, momentum, weight_decay
-        self.ns_steps, self.ns_method, self.row_norm = ns_steps, ns_method, row_norm
+        self.ns_steps, self.row_norm = ns_steps, row_norm
         self.rank, self.world_size = rank, world_size
         self.shard_rows = [math.ceil(p.size(0) / world_size) for p in self.banks]
         self.buffers = [torch.zeros(rows, *p.shape[1:], device=p.device) for rows, p in zip(self.shard_rows, self.banks)]
@@ -1379,7 +1279,7 @@ class ParallelMuon:
             update = grad.add_(buf, alpha=self.momentum)  # Nesterov
             if self.row_norm:  # MuonEq-R: equalise row norms before orthogonalising
                 update = update / (update.norm(dim=-1, keepdim=True) + 1e-7)
-            update = newton_schulz(update, self.ns_steps, self.ns_method)
+            update = newton_schulz(update, self.ns_steps)
             update = update * max(1.0, p.size(1) / p.size(2)) ** 0.5
             if self.world_size == 1:
                 gathers.append((p, None, update))
@@ -1399,7 +1299,6 @@ class ParallelMuon:
         for buf, saved in zip(self.buffers, state["buffers"]):
             buf.copy_(saved)
 
-
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     """One flat all-reduce for all non-bank gradients (they are small)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -1413,7 +1312,6 @@ def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
         offset += g.numel()
 
-
 class Optimizers:
     """Muon for the banks plus AdamW for the rest, stepped together with global-norm clipping."""
 
@@ -1421,7 +1319,7 @@ class Optimizers:
         self.world_size = world_size
         self.grad_clip_norm = h.grad_clip_norm
         self.muon = ParallelMuon(model.bank_parameters(), h.matrix_lr, h.muon_momentum, h.muon_wd,
-                                 h.newton_schulz_steps, h.newton_schulz, h.muon_row_norm, rank, world_size)
+                                 h.newton_schulz_steps, h.muon_row_norm, rank, world_size)
         adapters = model.adapter_parameters()
         special = {id(p) for p in model.bank_parameters() + adapters + [model.tok_emb.weight]}
         scalars = [p for p in model.parameters() if id(p) not in special]
@@ -1484,7 +1382,6 @@ class Optimizers:
 # slowest rank's clock so all ranks act on the same step.
 # ---------------------------------------------------------------------------------------------
 
-
 @dataclass
 class Runtime:
     rank: int
@@ -1524,10 +1421,8 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-
 class TrainingDiverged(RuntimeError):
     """The training loss or weights stopped being finite: the run ends without an artifact."""
-
 
 def lr_multiplier(progress: float, warmdown_frac: float, min_lr: float = 0.0) -> float:
     """1 until the warm-down starts, then linear towards 0 at the end of the budget, never
@@ -1536,12 +1431,10 @@ def lr_multiplier(progress: float, warmdown_frac: float, min_lr: float = 0.0) ->
         return 1.0
     return max(min_lr, (1.0 - progress) / warmdown_frac)
 
-
 def ramp_after_switch(steps_since: int, ramp_steps: int) -> float:
     """The LR factor `steps_since` steps after a context switch: linear from 1/ramp_steps back
     to 1 (PR #2014: longer rows change the gradient's scale; 0 turns the ramp off)."""
     return 1.0 if ramp_steps <= 0 else min(1.0, (steps_since + 1) / ramp_steps)
-
 
 class WeightEMA:
     """Exponential moving average of all parameters, with a horizon tied to the run's length.
@@ -1566,7 +1459,6 @@ class WeightEMA:
         for p, s in zip(self.params, self.shadow):
             p.copy_(s.to(p.dtype))
 
-
 class Runner:
     """One forward of the model, compiled or eager, called with the attention layout of its
     kernel built outside it (eagerly: a flex BlockMask never forms inside a compiled graph)."""
@@ -1577,11 +1469,11 @@ class Runner:
     def __call__(self, input_ids: torch.Tensor, *args, **kwargs):
         return self.fn(input_ids, *args, layout=self.model.attention_layout(input_ids, self.kernel), **kwargs)
 
-
 @dataclass
 class Runners:
     """The callables that run one model. Under COMPILE=1 the model is compiled whole (fullgraph:
-    a graph break is an error, never a silent slowdown); calibration only with GPTQ_COMPILE=1."""
+    a graph break is an error, never a silent slowdown); GPTQ calibration stays eager (compiled, it
+    faulted on the first GPU run)."""
     train: Runner  # training steps, chunked TTT and global-phase updates: static shapes
     score: Runner  # evaluation windows and chunked TTT scoring, without gradients
     calibrate: Runner  # GPTQ calibration: hidden states only, adding to model.hessians
@@ -1593,7 +1485,6 @@ class Runners:
         return Runners(Runner(model, model, k.train), Runner(model, model, k.nograd),
                        Runner(model, model.hidden_states, k.nograd), Runner(model, model, k.nograd))
 
-
 def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
     """Hand the model this run's attention kernels and build its Runners."""
     kernels = rt.kernels or pick_attention_kernels(h, rt)
@@ -1603,16 +1494,13 @@ def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
     # Each graph is compiled once per shape; the default limit (8) would silently fall back to eager.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     whole = torch.compile(model, fullgraph=True, dynamic=False)
-    calibrate = torch.compile(model.hidden_states, fullgraph=True, dynamic=False) if h.gptq_compile else model.hidden_states
     documents = torch.compile(model, fullgraph=True, dynamic=True)
     return Runners(Runner(model, whole, kernels.train), Runner(model, whole, kernels.nograd),
-                   Runner(model, calibrate, kernels.nograd), Runner(model, documents, kernels.nograd))
-
+                   Runner(model, model.hidden_states, kernels.nograd), Runner(model, documents, kernels.nograd))
 
 def graphs_compiled() -> int:
     """Graphs torch.compile has built in this process so far (each compile costs seconds to minutes)."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-
 
 def log_compiles(rt: Runtime, stage: str, before: int) -> None:
     rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
@@ -1621,7 +1509,6 @@ def log_compiles(rt: Runtime, stage: str, before: int) -> None:
 # A cold compile of one graph took 195 s on one H200 (README); eight ranks compiling at once on
 # one host's CPUs take longer, so a compile (and a peer waiting on one) gets this long.
 COMPILE_PATIENCE_SECONDS = 1800.0
-
 
 @contextlib.contextmanager
 def compile_timer(rt: Runtime, graph: str):
@@ -1632,7 +1519,6 @@ def compile_timer(rt: Runtime, graph: str):
     yield
     rt.synchronize()
     rt.log(f"compile_time graph:{graph} time:{1000 * (time.perf_counter() - t0):.0f}ms new_graphs:{graphs_compiled() - before}")
-
 
 class SlowestClock:
     """The slowest rank's training time (ms) after a given step, read without a host sync on
@@ -1686,7 +1572,6 @@ class SlowestClock:
         that would end past the budget."""
         return self.ms + (step + 1 - self.step) * self.step_ms
 
-
 def log_training_step(rt: Runtime, h: Hyperparameters, loss: torch.Tensor, step: int, train_ms: float,
                       tokens_per_step: int) -> None:
     """The step line, with the global batch's loss; a non-finite loss ends the run (checked where
@@ -1700,7 +1585,6 @@ def log_training_step(rt: Runtime, h: Hyperparameters, loss: torch.Tensor, step:
                                f"keep GRAD_CLIP_NORM > 0.")
     rt.log(f"step:{step}/{h.iterations} train_loss:{loss.item():.4f} train_time:{train_ms:.0f}ms "
            f"step_avg:{train_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / max(train_ms / 1000, 1e-9))}")
-
 
 def training_step(h: Hyperparameters, runners: Runners, rt: Runtime, opt: Optimizers, loader: TrainLoader):
     """The function that runs one optimizer step on the next global batch, in rows of a given length."""
@@ -1723,7 +1607,6 @@ def training_step(h: Hyperparameters, runners: Runners, rt: Runtime, opt: Optimi
         return total / accum
     return run_step
 
-
 def warm_up_training(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, opt: Optimizers,
                      loader: TrainLoader, run_step) -> None:
     """Compile every (row length, looping) graph the run will meet before the clock starts (at least
@@ -1743,13 +1626,9 @@ def warm_up_training(h: Hyperparameters, model: GPT, runners: Runners, rt: Runti
     model.load_state_dict(initial_model)
     opt.load_state_dict(initial_opt)
     loader.reset()
-    if h.quant_method == "gptq" and h.compile and h.gptq_compile:
-        with compile_timer(rt, "calibration"):
-            warm_up_calibration(model, runners, h, rt)
     rt.synchronize()
     rt.log(f"warmup_done steps:{warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
     log_compiles(rt, "warmup", graphs)
-
 
 def schedule_step(h: Hyperparameters, model: GPT, rt: Runtime, step: int, progress: float, row_len: int,
                   switched_at: int | None) -> tuple[float, float, int, int | None]:
@@ -1768,7 +1647,6 @@ def schedule_step(h: Hyperparameters, model: GPT, rt: Runtime, step: int, progre
     if switched_at is not None:
         lr_mult *= ramp_after_switch(step - switched_at, h.context_lr_ramp_steps)
     return lr_mult, momentum, row_len, switched_at
-
 
 def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, evaluate) -> dict:
     """Train in place (steps run through runners.train); returns timing facts. `evaluate()`
@@ -1835,25 +1713,6 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
                                f"is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR).")
     return {"train_ms": clock.ms, "steps": step, "loader": loader}
 
-
-@torch.no_grad()
-def warm_up_calibration(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> None:
-    """Compile the GPTQ calibration graph before the clock starts, so the GPTQ reserve holds only
-    the work: one forward of random tokens in calibration's shape, its statistics discarded."""
-    was_training, was_looping = model.training, model.looping
-    model.eval()
-    model.looping = h.num_loops > 0
-    model.hessians = model.hessian_buffers()
-    try:
-        tokens = torch.randint(0, h.vocab_size, (h.calibration_rows(rt.world_size), h.train_seq_len + 1), device=rt.device)
-        with rt.autocast():
-            runners.calibrate(tokens[:, :-1])  # a slice, as calibration's are: the same strides, the same graph
-    finally:
-        model.hessians = None
-        model.train(was_training)
-        model.looping = was_looping
-
-
 def log_peak_memory(rt: Runtime) -> None:
     if rt.device.type == "cuda":
         allocated = torch.cuda.max_memory_allocated() // 2**20
@@ -1881,7 +1740,6 @@ ARTIFACT_FORMAT = 4  # 4: two-lane parallel residuals and the tokenizer's SHA-25
 ARTIFACT_PREFIX_BYTES = 9
 MAX_HEADER_BYTES = 1 << 20
 
-
 def compress(data: bytes, method: str) -> bytes:
     if method == "brotli":
         import brotli
@@ -1891,7 +1749,6 @@ def compress(data: bytes, method: str) -> bytes:
         return zstandard.ZstdCompressor(level=22).compress(data)
     import lzma
     return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
-
 
 class BoundedDecompressor:
     """Decompresses a stream a piece at a time, never producing much more than asked for, so a
@@ -1939,7 +1796,6 @@ class BoundedDecompressor:
         self.pending = out[n:]
         return out[:n]
 
-
 def quant_units(model: GPT) -> list[tuple[str, int, str]]:
     """(parameter name, slot, Hessian key) for every quantized matrix; slot -1 = whole tensor."""
     L = model.cfg.num_layers
@@ -1950,7 +1806,6 @@ def quant_units(model: GPT) -> list[tuple[str, int, str]]:
                   ("up_bank", layer, f"mlp_in:{layer}"), ("down_bank", layer, f"mlp_act:{layer}")]
     return units
 
-
 def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
     """(bits, SDClip k) by role: the tied embedding at int7 with k = 14 and attention matrices
     at k = 13, int6 (PRs #1586, #1626, #1855); MLP matrices at int6 with k = 12.5, not PR #1855's
@@ -1960,7 +1815,6 @@ def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
     if name in ("qo_bank", "kv_bank"):
         return h.matrix_bits, h.attn_clip_sigmas
     return h.matrix_bits, h.mlp_clip_sigmas
-
 
 @torch.no_grad()
 def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime, calibrate=None) -> dict[str, torch.Tensor]:
@@ -1990,16 +1844,13 @@ def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime, calibrate=None
         hessians[f"{kind}:{layer}"] = mat / (h.gptq_calib_batches * global_seqs * h.train_seq_len)
     return hessians
 
-
 def sdclip_scale(weight: torch.Tensor, bits: int, clip_sigmas: float) -> torch.Tensor:
     """Per-row step size so that k standard deviations map to the largest integer level."""
     qmax = 2 ** (bits - 1) - 1
     scale = clip_sigmas * weight.float().std(dim=1).clamp_min(1e-8) / qmax
     return scale.half().float()  # stored as fp16: quantize against the value that is stored
 
-
 WIDE_QMAX = 127  # AWQ-lite's columns: int8 levels on the same clipping range, so steps of scale * qmax / 127
-
 
 def column_grid(cols: int, bits: int, wide: list[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(largest level, step as a fraction of the row scale) of every column: qmax and 1, except in
@@ -2011,13 +1862,11 @@ def column_grid(cols: int, bits: int, wide: list[tuple[int, int]], device) -> tu
         levels[start:end], steps[start:end] = WIDE_QMAX, qmax / WIDE_QMAX
     return levels, steps
 
-
 def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
     qmax = 2 ** (bits - 1) - 1
     scale = sdclip_scale(weight, bits, clip_sigmas)
     q = torch.clamp(torch.round(weight.float() / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8), scale.half()
-
 
 def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_sigmas: float,
                   damp: float, block: int, wide: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -2060,7 +1909,6 @@ def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_s
     q = q[:, torch.argsort(order)]
     return q.to(torch.int8), scale.half(), retries
 
-
 @dataclass
 class QuantizedTensor:
     """One quantized parameter, a matrix or a bank of them (slot: the matrix's index in the bank,
@@ -2082,16 +1930,13 @@ class QuantizedTensor:
             (weight if slot < 0 else weight[slot]).add_(lqer_product(group, a, a_scale, b, b_scale))
         return weight
 
-
 LQER_A_LEVELS = (-2, 1)  # int2
 LQER_B_LEVELS = (-8, 7)  # int4
-
 
 def lqer_product(group: int, a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
     """The dequantized correction A B: A's levels times its one scale, B's times its group scales."""
     b_steps = b_scale.float().repeat_interleave(group, dim=1)[:, :b.size(1)]
     return (a.float() * a_scale.float()) @ (b.float() * b_steps)
-
 
 def lqer_factors(error: torch.Tensor, rank: int, group: int) -> tuple[torch.Tensor, ...]:
     """A rank-`rank` SVD of a quantisation error, E ~ (U S) V^T (PR #2135): U S on int2 levels
@@ -2107,7 +1952,6 @@ def lqer_factors(error: torch.Tensor, rank: int, group: int) -> tuple[torch.Tens
     b_scale = (padded.abs().amax(dim=-1) / 7.5).clamp_min(tiny).half()
     b = torch.clamp(torch.round(padded / b_scale.float()[..., None]), *LQER_B_LEVELS).view(right.size(0), -1)[:, :cols]
     return a.to(torch.int8), a_scale, b.to(torch.int8), b_scale
-
 
 def awq_columns(model: GPT, units: list, hessians: dict[str, torch.Tensor], h: Hyperparameters) -> dict[int, list]:
     """AWQ-lite (PR #1908): the AWQ_GROUPS most salient groups of AWQ_GROUP_COLS input columns
@@ -2127,7 +1971,6 @@ def awq_columns(model: GPT, units: list, hessians: dict[str, torch.Tensor], h: H
     for _, i, start in sorted(scored, reverse=True)[:h.awq_groups]:
         chosen.setdefault(i, []).append((start, start + width))
     return chosen
-
 
 def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hyperparameters, rt: Runtime) -> dict:
     """Quantize every unit (units spread over ranks, results broadcast), then add the LQER
@@ -2181,7 +2024,6 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
            f"fp16_passthrough_tensors:{len(tensors) - quantized} matrix_bits:{h.matrix_bits} embed_bits:{h.embed_bits}")
     return tensors
 
-
 def add_lqer_corrections(tensors: dict, params: dict, units: list, h: Hyperparameters, rt: Runtime) -> None:
     """LQER (PR #2135): the LQER_TENSORS matrices whose quantisation error W - W_hat has the
     largest Frobenius norm get a low-rank correction (lqer_factors); one that would not lower
@@ -2204,12 +2046,10 @@ def add_lqer_corrections(tensors: dict, params: dict, units: list, h: Hyperparam
             kept.append(f"{name}[{slot}]:{float(error.norm()):.4f}->{after:.4f}")
     rt.log(f"lqer rank:{h.lqer_rank} group:{h.lqer_group} corrected:{len(kept)} error_norms:{','.join(kept) or '-'}")
 
-
 def _shuffled_bytes(array: np.ndarray) -> bytes:
     """Group the k-th byte of every element together: fp16 high bytes compress far better."""
     raw = np.ascontiguousarray(array).view(np.uint8)
     return raw.reshape(-1, array.itemsize).T.tobytes() if array.itemsize > 1 else raw.tobytes()
-
 
 def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     dtype = np.dtype(dtype)
@@ -2217,7 +2057,6 @@ def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     if dtype.itemsize > 1:
         raw = raw.reshape(dtype.itemsize, -1).T.copy()
     return raw.view(dtype).reshape(shape)
-
 
 def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_sha256: str = "") -> bytes:
     arrays, entries, offset = [], {}, 0
@@ -2244,15 +2083,12 @@ def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_s
     payload = len(header).to_bytes(4, "little") + header + b"".join(arrays)
     return seal_artifact(method, compress(payload, method))
 
-
 def seal_artifact(method: str, stream: bytes) -> bytes:
     """Magic, compressor id and the CRC-32 of both the id and the compressed stream, then the stream."""
     body = bytes([COMPRESSORS.index(method)]) + stream
     return ARTIFACT_MAGIC + body[:1] + zlib.crc32(body).to_bytes(4, "little") + body[1:]
 
-
 KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", list: "a list of strings"}
-
 
 def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str = "the artifact") -> ModelConfig:
     """The model settings of an artifact (or of a checkpoint: `source` names the file), refused
@@ -2297,19 +2133,16 @@ def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str 
                          f"more than this device's {have / 2**30:.1f} GiB")
     return cfg
 
-
 def untrained_model(h: Hyperparameters) -> GPT:
     """The untrained model, on the CPU, drawn from SEED alone: training starts from it and the
     packager rebuilds it to check a log's init_probe line (records/package.py)."""
     torch.manual_seed(h.seed)
     return GPT(h.model_config())
 
-
 def parameter_count(cfg: ModelConfig) -> int:
     """The model's parameters, counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
         return sum(p.numel() for p in GPT(cfg).parameters())
-
 
 def device_memory_bytes() -> int:
     """Memory of the device a model will live on: the GPU's, else this process's share of the
@@ -2318,7 +2151,6 @@ def device_memory_bytes() -> int:
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))))
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local_processes
-
 
 def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int]:
     """(parameters, a lower bound on one process's training memory): 20 bytes a parameter (fp32
@@ -2335,7 +2167,6 @@ def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int
     logits = tokens * cfg.vocab_size * 4 * 2
     return params, 20 * params + saved + logits
 
-
 def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
     """Refuse, before anything is allocated, a model and micro-batch that cannot fit to train.
     Every rank checks its own device, and all stop together (agree) with rank 0's line."""
@@ -2348,11 +2179,9 @@ def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
         f"MODEL_DIM or MLP_MULT.")
     agree(rt, problem)
 
-
 def artifact_corrupt(reason: str) -> InputError:
     return InputError(f"the artifact is corrupt or truncated ({reason}); refusing to load it. Copy it again or "
                       f"re-export it with EXPORT_ONLY=<checkpoint>")
-
 
 def artifact_header(blob: bytes, vocab_size: int, tokenizer_sha256: str | None) -> tuple[dict, ModelConfig, BoundedDecompressor]:
     """Magic, checksum, format, config and tokenizer, each checked before anything trusts it; returns the
@@ -2378,7 +2207,6 @@ def artifact_header(blob: bytes, vocab_size: int, tokenizer_sha256: str | None) 
                          f"but TOKENIZER_PATH has {tokenizer_sha256[:16]}; evaluate it with its own tokenizer and data "
                          f"(a CaseOps and a plain tokenizer of one vocabulary size do not share token meanings)")
     return header, cfg, stream
-
 
 def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
     """Every array the tensor entries name, each checked against the model's shapes (dtype, shape,
@@ -2419,7 +2247,6 @@ def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
                                             ("b", "|i1", (rank, cols), "B"), ("b_scale", "<f2", (rank, -(-cols // group)), "B scales")):
                 check(fix[key], dtype, shape, f"{name} LQER {what}")
     return arrays
-
 
 def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Parse an artifact into a config and dequantized float32 tensors, each part checked before any
@@ -2464,7 +2291,6 @@ def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | N
         raise InputError(f"the artifact's weights are not finite ({', '.join(broken)}): it cannot give a score")
     return cfg, state
 
-
 def read_artifact_file(path: str) -> bytes:
     """The artifact's bytes, its magic checked first; a file far over the limit is refused unread."""
     path = Path(path)
@@ -2480,14 +2306,12 @@ def read_artifact_file(path: str) -> bytes:
                          f"refusing to read it")
     return path.read_bytes()
 
-
 def model_from_artifact(blob: bytes, device: torch.device, vocab_size: int, tokenizer_sha256: str | None = None) -> GPT:
     cfg, state = deserialize_artifact(blob, vocab_size, tokenizer_sha256)
     model = GPT(cfg).to(device)
     model.load_state_dict(state, strict=True)
     model.looping = cfg.num_loops > 0  # looping stays on for export and evaluation
     return model
-
 
 def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
     """Rank 0's bytes on every rank (nodes need not share a file system)."""
@@ -2515,7 +2339,6 @@ def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
 # tokens; the last chunk is never trained on.
 # ---------------------------------------------------------------------------------------------
 
-
 @dataclass
 class Windows:
     starts: np.ndarray  # first input position
@@ -2529,7 +2352,6 @@ class Windows:
     def subset(self, index) -> "Windows":
         return Windows(self.starts[index], self.ends[index], self.score_from[index], self.index[index])
 
-
 def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
     """Windows over a stream of num_tokens tokens (targets are the indices 1..num_tokens-1)."""
     targets = num_tokens - 1
@@ -2540,11 +2362,9 @@ def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
     score_from = np.concatenate([[0], ends[:-1]])
     return Windows(starts, ends, score_from, np.arange(count))
 
-
 def rank_share(count: int, rt: Runtime) -> slice:
     """A contiguous, balanced slice of `count` items for this rank."""
     return slice(count * rt.rank // rt.world_size, count * (rt.rank + 1) // rt.world_size)
-
 
 class NllRecorder:
     """Per-target NLL and bytes of one stage, for NLL_DUMP_PATH audits, with the order each
@@ -2577,7 +2397,6 @@ class NllRecorder:
                          pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64),
                          order=(totals[3, pos] - 1).numpy().astype(np.int64))
 
-
 @torch.no_grad()
 def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int, tables: ByteTables,
                   meter: BpbMeter, rt: Runtime, recorder: NllRecorder | None = None) -> None:
@@ -2609,14 +2428,12 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
             order = torch.from_numpy(windows.index[idx]).to(val.device)[:, None].expand_as(mask)
             recorder.add((starts[:, None] + rel + 1)[mask], nll[mask], nbytes[mask], order[mask])
 
-
 def evaluate_windows(score_fn, val: torch.Tensor, seq_len: int, stride: int, h: Hyperparameters,
                      tables: ByteTables, rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
     windows = sliding_windows(len(val), seq_len, stride)
     meter = BpbMeter(rt.device)
     score_windows(score_fn, val, windows.subset(rank_share(len(windows), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
     return meter.result()
-
 
 def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-length training sequences covering targets chunk_start+1..chunk_end once each.
@@ -2634,7 +2451,6 @@ def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tup
         starts.append(start)
         first.append(covered - start)
     return np.array(starts, dtype=np.int64), np.array(first, dtype=np.int64)
-
 
 def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
                     rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
@@ -2663,7 +2479,6 @@ def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperp
         train_on_tokens(runners.train, val, chunk_start, chunk_end, params, opt, h.eval_seq_len, h.ttt_batch_seqs,
                         h.ttt_epochs, h.ttt_grad_clip, rt)
     return meter.result()
-
 
 def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end: int, params: list[nn.Parameter],
                     opt, seq_len: int, per_step: int, epochs: int, grad_clip: float, rt: Runtime) -> None:
@@ -2706,7 +2521,6 @@ def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end:
 # after they are scored. Documents are processed in batches of similar length, longest first;
 # each rank takes whole batches by a fixed rule, so the score never depends on timing.
 
-
 def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per position t: a 64-bit hash of tokens t-order..t-1, and whether all of them lie in
     target t's own document (its BOS included)."""
@@ -2720,7 +2534,6 @@ def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Te
     bos_at = torch.where(tokens == bos_id, positions, torch.zeros_like(positions))
     doc_start = torch.cat([positions[:1] * 0, torch.cummax(bos_at, 0).values[:-1]])  # the last BOS among t's inputs
     return mixed, positions - order >= doc_start
-
 
 def scoring_order(docs: list[tuple[int, int]], batches: list[list[int]], chunks: list[int], device) -> torch.Tensor:
     """Every target position of per-document TTT in the plan's order, the order one process
@@ -2740,7 +2553,6 @@ def scoring_order(docs: list[tuple[int, int]], batches: list[list[int]], chunks:
     length = per_target(chunk)
     key = ((per_target(batch) * most_chunks + offset // length) * rows + per_target(row)) * widest + offset % length
     return (per_target(starts) + 1 + offset)[torch.argsort(key)]
-
 
 class NgramTilt:
     """Token n-gram tilt of the scored loss (PR #2135, in the token-only form the maintainers
@@ -2796,7 +2608,6 @@ class NgramTilt:
         tilted = nll - self.beta * hit.to(nll.dtype) + torch.log1p(q * math.expm1(self.beta))
         return torch.where(confident, tilted, nll)
 
-
 class TTTLoRA(nn.Module):
     """Batched per-document adapters: row d of the batch gets its own rank-r delta
     (alpha / r) * (x A_d^T) B_d^T on each of `targets`: q, k, v, o of every virtual layer (each
@@ -2830,7 +2641,6 @@ class TTTLoRA(nn.Module):
         a, b = self.A[target][slot], self.B[target][slot]
         return torch.bmm(torch.bmm(x, a.mT.to(x.dtype)), b.mT.to(x.dtype)) * self.scale
 
-
 def split_documents(val: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:
     """(first input position, number of targets) of every document. A document's inputs run
     from its BOS up to the next BOS, which is its last target; tokens before the first BOS form
@@ -2841,14 +2651,12 @@ def split_documents(val: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:
     ends = starts[1:] + [len(val) - 1]
     return [(s, e - s) for s, e in zip(starts, ends) if e > s]
 
-
 @dataclass
 class DocPlan:
     """The fixed schedule of per-document TTT, the same on every rank."""
     batches: list[list[int]]  # document indices per batch, in processing order (longest first)
     phase_ends: list[int]  # global SGD runs after these many batches (empty: no phases)
     owner: list[int]  # the rank that scores each batch
-
 
 def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: int, phases: int) -> DocPlan:
     order = sorted(range(len(docs)), key=lambda d: (-docs[d][1], d))
@@ -2869,7 +2677,6 @@ def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: 
         owner.append(rank)
         load[rank] += work
     return DocPlan(batches, phase_ends, owner)
-
 
 def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]], lora: TTTLoRA, opt,
                          h: Hyperparameters, tables: ByteTables, meter: BpbMeter, rt: Runtime, order_base: int,
@@ -2925,7 +2732,6 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
             (per_doc * trains).sum().backward()
             opt.step()
 
-
 def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[int, int]], h: Hyperparameters,
                      rt: Runtime) -> int:
     """SGD on every base weight over documents that are already fully scored, in
@@ -2947,7 +2753,6 @@ def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[i
     for p in params:
         p.requires_grad_(False)
     return len(stream)
-
 
 def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
                         rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
@@ -2998,7 +2803,6 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
     for p in model.parameters():
         p.requires_grad_(True)
     return meter.result()
-
 
 def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> None:
     """Compile the TTT stage's graphs before its timer (PR #1855 does the same): forward and
@@ -3059,14 +2863,11 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
 EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_MEMORY = 2, 3, 4, 5, 6, 7
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
-
 class Terminated(BaseException):
     """SIGTERM arrived: torchrun sends it to every rank once one rank has failed."""
 
-
 def raise_terminated(signum, frame) -> None:
     raise Terminated()
-
 
 def is_peer_failure(exc: BaseException) -> bool:
     """A collective that failed because the other end of a connection went away."""
@@ -3075,12 +2876,10 @@ def is_peer_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and re.search(
         r"Connection (reset|closed) by peer|Broken pipe|ProcessGroupNCCL|NCCL (error|communicator)", str(exc)) is not None
 
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation the device could not satisfy (CUDA's own error, or the CPU allocator's)."""
     return isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
-
 
 def process_gone(pid: int) -> bool:
     """True when a process on this host has exited (a zombie waiting for its launcher counts)."""
@@ -3097,7 +2896,6 @@ def process_gone(pid: int) -> bool:
             return True
         except OSError:
             return False
-
 
 class StallMonitor(threading.Thread):
     """Names the rank that holds a multi-process run up. Each process publishes a heartbeat
@@ -3184,7 +2982,6 @@ class StallMonitor(threading.Thread):
         report_failure(self.rt, message)
         os._exit(EXIT_STALLED)
 
-
 def report_failure(rt: Runtime | None, message: str) -> None:
     """The one error line: on stderr, in the log, and in torchrun's error file, so torchrun's
     own failure summary (printed after ours) repeats it beside this rank's exit status."""
@@ -3196,7 +2993,6 @@ def report_failure(rt: Runtime | None, message: str) -> None:
         with contextlib.suppress(OSError):
             Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
 
-
 def lost_peer_failure(rt: Runtime | None, cause: str) -> tuple[int, str]:
     """Exit status and message after a failed collective or a SIGTERM from the launcher."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's SIGTERM must not cut the report short
@@ -3206,7 +3002,6 @@ def lost_peer_failure(rt: Runtime | None, cause: str) -> tuple[int, str]:
         return EXIT_STALLED, (f"error: rank {rt.rank} lost a peer while {doing} ({cause}): {lost}. Its own output says "
                               f"why (out of memory, a kill, a crash); no score from this run")
     return EXIT_TERMINATED, f"error: {cause} while {doing}: no score from this run"
-
 
 def setup_runtime(h: Hyperparameters) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
@@ -3231,7 +3026,6 @@ def setup_runtime(h: Hyperparameters) -> Runtime:
         rt.monitor.start()
     return rt
 
-
 def agree(rt: Runtime, problem: str | None, error=ConfigError) -> None:
     """Raise `error` on every rank if any rank found a problem (checks made on one rank only)."""
     if rt.world_size > 1:
@@ -3241,14 +3035,12 @@ def agree(rt: Runtime, problem: str | None, error=ConfigError) -> None:
     if problem:
         raise error(problem)
 
-
 def output_files(h: Hyperparameters) -> list[tuple[str, Path]]:
     """(setting, path) of every file this run writes; the log first."""
     outputs = [("RUN_ID", Path("logs") / f"{h.run_id}.txt")]
     outputs += [("ARTIFACT_PATH", Path(h.artifact_path))] if not h.eval_only else []
     outputs += [("CHECKPOINT_PATH", Path(h.checkpoint_path))] if h.checkpoint_path and not (h.eval_only or h.export_only) else []
     return outputs + ([("NLL_DUMP_PATH", Path(h.nll_dump_path))] if h.nll_dump_path else [])
-
 
 def input_files(h: Hyperparameters) -> list[tuple[str, Path]]:
     """(setting, path) of every file this run reads: the script, the tokenizer, the shards and byte
@@ -3257,7 +3049,6 @@ def input_files(h: Hyperparameters) -> list[tuple[str, Path]]:
     inputs += [("DATA_PATH", Path(p)) for p in sorted(glob.glob(os.path.join(h.data_path, "fineweb_*.bin")))]
     inputs += [("EXPORT_ONLY", Path(h.export_only))] if h.export_only else []
     return inputs + ([("EVAL_ONLY=1 ARTIFACT_PATH", Path(h.artifact_path))] if h.eval_only else [])
-
 
 def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
     """Every file the run will write or read, checked before any work (rank 0 writes them): each
@@ -3288,7 +3079,6 @@ def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
             problem = f"{name}={path} {what}{hint}."
     agree(rt, problem if rt.is_main else None)
 
-
 def writable(folder: Path) -> bool:
     """Proven by creating and removing a file: os.access says yes to root on a read-only mount."""
     probe = folder / f".train_gpt_probe_{os.getpid()}"
@@ -3298,7 +3088,6 @@ def writable(folder: Path) -> bool:
         return True
     except OSError:
         return False
-
 
 def write_atomically(path: str, write) -> None:
     """write(temporary path), then rename it over `path`: a run that dies mid-write never leaves a
@@ -3315,7 +3104,6 @@ def write_atomically(path: str, write) -> None:
         if os.path.exists(partial):
             os.remove(partial)
 
-
 def keep_earlier_outputs(h: Hyperparameters, rt: Runtime) -> None:
     """An artifact, checkpoint or NLL dump already at this run's path is an earlier run's: it is kept
     under the first free numbered name (final_model.ptz.1, .2, ...), never overwritten, so no run
@@ -3326,7 +3114,6 @@ def keep_earlier_outputs(h: Hyperparameters, rt: Runtime) -> None:
             kept = next(Path(f"{path}.{n}") for n in itertools.count(1) if not Path(f"{path}.{n}").exists())
             os.replace(path, kept)
             rt.log(f"earlier_file_kept setting:{name} path:{path} as:{kept}")
-
 
 def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
     """Settings that only the validation set can check: TTT that could never train is refused,
@@ -3348,7 +3135,6 @@ def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
             raise ConfigError(f"PHASED_TTT_PHASES={h.phased_ttt_phases} is more than the {len(documents)} validation "
                               f"documents; use at most {len(documents)} phases.")
 
-
 def check_train_tokens(h: Hyperparameters, rt: Runtime) -> None:
     """Every training token id below VOCAB_SIZE, read once before training: each rank scans a
     share of the shards (memory-mapped, a fraction of a second per shard)."""
@@ -3363,7 +3149,6 @@ def check_train_tokens(h: Hyperparameters, rt: Runtime) -> None:
                        f"training shards and the tokenizer do not match (set VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH together).")
             break
     agree(rt, problem, InputError)
-
 
 def check_dependencies(h: Hyperparameters) -> None:
     """The packages this run will import, checked before any work (a run must not train for ten minutes
@@ -3389,19 +3174,16 @@ def check_dependencies(h: Hyperparameters) -> None:
         raise InputError(f"{'; '.join(problems)}: pip install -r requirements.txt (this run needs "
                          f"{'it' if len(problems) == 1 else 'them'} to write or read its artifact).")
 
-
 def script_source() -> tuple[str, int]:
     """The source to log and the code bytes to count. A self-extracting wrapper (records/
     package.py --wrap) sets _WRAPPED_SOURCE; the bytes counted are those of the file run."""
     path = Path(__file__)
     return wrapper_value("_WRAPPED_SOURCE") or path.read_text(encoding="utf-8"), path.stat().st_size
 
-
 def wrapper_value(name: str) -> str | None:
     """A value a packager wrapper set in this module's namespace (_WRAPPED_SOURCE, _SOURCE_SHA256), read
     through sys.modules: python-minifier renames nothing in a module that calls globals()."""
     return getattr(sys.modules.get(__name__), name, None)
-
 
 def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> None:
     if rt.is_main:
@@ -3421,7 +3203,6 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
     rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} source_sha256:{wrapper_value('_SOURCE_SHA256') or ran}")
     for name, value in h.values.items():
         rt.log(f"hparam {name}={value}", console=False)
-
 
 def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_sha256: str | None = None) -> GPT:
     """A full-precision checkpoint written by a training run. Read with weights_only, so nothing
@@ -3469,7 +3250,6 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_
     model.looping = model.cfg.num_loops > 0
     return model
 
-
 def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     """Copy the trained weights to host memory now (inside the timed export, so the 600 s stay
     honest) and write them to CHECKPOINT_PATH in the background while GPTQ runs, so a failure in
@@ -3497,7 +3277,6 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
         writer.join()
         rt.log(outcome[0])
     return finish
-
 
 def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
     """Calibrate and quantize (timed: this counts against the training budget), then
@@ -3531,7 +3310,6 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
         finish_checkpoint()
     return share_bytes(blob, rt), quant_ms
 
-
 def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[float, float]:
     """Run one evaluation stage and log its contract line (e.g. final_sliding) with its time."""
     rt.synchronize()
@@ -3548,7 +3326,6 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
     if h.val_tokens_limit:
         rt.log(f"val_tokens_limit tokens:{h.val_tokens_limit} (a prefix of the validation split: not a submission score)")
     return val_loss, val_bpb
-
 
 def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
                       total_bytes: int, over_limit: bool) -> float:
@@ -3582,7 +3359,6 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
         rt.log(f"final_score val_bpb:{result[1]:.8f} stage:{last} total_bytes:{total_bytes}")
     return result[1]
 
-
 def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_bytes: int) -> tuple[int, bool]:
     total = code_bytes + model_bytes
     rt.log(f"artifact code_bytes:{code_bytes} model_bytes:{model_bytes} total_bytes:{total} limit_bytes:{h.artifact_limit_bytes}")
@@ -3593,7 +3369,6 @@ def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_byt
                f"higher MLP_CLIP_SIGMAS / ATTN_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, or EMBED_BITS=6, "
                f"or train a smaller model (MODEL_DIM, NUM_LAYERS, MLP_MULT).")
     return total, over
-
 
 def run(h: Hyperparameters, rt: Runtime) -> None:
     h.validate(rt.world_size)
@@ -3667,7 +3442,6 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
     total, over = account_artifact(h, rt, code_bytes, model_bytes)
     evaluate_artifact(blob, h, rt, val, tables, total, over)
-
 
 def main() -> None:
     rt, code = None, 0

@@ -60,7 +60,7 @@ BAD_SETTINGS = [
     ({"TTT_DOC_CHUNK_TOKENS": "4096"}, "TTT_DOC_CHUNK_TOKENS=4096 must be at most EVAL_SEQ_LEN=2560"),
     ({"PHASED_TTT_PHASES": "9", "PHASED_TTT_PREFIX_DOCS": "4"}, "PHASED_TTT_PHASES=9 must be at most PHASED_TTT_PREFIX_DOCS=4"),
     ({"DIST_TIMEOUT_SECONDS": "0"}, "DIST_TIMEOUT_SECONDS=0.0 must be greater than 0"),
-    ({"NEWTON_SCHULZ": "cubic"}, "NEWTON_SCHULZ=cubic must be one of quintic, polar_express"),
+    ({"QUANT_METHOD": "awq"}, "QUANT_METHOD=awq must be one of gptq, rtn"),
     ({"GATE_WINDOW": "600"}, "GATE_WINDOW=600 must be at most MODEL_DIM=512"),
     ({"RUN_ID": "a/b"}, "RUN_ID='a/b' must be a non-empty file name"),
 ]

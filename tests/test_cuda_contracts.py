@@ -159,7 +159,7 @@ def test_the_model_runs_every_stage_through_each_kernel_under_cuda_autocast(kern
     if compiled:
         monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
         torch._dynamo.reset()
-    h = tg.Hyperparameters(environ={**TINY_MODEL_ENV, "COMPILE": str(int(compiled)), "GPTQ_COMPILE": str(int(compiled))})
+    h = tg.Hyperparameters(environ={**TINY_MODEL_ENV, "COMPILE": str(int(compiled))})
     rt = tg.Runtime(0, 1, 0, CPU, kernels=kernels(kernel))
     torch.manual_seed(0)
     model = tg.GPT(h.model_config())
