@@ -34,7 +34,7 @@ FAKE_SOURCE = (
     'NUM_LAYERS = int(os.environ.get("NUM_LAYERS", 11))\n'
     'VOCAB_SIZE = int(os.environ.get("VOCAB_SIZE", "8192"))\n'
     'TTT_EPOCHS = int(os.environ.get("TTT_EPOCHS", 1))\n'
-    'print("fake train_gpt ×")\n'
+    'print("fake train_gpt ×", NUM_LAYERS)\n'
 )
 
 HPARAMS = {
@@ -233,8 +233,7 @@ def test_technique_summary_names_every_mechanism_on_one_line(env):
     for part in ["11L×512d", "SP8192 vocab", "depth recurrence L3-5 ×3 passes from 35% of training",
                  "rank-1 per-pass LoRA on q,k,v,o", "pass embeddings",
                  "int6 matrices/int8 embeddings + brotli",
-                 "eval round-trip → sliding (stride 64) → score-first TTT (sgd, all params, "
-                 "3 epochs, lr 0.005, 32768-token chunks)"]:
+                 "eval round-trip → sliding (stride 64) → score-first TTT (3 epochs, lr 0.005, 32768-token chunks)"]:
         assert part in summary
     for unlogged in ["document-aware", "XSA", "SmearGate", "gate", "per-document"]:
         assert unlogged not in summary
@@ -245,10 +244,10 @@ NEW_MECHANISMS = {"DOC_ATTENTION": "1", "XSA_LAST_N": "4", "SMEAR_GATE": "1", "A
 
 
 @pytest.mark.parametrize("mode, ttt_words", [
-    (None, "score-first TTT (sgd, all params, 3 epochs"),
-    ("chunked", "score-first TTT (sgd, all params, 3 epochs"),
-    ("docs", "score-first per-document LoRA TTT (sgd"),
-    ("phased", "score-first per-document LoRA TTT + global SGD phases (sgd"),
+    (None, "score-first TTT (3 epochs"),
+    ("chunked", "score-first TTT (3 epochs"),
+    ("docs", "score-first per-document LoRA TTT (3 epochs"),
+    ("phased", "score-first per-document LoRA TTT + global SGD phases (3 epochs"),
 ])
 def test_technique_summary_names_newer_mechanisms_only_when_logged(mode, ttt_words):
     stages = ["roundtrip", "sliding", "ttt"]
@@ -660,7 +659,7 @@ TAMPERING = {
     "artifact_removed": (lambda f: (f / "artifact_seed2025.ptz").unlink(),
                          "holds no artifact_seed2025.ptz"),
     "artifact_swapped": (lambda f: (f / "artifact_seed42.ptz").write_bytes(
-        (f / "artifact_seed1337.ptz").read_bytes()), "artifact_seed42.ptz has 191652 bytes"),
+        (f / "artifact_seed1337.ptz").read_bytes()), "so it is not the artifact of"),
     # Log, submission.json and README agree; the log's hash does not match the artifact.
     "artifact_hash_edited_in_the_log": (
         lambda f: _edit_log(f / "train_seed42.log", r"(?<=path:model_42.ptz sha256:)\w+", "0" * 64),
@@ -922,7 +921,7 @@ def test_wrapper_is_small_valid_python310_and_unwraps_exactly(method):
     assert wrapper.isascii() and package.template_mismatch(wrapper) is None
     assert len(wrapper.encode("utf-8")) < len(source.encode("utf-8")) / 4
     minified = package.unwrap(minified_wrapper := wrapper)
-    assert minified == package.minify(source) and minified.endswith("x='ünïcode ×'")
+    assert minified == package.minify(source) and minified.endswith("='ünïcode ×'")  # globals renamed
     ast.parse(minified, feature_version=(3, 10))
     assert package.parse_wrapper(minified_wrapper).source_sha256 == hashlib.sha256(source.encode()).hexdigest()
     assert package.script_source(wrapper) == minified and package.script_source(source) == source
@@ -1032,8 +1031,8 @@ def test_minify_writes_f_strings_that_parse_before_python_3_12():
     # Under 3.12+ python-minifier would reuse the outer quote inside the braces (PEP 701): text
     # that 3.10 and 3.11 cannot parse and that differs from what they minify. The packager keeps
     # the older form, so every Python minifies train_gpt.py to the same text.
-    assert package.minify("x = f\"{', '.join(a)}\"\n") == "x=f\"{', '.join(a)}\""
-    assert package.minify("y = f'{\"a\" if b else \"c\"}'\n") == "y=f\"{'a'if b else'c'}\""
+    assert package.minify("x = f\"{', '.join(a)}\"\n") == "A=f\"{', '.join(a)}\""  # the global renamed
+    assert package.minify("y = f'{\"a\" if b else \"c\"}'\n") == "A=f\"{'a'if b else'c'}\""
 
 
 # ---- the wrapper must be the packager's, byte for byte ----
@@ -1067,9 +1066,9 @@ def test_the_faked_wrapper_is_refused_and_the_honest_one_accepted(env, capsys):
     # It does run something else: the payload's NUM_LAYERS default 11 becomes 12.
     for text, layers in ((honest, "11"), (fake, "12")):
         path = env.root / "probe.py"
-        path.write_text(text + "print(NUM_LAYERS)\n", encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=env.root)
-        assert out.stdout.splitlines()[-1] == layers
+        assert out.stdout.splitlines()[-1] == f"fake train_gpt × {layers}"
     assert env.package(texts, "--wrap", "brotli") == 0
     assert (env.folder / "train_gpt.py").read_text(encoding="utf-8") == honest
     capsys.readouterr()
