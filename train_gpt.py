@@ -48,8 +48,7 @@ PRESETS = {
         "COMPILE": "0", "VAL_LOSS_EVERY": "0", "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
         "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # the best of a chunked TTT sweep
-        # This set's long documents (the longest prefix one has 43,712 tokens, read chunk by chunk): short batches,
-        # fewer chunks, a smaller rank.
+        # This set's long documents (the longest prefix one: 43,712 tokens): short batches, fewer chunks, smaller rank.
         "SLIDING_ENABLED": "1", "TTT_DOC_BATCH": "4", "TTT_DOC_CHUNK_TOKENS": "64", "TTT_LORA_RANK": "16",
         "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
         # The constants the quick start was first measured with (tests/RESULTS.md).
@@ -61,8 +60,7 @@ PRESETS = {
 # Set by torchrun, read by setup_runtime(): not settings, but not typos either.
 LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-# Name prefixes of our settings that other software rarely uses: an unknown variable with one of them is almost
-# surely a typo (TTT_LRR) and stops the run before it wastes a GPU hour.
+# Our prefixes, rare elsewhere: an unknown variable with one is almost surely a typo (TTT_LRR) and stops the run.
 OWN_PREFIXES = ("TTT_", "PHASED_", "GLOBAL_TTT_", "GPTQ_", "MUON_", "EVAL_", "TRAIN_", "LOOP_", "PASS_", "EMA_",
                 "EMBED_", "ATTN_", "MLP_", "XSA_", "SMEAR_", "SKIP_", "DOC_", "MATRIX_", "ARTIFACT_", "CHECKPOINT_",
                 "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_",
@@ -339,7 +337,7 @@ class Hyperparameters:
     def tokenizer_sha256(self) -> str:
         """The tokenizer's fingerprint: artifacts and checkpoints record it, and a model is never scored with another
         tokenizer (a CaseOps and a plain one of one size share no meanings)."""
-        return file_sha256(tokenizer_file(self.tokenizer_path))
+        return hashlib.sha256(Path(tokenizer_file(self.tokenizer_path)).read_bytes()).hexdigest()
 
     @property
     def window_len(self) -> int:
@@ -391,8 +389,7 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------
 # DATA
 # Shards are the challenge's format: 256 little-endian int32 header words (magic, version, token count), then uint16
-# token ids. Training hands each process disjoint sequences drawn in a seeded random order from every shard;
-# bits per byte counts the UTF-8 bytes of the decoded text (sentencepiece tables) or a CaseOps sidecar's.
+# token ids. Bits per byte counts the UTF-8 bytes of the decoded text (sentencepiece tables) or a CaseOps sidecar's.
 # ---------------------------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_WORDS = 20240520, 1, 256
@@ -506,14 +503,9 @@ def load_validation_bytes(data_path: str, limit: int, mode: str, most: int) -> t
         parts.append(counts)
     return torch.from_numpy(np.concatenate(parts)[:limit or None].astype(np.int64))
 
-CASEOPS_OPERATORS = ("\ue001", "\ue002", "\ue003", "\ue004")  # TITLE, ALLCAPS, CAPNEXT, ESC (PR #1729)
-
 def is_caseops_tokenizer(sp) -> bool:
-    """A CaseOps tokenizer holds the case operators as pieces of their own."""
-    return all(sp.piece_to_id(op) != sp.unk_id() for op in CASEOPS_OPERATORS)
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """CaseOps tokenizers hold the case operators TITLE, ALLCAPS, CAPNEXT and ESC (PR #1729) as pieces of their own."""
+    return all(sp.piece_to_id(op) != sp.unk_id() for op in "\ue001\ue002\ue003\ue004")
 
 def tokenizer_file(path: str) -> str:
     """TOKENIZER_PATH, checked to exist."""
