@@ -24,51 +24,43 @@ import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
 # HYPERPARAMETERS
-# The defaults are PR #2135's logged configuration (1.05651, the best valid 3-seed record: SP8192,
-# 11 layers x 512, layers 3-5 looped twice more from 35% of training, 786,432 tokens per step in
-# rows of 2,048), tests/test_defaults.py holds each shared value beside ours, with the reason for
-# every difference. One table declares every setting; the artifact's model config is its rows
-# marked `model`, checked by the same code. Everything is checked before any work.
+# Defaults: PR #2135's logged configuration (1.05651, the best valid 3-seed record: SP8192, 11 layers x 512, layers
+# 3-5 looped twice more from 35% of training, 786,432 tokens per step in rows of 2,048; tests/test_defaults.py gives
+# the reason for each of our differences). One table declares every setting, all checked before any work.
 # ---------------------------------------------------------------------------------------------
 
 class ConfigError(ValueError):
     """An impossible or inconsistent setting; the message names the variable to change."""
 
 class InputError(ValueError):
-    """A file or package the run needs is missing, corrupt, or does not match the settings; the
-    message names it and what to do."""
+    """A file or package the run needs is missing, corrupt or at odds with the settings; the message says what to do."""
 
-
-# PRESET=cpu: the whole pipeline on a 2-core CPU in about 8 minutes, on the local stdlib dataset
-# (python3 data/make_local_dataset.py --vocab-size 1024); by steps, not the clock, so a busy
-# machine gives the same score. PRESET=pr2135: PR #2135's model without our per-pass adapters, to
-# A/B them on this script. Explicit variables win.
+# PRESET=cpu: the whole pipeline on a 2-core CPU in about 8 minutes, on the local stdlib dataset (python3
+# data/make_local_dataset.py --vocab-size 1024); by steps, not the clock, so a busy machine gives the same score.
+# PRESET=pr2135: PR #2135's model without our per-pass adapters, to A/B them on this script. Explicit variables win.
 PRESETS = {
     "cpu": {
-        "VOCAB_SIZE": "1024", "DATA_PATH": "data/datasets/local_sp1024", "TOKENIZER_PATH": "data/tokenizers/local_1024_bpe.model",
-        "NUM_LAYERS": "4", "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3",
-        "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1", "PARALLEL_RESIDUAL_START": "3",
-        "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32", "PROGRESSIVE_CONTEXT": "",
-        "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0", "COMPILE": "0", "VAL_LOSS_EVERY": "0",
-        "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
+        "VOCAB_SIZE": "1024", "DATA_PATH": "data/datasets/local_sp1024",
+        "TOKENIZER_PATH": "data/tokenizers/local_1024_bpe.model", "NUM_LAYERS": "4", "MODEL_DIM": "128",
+        "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "MLP_MULT": "3", "LOOP_START": "1", "LOOP_END": "2", "NUM_LOOPS": "1",
+        "PARALLEL_RESIDUAL_START": "3", "TRAIN_SEQ_LEN": "256", "TRAIN_BATCH_TOKENS": "8192", "MICRO_BATCH_SEQS": "32",
+        "PROGRESSIVE_CONTEXT": "", "MAX_WALLCLOCK_SECONDS": "0", "ITERATIONS": "360", "WARMUP_STEPS": "0",
+        "COMPILE": "0", "VAL_LOSS_EVERY": "0", "MUON_MOMENTUM_WARMUP_STEPS": "100", "TRAIN_LOG_EVERY": "25",
         "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "64", "VAL_TOKENS_LIMIT": "65536",
         "TTT_CHUNK_TOKENS": "8192", "TTT_BATCH_SEQS": "32", "TTT_LR": "0.02",  # the best of a chunked TTT sweep
-        # This set's long documents (the longest prefix one has 43,712 tokens, read chunk by chunk):
-        # short batches, fewer chunks, a smaller rank.
+        # This set's long documents (the longest prefix one: 43,712 tokens): short batches, fewer chunks, smaller rank.
         "SLIDING_ENABLED": "1", "TTT_DOC_BATCH": "4", "TTT_DOC_CHUNK_TOKENS": "64", "TTT_LORA_RANK": "16",
         "PHASED_TTT_PREFIX_DOCS": "8", "PHASED_TTT_PHASES": "2",
         # The constants the quick start was first measured with (tests/RESULTS.md).
         "QK_GAIN_INIT": "5.0", "MATRIX_LR": "0.026", "TTT_LORA_LR": "1e-4", "TTT_WEIGHT_DECAY": "0.5",
         "TTT_LORA_TARGETS": "q,k,v,o,mlp,head", "TTT_SHORT_DOC_CHUNKS": "0", "NGRAM_TILT": "0",
-        "AWQ_GROUPS": "0", "LQER_RANK": "0",
-    },
+        "AWQ_GROUPS": "0", "LQER_RANK": "0"},
     "pr2135": {"PASS_LORA_RANK": "0", "PASS_EMBED": "0"},
 }
 # Set by torchrun, read by setup_runtime(): not settings, but not typos either.
 LAUNCHER_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                       "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-# Name prefixes of our settings that other software rarely uses: an unknown variable with one
-# of them is almost surely a typo (TTT_LRR) and stops the run before it wastes a GPU hour.
+# Our prefixes, rare elsewhere: an unknown variable with one is almost surely a typo (TTT_LRR) and stops the run.
 OWN_PREFIXES = ("TTT_", "PHASED_", "GLOBAL_TTT_", "GPTQ_", "MUON_", "EVAL_", "TRAIN_", "LOOP_", "PASS_", "EMA_",
                 "EMBED_", "ATTN_", "MLP_", "XSA_", "SMEAR_", "SKIP_", "DOC_", "MATRIX_", "ARTIFACT_", "CHECKPOINT_",
                 "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_",
@@ -83,9 +75,8 @@ BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, 
 
 @dataclass
 class Knob:
-    """One setting: its default (or a function of the settings read before it) and how it is
-    checked: a closed range [low, high], an open lower bound `above`, or choices. `model`: it
-    shapes the model, so an artifact's config carries it."""
+    """One setting: its default (or a function of the settings read before it) and its check: a closed range
+    [low, high], an open lower bound `above`, or choices. `model`: it shapes the model, so an artifact carries it."""
     name: str
     default: object
     low: float | None = None
@@ -115,13 +106,10 @@ class Knob:
             return "must be a finite number"
         if self.above is not None and not v > self.above:
             return f"must be greater than {self.above}"
-        if self.low is not None and self.high is not None and not self.low <= v <= self.high:
+        too_low, too_high = self.low is not None and v < self.low, self.high is not None and v > self.high
+        if (too_low or too_high) and self.low is not None and self.high is not None:
             return f"must be between {self.low} and {self.high}"
-        if self.low is not None and v < self.low:
-            return f"must be at least {self.low}"
-        if self.high is not None and v > self.high:
-            return f"must be at most {self.high}"
-        return None
+        return f"must be at least {self.low}" if too_low else f"must be at most {self.high}" if too_high else None
 
 def split_list(text: str) -> tuple[str, ...]:
     """"q, k,v" -> ("q", "k", "v"): the list-valued settings."""
@@ -138,8 +126,7 @@ def default_tokenizer(h: "Hyperparameters") -> str:
 
 SETTINGS = [
     # Data and run identity.
-    Knob("PRESET", ""),
-    Knob("VOCAB_SIZE", 8192, 2, 65536, model=True),  # uint16 shards hold ids up to 65535
+    Knob("PRESET", ""), Knob("VOCAB_SIZE", 8192, 2, 65536, model=True),  # uint16 shards hold ids up to 65535
     Knob("DATA_PATH", default_data_path), Knob("TOKENIZER_PATH", default_tokenizer),
     Knob("BYTE_SIDECAR", "auto", choices=("auto", "0", "1")),  # CaseOps byte counts: auto, required, ignored
     Knob("RUN_ID", lambda h: time.strftime("run_%Y%m%d_%H%M%S")),
@@ -164,15 +151,12 @@ SETTINGS = [
     Knob("ORTHO_INIT", True, model=True), Knob("DOC_ATTENTION", True, model=True),
     Knob("ATTENTION_KERNEL", "auto", choices=ATTENTION_SETTINGS),
     # Training schedule.
-    Knob("ITERATIONS", 20000, 1),
-    Knob("MAX_WALLCLOCK_SECONDS", 600.0, 0),  # 0: no clock, exactly ITERATIONS steps
+    Knob("ITERATIONS", 20000, 1), Knob("MAX_WALLCLOCK_SECONDS", 600.0, 0),  # 0: no clock, exactly ITERATIONS steps
     Knob("GPTQ_RESERVE_SECONDS", 8.0, 0),  # calibration and GPTQ run inside the 600 s
-    Knob("TRAIN_BATCH_TOKENS", 786_432, 1),
-    Knob("TRAIN_SEQ_LEN", 2048, 1),  # PR #2135 (PR #2014 ends at 3072)
-    # Progressive context (PR #2014, off as in PR #2135): rows of these lengths until these fractions
-    # of the budget ("length:until,...", e.g. 1024:0.1,2048:0.7), then TRAIN_SEQ_LEN.
-    Knob("PROGRESSIVE_CONTEXT", ""),
-    Knob("CONTEXT_LR_RAMP_STEPS", 32, 0),  # LR back up over these steps after a switch
+    Knob("TRAIN_BATCH_TOKENS", 786_432, 1), Knob("TRAIN_SEQ_LEN", 2048, 1),  # PR #2135 (PR #2014 ends at 3072)
+    # Progressive context (PR #2014, off as in PR #2135): rows of these lengths until these fractions of the budget
+    # ("length:until,...", e.g. 1024:0.1,2048:0.7), then TRAIN_SEQ_LEN.
+    Knob("PROGRESSIVE_CONTEXT", ""), Knob("CONTEXT_LR_RAMP_STEPS", 32, 0),  # LR back up over these steps after a switch
     Knob("MICRO_BATCH_SEQS", 48, 1),  # rows of TRAIN_SEQ_LEN: 98,304 tokens, PR #2135's per GPU
     Knob("WARMUP_STEPS", 20, 0), Knob("WARMDOWN_FRAC", 0.85, 0, 1), Knob("MIN_LR", 0.10, 0, 1),
     Knob("TRAIN_LOG_EVERY", 500, 1), Knob("VAL_LOSS_EVERY", 0, 0), Knob("COMPILE", True),
@@ -191,14 +175,12 @@ SETTINGS = [
     Knob("MLP_CLIP_SIGMAS", 12.5, above=0),  # PR #2135's 11.5 does not fit 16 MB with brotli
     Knob("EMBED_CLIP_SIGMAS", 14.0, above=0), Knob("GPTQ_CALIB_BATCHES", 16, 1), Knob("GPTQ_DAMP", 0.01, above=0),
     Knob("GPTQ_BLOCK", 128, 1),
-    # AWQ-lite (PR #1908, off as in PR #2135): the most salient groups of input columns on an int8
-    # grid inside the GPTQ solve.
+    # AWQ-lite (PR #1908, off as in PR #2135): the most salient input-column groups on an int8 grid in the GPTQ solve.
     Knob("AWQ_GROUPS", 0, 0), Knob("AWQ_GROUP_COLS", 64, 1),
     # LQER (PR #2135): a low-rank correction of the matrices with the largest quantisation error.
     Knob("LQER_RANK", 4, 0), Knob("LQER_TENSORS", 3, 1), Knob("LQER_GROUP", 32, 1),
     Knob("COMPRESSOR", "brotli", choices=COMPRESSORS), Knob("ARTIFACT_LIMIT_BYTES", CHALLENGE_LIMIT_BYTES, 1),
-    Knob("ARTIFACT_PATH", "final_model.ptz"),
-    Knob("CHECKPOINT_PATH", "final_model.pt"),  # "": no checkpoint
+    Knob("ARTIFACT_PATH", "final_model.ptz"), Knob("CHECKPOINT_PATH", "final_model.pt"),  # "": no checkpoint
     Knob("EXPORT_ONLY", ""),  # a checkpoint to re-export and evaluate, no training
     Knob("EVAL_ONLY", False),  # evaluate ARTIFACT_PATH, no training
     # Evaluation and test-time training.
@@ -206,11 +188,9 @@ SETTINGS = [
     Knob("EVAL_STRIDE", 64, 1), Knob("EVAL_BATCH_SEQS", 32, 1), Knob("SLIDING_ENABLED", False),
     Knob("TTT_ENABLED", True), Knob("TTT_MODE", "phased", choices=TTT_MODES),
     # Per-document LoRA TTT (docs, phased): PR #1530, warm-start A from PR #1767, PR #2135's constants.
-    Knob("TTT_DOC_CHUNK_TOKENS", 48, 1),
-    Knob("TTT_SHORT_DOC_CHUNKS", False),  # PR #2014: 8 / 24 tokens for short batches
+    Knob("TTT_DOC_CHUNK_TOKENS", 48, 1), Knob("TTT_SHORT_DOC_CHUNKS", False),  # PR #2014: 8 or 24 for short batches
     Knob("TTT_DOC_BATCH", 64, 1), Knob("TTT_LORA_RANK", 80, 1), Knob("TTT_LORA_ALPHA", 144.0, above=0),
-    Knob("TTT_LORA_LR", 8e-5, 0),
-    Knob("TTT_LORA_TARGETS", "q,v,o,mlp,head"),  # PR #2135: K off
+    Knob("TTT_LORA_LR", 8e-5, 0), Knob("TTT_LORA_TARGETS", "q,v,o,mlp,head"),  # PR #2135: K off
     Knob("TTT_BETA1", 0.0, 0, 0.9999), Knob("TTT_BETA2", 0.99, 0, 0.9999), Knob("TTT_WEIGHT_DECAY", 2.0, 0),
     Knob("TTT_WARM_START_A", True),
     # Global SGD phases (phased): PRs #1610, #1626; one phase over 2,500 documents (PR #2135).
@@ -229,8 +209,7 @@ KNOBS = {knob.name: knob for knob in SETTINGS}
 MODEL_FIELDS = [knob.name.lower() for knob in SETTINGS if knob.model]
 
 class Hyperparameters:
-    """Every setting as an attribute of its lower-case name, read from the environment (or
-    `environ`) on top of the PRESET; `values` maps each variable to its value."""
+    """Every setting, read from the environment over the PRESET, as the attribute of its lower-case name."""
 
     def __init__(self, environ: dict[str, str] | None = None):
         env = dict(os.environ if environ is None else environ)
@@ -241,8 +220,8 @@ class Hyperparameters:
         self.values = {}
         for knob in SETTINGS:
             raw = env.get(knob.name)
-            # An empty string means "unset" for numbers and switches (the preset's value, else the
-            # default), but is a value for strings: CHECKPOINT_PATH= turns the checkpoint off.
+            # An empty string means "unset" for numbers and switches (the preset's value, else the default), but is a
+            # value for strings: CHECKPOINT_PATH= turns the checkpoint off.
             if raw == "" and not isinstance(knob.parse(None, self), str):
                 raw = PRESETS.get(preset, {}).get(knob.name)
             self.values[knob.name] = knob.parse(raw, self)
@@ -257,10 +236,9 @@ class Hyperparameters:
         return split_list(self.ttt_lora_targets)
 
     def context_phases(self) -> list[tuple[int, float]]:
-        """(row length, fraction of the budget it lasts until) of each training phase; the last
-        is TRAIN_SEQ_LEN until the end. Raises ConfigError on a malformed PROGRESSIVE_CONTEXT."""
+        """(row length, fraction of the budget it lasts until) of each training phase, the last (TRAIN_SEQ_LEN, 1.0)."""
         phases = []
-        for item in filter(None, (part.strip() for part in self.progressive_context.split(","))):
+        for item in split_list(self.progressive_context):
             try:
                 length, until = item.split(":")
                 phases.append((int(length), float(until)))
@@ -280,16 +258,11 @@ class Hyperparameters:
         starts = [0.0] + [until for _, until in self.context_phases()[:-1]]
         if self.num_loops > 0 and 0 < self.enable_looping_at < 1:
             starts.append(self.enable_looping_at)
-        states = []
-        for progress in sorted(set(starts)):
-            state = (self.context_at(progress), self.num_loops > 0 and progress >= self.enable_looping_at)
-            if state not in states:
-                states.append(state)
-        return states
+        states = [(self.context_at(p), self.num_loops > 0 and p >= self.enable_looping_at) for p in sorted(set(starts))]
+        return list(dict.fromkeys(states))  # distinct, in order
 
     def doc_chunk_tokens(self, longest: int) -> int:
-        """Chunk length for a batch of documents whose longest has `longest` targets: short
-        batches train their adapters every 8 or 24 tokens instead of 48 (PR #2014)."""
+        """Chunk length for documents whose longest has `longest` targets: short batches take 8 or 24 (PR #2014)."""
         if self.ttt_short_doc_chunks:
             for limit, chunk in ((256, 8), (2000, 24)):
                 if longest <= limit:
@@ -297,8 +270,7 @@ class Hyperparameters:
         return self.ttt_doc_chunk_tokens
 
     def validate(self, world_size: int) -> None:
-        """Fail at start, naming the variable: every setting on its own (range, finiteness), then the
-        ones that depend on each other (each rule: the condition that must hold, and the message)."""
+        """Fail at start, naming the variable: unknown names, each setting on its own, then the rules between them."""
         for name in self.unknown:
             match = difflib.get_close_matches(name, KNOBS, 1, 0.6)
             hint = f"did you mean {match[0]}? " if match else ""
@@ -306,30 +278,36 @@ class Hyperparameters:
         for name, value in self.values.items():
             if (problem := KNOBS[name].problem(value)) is not None:
                 raise ConfigError(f"{name}={value} {problem}.")
-        head_dim = self.model_dim // self.num_heads
-        unknown_lora, unknown_ttt = set(self.lora_targets()) - set(LORA_TARGETS), set(self.ttt_targets()) - set(TTT_LORA_TARGETS)
-        phases = self.context_phases()
+        head_dim, phases = self.model_dim // self.num_heads, self.context_phases()
+        unknown_lora = set(self.lora_targets()) - set(LORA_TARGETS)
+        unknown_ttt = set(self.ttt_targets()) - set(TTT_LORA_TARGETS)
         windows, rem = divmod(self.train_batch_tokens, self.window_len)
         what = f"TRAIN_SEQ_LEN={self.train_seq_len}" if self.window_len == self.train_seq_len else (
-            f"{self.window_len}, the least common multiple of TRAIN_SEQ_LEN={self.train_seq_len} and the PROGRESSIVE_CONTEXT lengths")
-        rules = [
+            f"{self.window_len}, the least common multiple of TRAIN_SEQ_LEN={self.train_seq_len} and the "
+            f"PROGRESSIVE_CONTEXT lengths")
+        rules = [  # (what must hold, the message otherwise)
             (bool(self.run_id) and "/" not in self.run_id and self.run_id not in (".", ".."),
              f"RUN_ID={self.run_id!r} must be a non-empty file name (it names logs/RUN_ID.txt)."),
-            (self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}."),
+            (self.model_dim % self.num_heads == 0,
+             f"MODEL_DIM={self.model_dim} must be divisible by NUM_HEADS={self.num_heads}."),
             (head_dim % 2 == 0, f"MODEL_DIM/NUM_HEADS={head_dim} must be even for rotary embeddings."),
-            (self.num_heads % self.num_kv_heads == 0, f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}."),
+            (self.num_heads % self.num_kv_heads == 0,
+             f"NUM_KV_HEADS={self.num_kv_heads} must divide NUM_HEADS={self.num_heads}."),
             (self.rope_dims <= head_dim and self.rope_dims % 2 == 0,
              f"ROPE_DIMS={self.rope_dims} must be even and at most the head dimension {head_dim}."),
             (int(self.mlp_mult * self.model_dim) >= 1,
              f"MLP_MULT={self.mlp_mult} leaves the MLP without a hidden unit at MODEL_DIM={self.model_dim}."),
-            (self.gate_window <= self.model_dim, f"GATE_WINDOW={self.gate_window} must be at most MODEL_DIM={self.model_dim}."),
+            (self.gate_window <= self.model_dim,
+             f"GATE_WINDOW={self.gate_window} must be at most MODEL_DIM={self.model_dim}."),
             (self.num_loops == 0 or self.loop_start <= self.loop_end < self.num_layers,
              f"LOOP_START={self.loop_start}..LOOP_END={self.loop_end} must lie inside the {self.num_layers} layers "
              f"(0..{self.num_layers - 1})."),
-            (not unknown_lora, f"PASS_LORA_TARGETS has unknown targets {sorted(unknown_lora)}; choose from {','.join(LORA_TARGETS)}."),
+            (not unknown_lora,
+             f"PASS_LORA_TARGETS has unknown targets {sorted(unknown_lora)}; choose from {','.join(LORA_TARGETS)}."),
             (not unknown_ttt and self.ttt_targets(), f"TTT_LORA_TARGETS={self.ttt_lora_targets!r} must name some of "
              f"{','.join(TTT_LORA_TARGETS)} (unknown: {sorted(unknown_ttt)})."),
-            (all(until < later_until and length < later for (length, until), (later, later_until) in zip(phases, phases[1:])),
+            (all(until < later_until and length < later
+                 for (length, until), (later, later_until) in zip(phases, phases[1:])),
              f"PROGRESSIVE_CONTEXT={self.progressive_context!r} must list increasing lengths below TRAIN_SEQ_LEN="
              f"{self.train_seq_len}, each until an increasing fraction of the budget below 1 (e.g. 1024:0.1,2048:0.7; "
              f"empty: TRAIN_SEQ_LEN throughout)."),
@@ -344,10 +322,10 @@ class Hyperparameters:
              f"EVAL_STRIDE={self.eval_stride} must be between 1 and EVAL_SEQ_LEN={self.eval_seq_len}."),
             (self.ttt_doc_chunk_tokens <= self.eval_seq_len, f"TTT_DOC_CHUNK_TOKENS={self.ttt_doc_chunk_tokens} must be "
              f"at most EVAL_SEQ_LEN={self.eval_seq_len} (a chunk is scored inside one window of context)."),
-            (self.phased_ttt_phases <= self.phased_ttt_prefix_docs, f"PHASED_TTT_PHASES={self.phased_ttt_phases} must be "
-             f"at most PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}."),
-            (self.global_ttt_chunk_tokens >= self.eval_seq_len, f"GLOBAL_TTT_CHUNK_TOKENS={self.global_ttt_chunk_tokens} "
-             f"must hold at least one EVAL_SEQ_LEN={self.eval_seq_len} sequence."),
+            (self.phased_ttt_phases <= self.phased_ttt_prefix_docs, f"PHASED_TTT_PHASES={self.phased_ttt_phases} must "
+             f"be at most PHASED_TTT_PREFIX_DOCS={self.phased_ttt_prefix_docs}."),
+            (self.global_ttt_chunk_tokens >= self.eval_seq_len, f"GLOBAL_TTT_CHUNK_TOKENS="
+             f"{self.global_ttt_chunk_tokens} must hold at least one EVAL_SEQ_LEN={self.eval_seq_len} sequence."),
             (self.val_tokens_limit != 1, "VAL_TOKENS_LIMIT=1 leaves nothing to score; use 0 (whole split) or at least 2."),
             (not (self.eval_only and self.export_only), "Set either EVAL_ONLY=1 or EXPORT_ONLY=path, not both."),
         ]
@@ -357,11 +335,9 @@ class Hyperparameters:
 
     @functools.cached_property
     def tokenizer_sha256(self) -> str:
-        """The tokenizer's fingerprint: artifacts and checkpoints record it, and a model is never
-        scored with another tokenizer (a CaseOps and a plain one of one size share no meanings)."""
-        if not Path(self.tokenizer_path).is_file():
-            raise InputError(f"TOKENIZER_PATH={self.tokenizer_path} does not exist; download or build the dataset first (see README).")
-        return file_sha256(self.tokenizer_path)
+        """The tokenizer's fingerprint: artifacts and checkpoints record it, and a model is never scored with another
+        tokenizer (a CaseOps and a plain one of one size share no meanings)."""
+        return hashlib.sha256(Path(tokenizer_file(self.tokenizer_path)).read_bytes()).hexdigest()
 
     @property
     def window_len(self) -> int:
@@ -369,8 +345,7 @@ class Hyperparameters:
         return math.lcm(*(length for length, _ in self.context_phases()))
 
     def micro_batch(self, world_size: int) -> int:
-        """Windows per micro-batch: the largest divisor of each process's windows that holds at most
-        MICRO_BATCH_SEQS rows of TRAIN_SEQ_LEN tokens (one window at least)."""
+        """Windows per micro-batch: the largest divisor of a process's windows within MICRO_BATCH_SEQS rows, or 1."""
         per_rank = self.train_batch_tokens // self.window_len // world_size
         most = max(1, self.micro_batch_seqs * self.train_seq_len // self.window_len)
         return max(d for d in range(1, min(most, per_rank) + 1) if per_rank % d == 0)
@@ -390,13 +365,10 @@ class Hyperparameters:
         return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
 class ModelConfig:
-    """The model's settings (the SETTINGS marked `model`, by lower-case name; the PASS_LORA_TARGETS
-    list as a list) and the BOS id: what an artifact or checkpoint carries. Settings not given take
-    their defaults."""
+    """What an artifact or checkpoint carries: the SETTINGS marked `model` (PASS_LORA_TARGETS as a list), the BOS id."""
 
     def __init__(self, **settings):
-        unknown = set(settings) - set(MODEL_FIELDS) - {"bos_id"}
-        if unknown:
+        if unknown := set(settings) - set(MODEL_FIELDS) - {"bos_id"}:
             raise TypeError(f"ModelConfig has no setting {sorted(unknown)}")
         defaults = Hyperparameters(environ={})
         self.__dict__.update({**{name: getattr(defaults, name) for name in MODEL_FIELDS}, "bos_id": BOS_ID, **settings})
@@ -416,15 +388,11 @@ class ModelConfig:
 
 # ---------------------------------------------------------------------------------------------
 # DATA
-# Shards are the challenge's format: 256 little-endian int32 header words (magic, version,
-# token count), then uint16 token ids. Training hands each process disjoint sequences drawn
-# in a seeded random order from every shard; bits-per-byte counts bytes with sentencepiece
-# tables so the byte total equals the UTF-8 length of the decoded text.
+# Shards are the challenge's format: 256 little-endian int32 header words (magic, version, token count), then uint16
+# token ids. Bits per byte counts the UTF-8 bytes of the decoded text (sentencepiece tables) or a CaseOps sidecar's.
 # ---------------------------------------------------------------------------------------------
 
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-SHARD_HEADER_WORDS = 256
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_WORDS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_WORDS * 4
 
 def load_data_shard(path: str | Path) -> np.ndarray:
@@ -432,7 +400,8 @@ def load_data_shard(path: str | Path) -> np.ndarray:
     path = Path(path)
     size = path.stat().st_size
     if size < SHARD_HEADER_BYTES:
-        raise InputError(f"{path}: truncated shard ({size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header); re-download or rebuild it.")
+        raise InputError(f"{path}: truncated shard ({size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header); "
+                         f"re-download or rebuild it.")
     header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_WORDS)
     if header[0] != SHARD_MAGIC:
         raise InputError(f"{path}: wrong magic {int(header[0])} (expected {SHARD_MAGIC}); this is not a challenge shard.")
@@ -449,20 +418,15 @@ def shard_files(data_path: str, split: str) -> list[Path]:
     # [0-9]: the byte sidecars fineweb_val_bytes_*.bin are not token shards.
     files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_[0-9]*.bin")))
     if not files:
-        raise InputError(
-            f"No {split} shards (fineweb_{split}_*.bin) in DATA_PATH={data_path}. Download them with "
-            f"'python3 data/cached_challenge_fineweb.py --variant sp8192' or build a local set with "
-            f"'python3 data/make_local_dataset.py', then set DATA_PATH to the folder it prints.")
+        raise InputError(f"No {split} shards (fineweb_{split}_*.bin) in DATA_PATH={data_path}. Download them with "
+                         f"'python3 data/cached_challenge_fineweb.py --variant sp8192' or build a local set with "
+                         f"'python3 data/make_local_dataset.py', then set DATA_PATH to the folder it prints.")
     return files
 
 class TrainLoader:
-    """Seeded, world-size-independent stream of training sequences.
-
-    Every shard is cut into windows of seq_len + 1 tokens at stride seq_len (each token is a
-    target once per epoch). An epoch is a seeded permutation of all windows; global step s takes
-    the next `global_seqs` windows and process r takes its contiguous slice of them, so ranks
-    never share a sequence and the global batch is the same for any world size.
-    """
+    """Seeded, world-size-independent stream of training sequences: windows of seq_len + 1 tokens at stride seq_len
+    (each token a target once per epoch) in a seeded order; each step takes the next `global_seqs` and each process its
+    contiguous slice of them, so ranks never share a sequence and any world size sees the same global batch."""
 
     def __init__(self, data_path: str, seq_len: int, global_seqs: int, rank: int, world_size: int, seed: int):
         self.shards = [load_data_shard(f) for f in shard_files(data_path, "train")]
@@ -476,12 +440,10 @@ class TrainLoader:
                              f"fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
         self.reset()
 
-    def reset(self) -> None:
-        self.epoch, self.cursor = 0, 0
-        self.order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+    def reset(self, epoch: int = 0) -> None:
+        """Start `epoch`: a permutation of all windows seeded by (SEED, epoch)."""
+        self.epoch, self.cursor = epoch, 0
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
 
     def _window(self, index: int) -> np.ndarray:
         shard = int(np.searchsorted(self.window_starts, index, side="right") - 1)
@@ -490,8 +452,7 @@ class TrainLoader:
 
     def next_global_indices(self) -> np.ndarray:
         if self.cursor + self.global_seqs > self.num_windows:
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self.order = self._permutation(self.epoch)
+            self.reset(self.epoch + 1)
         indices = self.order[self.cursor:self.cursor + self.global_seqs]
         self.cursor += self.global_seqs
         return indices
@@ -501,15 +462,11 @@ class TrainLoader:
         per_rank = self.global_seqs // self.world_size
         mine = self.next_global_indices()[self.rank * per_rank:(self.rank + 1) * per_rank]
         batch = torch.from_numpy(np.stack([self._window(int(i)) for i in mine]).astype(np.int64))
-        if device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(device, non_blocking=True)
+        return (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
 
 def load_validation_tokens(data_path: str, limit: int = 0) -> torch.Tensor:
     """All validation shards concatenated (or their first `limit` tokens, for smoke runs)."""
-    tokens = np.concatenate([np.asarray(load_data_shard(f)) for f in shard_files(data_path, "val")])
-    if limit:
-        tokens = tokens[:limit]
+    tokens = np.concatenate([np.asarray(load_data_shard(f)) for f in shard_files(data_path, "val")])[:limit or None]
     if len(tokens) < 2:
         raise InputError(f"The validation shards in {data_path} hold fewer than 2 tokens; nothing can be scored.")
     return torch.from_numpy(tokens.astype(np.int64))
@@ -519,11 +476,9 @@ def sidecar_path(val_shard: Path) -> Path:
     return val_shard.with_name(val_shard.name.replace("fineweb_val_", "fineweb_val_bytes_", 1))
 
 def load_validation_bytes(data_path: str, limit: int, mode: str, most: int) -> torch.Tensor | None:
-    """Per validation token, the ORIGINAL UTF-8 bytes it stands for, from the byte sidecars next
-    to the validation shards (CaseOps data, PR #1729: its tokens do not spell the original text,
-    so bits per byte must divide by these bytes, issue #2138), or None without sidecars.
-    BYTE_SIDECAR=auto uses them when every shard has one; 1 requires them; 0 ignores them. No count
-    may exceed `most` (see sidecar_limit): a larger one would fake a score."""
+    """Per validation token, the ORIGINAL UTF-8 bytes it stands for (CaseOps tokens do not spell the text, PR #1729,
+    issue #2138), from the byte sidecars beside the shards, or None. BYTE_SIDECAR=auto uses them when every shard has
+    one, 1 requires them, 0 ignores them. A count above `most` (sidecar_limit) would fake a score."""
     shards = shard_files(data_path, "val")
     present = [sidecar_path(f) for f in shards if sidecar_path(f).is_file()]
     if mode == "0" or (mode == "auto" and not present):
@@ -535,36 +490,33 @@ def load_validation_bytes(data_path: str, limit: int, mode: str, most: int) -> t
                          f"rebuild the data set.")
     parts = []
     for shard, side in zip(shards, present):
-        tokens, counts = load_data_shard(shard), load_data_shard(side)
+        tokens, counts = np.asarray(load_data_shard(shard)), np.asarray(load_data_shard(side))
         if len(counts) != len(tokens):
-            raise InputError(f"{side} holds {len(counts)} byte counts but {shard} holds {len(tokens)} tokens; the sidecar "
-                             f"does not belong to this shard: re-download or rebuild both.")
-        if counts[np.asarray(tokens) == BOS_ID].any():
+            raise InputError(f"{side} holds {len(counts)} byte counts but {shard} holds {len(tokens)} tokens; the "
+                             f"sidecar does not belong to this shard: re-download or rebuild both.")
+        if counts[tokens == BOS_ID].any():
             raise InputError(f"{side} gives bytes to a BOS token, which stands for no text; re-download or rebuild it.")
         if len(counts) and int(counts.max()) > most:
-            at = int(np.argmax(np.asarray(counts) > most))
+            at = int(np.argmax(counts > most))
             raise InputError(f"{side} says the token at position {at} stands for {int(counts[at])} bytes, more than any "
                              f"token of this tokenizer can ({most}); the sidecar is corrupt: re-download or rebuild it.")
-        parts.append(np.asarray(counts))
-    counts = np.concatenate(parts)
-    return torch.from_numpy((counts[:limit] if limit else counts).astype(np.int64))
-
-CASEOPS_OPERATORS = ("\ue001", "\ue002", "\ue003", "\ue004")  # TITLE, ALLCAPS, CAPNEXT, ESC (PR #1729)
+        parts.append(counts)
+    return torch.from_numpy(np.concatenate(parts)[:limit or None].astype(np.int64))
 
 def is_caseops_tokenizer(sp) -> bool:
-    """A CaseOps tokenizer holds the case operators as pieces of their own."""
-    return all(sp.piece_to_id(op) != sp.unk_id() for op in CASEOPS_OPERATORS)
+    """CaseOps tokenizers hold the case operators TITLE, ALLCAPS, CAPNEXT and ESC (PR #1729) as pieces of their own."""
+    return all(sp.piece_to_id(op) != sp.unk_id() for op in "\ue001\ue002\ue003\ue004")
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def tokenizer_file(path: str) -> str:
+    """TOKENIZER_PATH, checked to exist."""
+    if not Path(path).is_file():
+        raise InputError(f"TOKENIZER_PATH={path} does not exist; download or build the dataset first (see README).")
+    return path
 
 def load_tokenizer(tokenizer_path: str, vocab_size: int):
     import sentencepiece as spm
-
-    if not Path(tokenizer_path).is_file():
-        raise InputError(f"TOKENIZER_PATH={tokenizer_path} does not exist; download or build the dataset first (see README).")
     try:
-        sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+        sp = spm.SentencePieceProcessor(model_file=str(tokenizer_file(tokenizer_path)))
     except (RuntimeError, OSError) as exc:
         raise InputError(f"TOKENIZER_PATH={tokenizer_path} is not a SentencePiece model ({str(exc).splitlines()[0]}); "
                          f"download or rebuild the tokenizer.") from None
@@ -575,22 +527,16 @@ def load_tokenizer(tokenizer_path: str, vocab_size: int):
 
 @dataclass
 class ByteTables:
-    """Per-token byte counts for bits-per-byte: the piece's UTF-8 bytes without its leading "▁",
-    plus one for the space unless the previous token is a boundary; byte-fallback pieces count 1."""
-
+    """Per-token byte counts for bits per byte (byte-fallback pieces count 1), or a CaseOps sidecar's."""
     base_bytes: torch.Tensor  # UTF-8 bytes of the piece without its leading "▁"
     leading_space: torch.Tensor  # piece starts with "▁": one more byte unless after a boundary
     is_boundary: torch.Tensor  # control / unknown / unused tokens: no bytes, no space after
     sidecar: torch.Tensor | None = None  # per validation position: original bytes (CaseOps), replaces the tables
-
-    @property
-    def denominator(self) -> str:
-        return "sidecar" if self.sidecar is not None else "tables"
+    denominator = property(lambda self: "sidecar" if self.sidecar is not None else "tables")
 
     def target_bytes(self, prev_ids: torch.Tensor, target_ids: torch.Tensor,
                      positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Bytes of each target token; `positions` (indices into the validation tokens) are
-        needed, and only used, when the counts come from a sidecar."""
+        """Bytes of each target; a sidecar needs, and only it uses, their `positions` in the validation tokens."""
         if self.sidecar is not None:
             if positions is None:
                 raise ValueError("byte counts from a sidecar need the targets' positions")
@@ -599,14 +545,12 @@ class ByteTables:
         return self.base_bytes[target_ids] + space.to(self.base_bytes.dtype)
 
     def to(self, device: torch.device) -> "ByteTables":
-        sidecar = None if self.sidecar is None else self.sidecar.to(device)
-        return ByteTables(self.base_bytes.to(device), self.leading_space.to(device), self.is_boundary.to(device), sidecar)
+        return ByteTables(**{name: t if t is None else t.to(device) for name, t in self.__dict__.items()})
 
 def sidecar_limit(tables: ByteTables) -> int:
-    """The most original bytes one token can stand for: its piece (at most 4 original bytes per
-    normalised byte under NFKC) and the whitespace the normaliser dropped before it. Our CaseOps
-    builder measured at most 70 on indented code with 16-byte pieces; 1,024 spaces of slack keeps any
-    real text inside while a forged count (up to 65,535, the format's limit) is refused."""
+    """The most original bytes one token can stand for: its piece (NFKC: at most 4 original bytes per normalised byte)
+    and the whitespace the normaliser dropped before it. Our CaseOps builder measured at most 70 (indented code,
+    16-byte pieces); 1,024 spaces of slack keep real text in while forged counts (up to 65,535) are refused."""
     return 4 * (int(tables.base_bytes.max()) + 1) + 1024
 
 def build_byte_tables(sp, vocab_size: int) -> ByteTables:
@@ -614,42 +558,32 @@ def build_byte_tables(sp, vocab_size: int) -> ByteTables:
     space = torch.zeros(vocab_size, dtype=torch.bool)
     boundary = torch.ones(vocab_size, dtype=torch.bool)  # ids past the tokenizer are never text
     for token in range(sp.vocab_size()):
-        if sp.is_control(token) or sp.is_unknown(token) or sp.is_unused(token):
-            continue
-        boundary[token] = False
-        if sp.is_byte(token):
-            base[token] = 1
-            continue
-        piece = sp.id_to_piece(token)
-        if piece.startswith("\u2581"):
-            space[token] = True
-            piece = piece[1:]
-        base[token] = len(piece.encode("utf-8"))
+        if not (sp.is_control(token) or sp.is_unknown(token) or sp.is_unused(token)):
+            piece = sp.id_to_piece(token)  # byte-fallback pieces are "<0xNN>": one byte, no space
+            boundary[token], space[token] = False, piece.startswith("\u2581")
+            base[token] = 1 if sp.is_byte(token) else len(piece.removeprefix("\u2581").encode("utf-8"))
     return ByteTables(base, space, boundary)
 
 def check_scored_bytes(val: torch.Tensor, tables: ByteTables, data_path: str) -> None:
-    """Bits per byte divides by these bytes: none at all, or a sidecar claiming far more bytes than
-    the tokens spell (honest sidecars: 0.92x on CaseOps text, 1.17x on indented code, from dropped
-    whitespace), cannot give a real score."""
-    targets = torch.arange(1, len(val), device=val.device)
-    claimed = int(tables.target_bytes(val[:-1], val[1:], targets).sum())
-    spelled = int(ByteTables(tables.base_bytes, tables.leading_space, tables.is_boundary).target_bytes(val[:-1], val[1:]).sum())
+    """Bits per byte divides by these bytes: none at all, or a sidecar claiming far more bytes than the tokens spell
+    (honest sidecars: 0.92x on CaseOps text, 1.17x on indented code, from dropped whitespace), gives no real score."""
+    prev, targets = val[:-1], val[1:]
+    claimed = int(tables.target_bytes(prev, targets, torch.arange(1, len(val), device=val.device)).sum())
+    spelled = int(ByteTables(**{**tables.__dict__, "sidecar": None}).target_bytes(prev, targets).sum())
     if claimed == 0:
         raise InputError(f"the {len(val) - 1} scored validation targets in {data_path} stand for no bytes at all "
                          f"({'their byte sidecar is all zeros' if tables.sidecar is not None else 'only control tokens'}); "
                          f"bits per byte would divide by zero: re-download or rebuild the data.")
     if claimed > 1.5 * spelled:
         raise InputError(f"the byte sidecars in {data_path} claim {claimed:,} bytes for validation tokens that spell "
-                         f"{spelled:,} ({claimed / spelled:.2f}x, honest ones stay under 1.5x); they are corrupt or forged: "
-                         f"re-download or rebuild the data.")
+                         f"{spelled:,} ({claimed / spelled:.2f}x, honest ones stay under 1.5x); they are corrupt or "
+                         f"forged: re-download or rebuild the data.")
 
 class BpbMeter:
     """Sums token NLL (nats), target count and target bytes; reduced across ranks once."""
 
     def __init__(self, device: torch.device):
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.tokens = torch.zeros((), dtype=torch.float64, device=device)
-        self.bytes = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_sum, self.tokens, self.bytes = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
 
     def add(self, nll: torch.Tensor, nbytes: torch.Tensor) -> None:
         self.loss_sum += nll.double().sum()
