@@ -1222,13 +1222,6 @@ class ParallelMuon:
             p.mul_(1.0 - self.lr * self.weight_decay)
             p.add_(full[: p.size(0)].to(p.dtype), alpha=-self.lr)
 
-    def state_dict(self) -> dict:
-        return {"buffers": [b.clone() for b in self.buffers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for buf, saved in zip(self.buffers, state["buffers"]):
-            buf.copy_(saved)
-
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     """One flat all-reduce for all non-bank gradients (they are small)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -1290,10 +1283,11 @@ class Optimizers:
             p.grad = None
 
     def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict(), "adam": copy.deepcopy(self.adam.state_dict())}
+        return {"muon": {"buffers": [b.clone() for b in self.muon.buffers]}, "adam": copy.deepcopy(self.adam.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
-        self.muon.load_state_dict(state["muon"])
+        for buf, saved in zip(self.muon.buffers, state["muon"]["buffers"]):
+            buf.copy_(saved)
         self.adam.load_state_dict(state["adam"])
 
 
