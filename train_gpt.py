@@ -601,27 +601,19 @@ class BpbMeter:
 
 # ---------------------------------------------------------------------------------------------
 # MODEL
-# The 2026-04-09 record's stack (PR #1493) with the #1 record's training-side additions
-# (PR #1855). The big matrices of all physical layers live in four banks (q/o, k/v, MLP up,
-# MLP down), indexed by layer, so Muon orthogonalises them in batches. A span of layers runs
-# 1 + NUM_LOOPS times; each repeated pass gets its own low-rank LoRA delta on the chosen
-# projections and a learned pass embedding, both starting at zero so looping begins from the
-# shared weights (PRs #1096 and #1552). Every projection goes through
-# GPT.project() and every attention through GPT.attention(), so training, evaluation, TTT and
-# GPTQ calibration run the same forward path.
+# The 2026-04-09 record's stack (PR #1493) with the #1 record's training-side additions (PR #1855).
+# The big matrices of all layers live in four banks (q/o, k/v, MLP up, MLP down) indexed by layer,
+# so Muon orthogonalises them in batches. A span of layers runs 1 + NUM_LOOPS times; each repeat
+# adds its own LoRA delta and pass embedding, both zero at init so looping starts from the shared
+# weights (PRs #1096, #1552). Training, evaluation, TTT and GPTQ calibration share one forward path.
 # ---------------------------------------------------------------------------------------------
 
 def virtual_layers(num_layers: int, loop_start: int, loop_end: int, num_loops: int, looping: bool) -> list[tuple[int, int]]:
-    """The run order as (physical layer, pass) pairs; pass 0 is the first visit of a layer.
-
-    11 layers with 3..5 looped twice: 0 1 2 3 4 5 3 4 5 3 4 5 6 7 8 9 10.
-    """
+    """The run order as (physical layer, pass) pairs, pass 0 a layer's first visit: 11 layers with
+    3..5 looped twice run 0 1 2 3 4 5 3 4 5 3 4 5 6 7 8 9 10."""
     order = [(layer, 0) for layer in range(num_layers)]
-    if not looping or num_loops == 0:
-        return order
-    span = list(range(loop_start, loop_end + 1))
-    repeats = [(layer, p) for p in range(1, num_loops + 1) for layer in span]
-    return order[:loop_end + 1] + repeats + order[loop_end + 1:]
+    repeats = [(layer, p) for p in range(1, num_loops + 1) for layer in range(loop_start, loop_end + 1)]
+    return order[:loop_end + 1] + repeats + order[loop_end + 1:] if looping else order
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm that keeps x's dtype: from PyTorch 2.12, CUDA autocast runs rms_norm in float32 (pytorch
@@ -635,26 +627,22 @@ def document_ids(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
 
 
 # ---- Attention kernels ----
-# Document attention keeps every token inside its own document (a BOS starts one; PR #1530).
-# On CUDA the rows of a micro-batch are packed into one token stream cut at every BOS and every
-# row start, and a varlen kernel runs each segment as its own causal sequence (PR #1855 does
-# this with FlashAttention-3). The segment table has a fixed length per batch shape, so
-# compiled graphs see static shapes, and it is built without a host sync. Kernels are chosen
-# once per run (pick_attention_kernels), checked against SDPA with a dense mask before any
-# work, and logged; GPT.attend() only dispatches on the layout it is handed.
+# Document attention keeps each token inside its own document (a BOS starts one; PR #1530). On CUDA
+# a micro-batch's rows are packed into one stream cut at every BOS and row start, and a varlen kernel
+# runs each segment as its own causal sequence (PR #1855, with FlashAttention-3). The segment table
+# has a fixed length per batch shape (static shapes when compiled) and is built without a host sync.
 
-# Segment slots per packed row: T // 64 + 1 holds rows whose documents average 64 tokens or
-# more (FineWeb's average is over ten times that). A row with more documents merges its last
-# ones into its last slot: attention across those documents, inside the row, never longer.
+# Segment slots per packed row: T // 64 + 1 holds rows whose documents average 64 tokens or more
+# (FineWeb's average is over ten times that). A row with more merges its last documents into its
+# last slot, whose attention then crosses them, never the row's end.
 SEGMENT_TOKENS = 64
 
 def segment_slots(seq_len: int) -> int:
     return seq_len // SEGMENT_TOKENS + 1
 
 def packed_segments(input_ids: torch.Tensor, bos_id: int, slots: int) -> torch.Tensor:
-    """cu_seqlens (int32, B * slots + 1) of the rows of `input_ids` packed into one stream,
-    with a segment starting at every BOS and at every row start. Row b owns slots
-    b*slots .. (b+1)*slots - 1; unused slots are empty (zero-length) segments."""
+    """cu_seqlens (int32, B * slots + 1) of the rows packed into one stream, cut at every BOS and row
+    start; row b owns slots b*slots .. (b+1)*slots - 1, unused ones empty (zero-length) segments."""
     B, T = input_ids.shape
     starts = torch.cat([torch.ones_like(input_ids[:, :1], dtype=torch.bool), input_ids[:, 1:] == bos_id], dim=1)
     segment_number = torch.cumsum(starts.to(torch.int32), dim=1)  # 1-based, non-decreasing along each row
@@ -665,8 +653,7 @@ def packed_segments(input_ids: torch.Tensor, bos_id: int, slots: int) -> torch.T
 
 def document_mask(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     """The dense (B, 1, T, T) boolean mask of causal attention inside documents, for SDPA."""
-    docs = document_ids(input_ids, bos_id)
-    T = input_ids.size(1)
+    docs, T = document_ids(input_ids, bos_id), input_ids.size(1)
     causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
     return (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
 
@@ -674,17 +661,12 @@ def document_block_mask(input_ids: torch.Tensor, bos_id: int):
     """A flex_attention BlockMask of causal attention inside documents, built eagerly: compiled
     create_block_mask is one of the suspects of CUDA faults (pytorch issues #147551, #160018)."""
     from torch.nn.attention.flex_attention import create_block_mask
-    docs = document_ids(input_ids, bos_id)
-    B, T = input_ids.shape
-
-    def same_document_causal(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
-
-    return create_block_mask(same_document_causal, B, None, T, T, device=input_ids.device, _compile=False)
+    docs, (B, T) = document_ids(input_ids, bos_id), input_ids.shape
+    return create_block_mask(lambda b, h, q_idx, kv_idx: (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx]),
+                             B, None, T, T, device=input_ids.device, _compile=False)
 
 def fa3_kernels() -> dict[str, object]:
-    """FlashAttention-3's kernels when its package imports here: "fa3_causal" (q, k, v) -> causal
-    attention of (B, T, heads, head_dim) rows, "fa3_varlen" (q, k, v, cu_seqlens, max_len) -> packed."""
+    """FlashAttention-3's "fa3_causal" (q, k, v) and "fa3_varlen" (q, k, v, cu_seqlens, max_len), if it imports."""
     try:
         from flash_attn_interface import flash_attn_func, flash_attn_varlen_func
     except ImportError:
@@ -694,9 +676,8 @@ def fa3_kernels() -> dict[str, object]:
             "fa3_varlen": lambda q, k, v, cu, n: first(flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True))}
 
 def torch_varlen(fn=None):
-    """PyTorch's varlen_attn (>= 2.10) as (q, k, v, cu_seqlens, max_len) -> out, or None. Its
-    signature changed: 2.10 takes is_causal; later versions window_size=(-1, 0) for causal, and
-    from 2.12 enable_gqa for grouped KV heads (without it the KV heads are repeated)."""
+    """PyTorch's varlen_attn (>= 2.10) as (q, k, v, cu_seqlens, max_len) -> out, or None. Causal is
+    is_causal in 2.10, window_size=(-1, 0) later; from 2.12 enable_gqa spares repeating KV heads."""
     if fn is None:
         try:
             from torch.nn.attention.varlen import varlen_attn as fn
@@ -713,33 +694,25 @@ def torch_varlen(fn=None):
     native_gqa = "enable_gqa" in params
 
     def run(q, k, v, cu_seqlens, max_len):
-        extra = dict(causal)
-        if k.size(1) != q.size(1):
-            if native_gqa:
-                extra["enable_gqa"] = True
-            else:
-                k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-                v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-        return fn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **extra)
+        grouped = k.size(1) != q.size(1)
+        if grouped and not native_gqa:
+            k, v = [t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v)]
+        gqa = {"enable_gqa": True} if grouped and native_gqa else {}
+        return fn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **causal, **gqa)
     return run
 
 def kernel_functions(device: torch.device) -> dict[str, object]:
-    """The attention kernels this machine offers beyond SDPA (all need CUDA): FlashAttention-3's
-    dense and varlen kernels, PyTorch's varlen_attn, and flex_attention."""
-    if device.type != "cuda":
-        return {}
-    found = {**fa3_kernels(), "torch_varlen": torch_varlen(), "flex": "flex"}
+    """The attention kernels this machine offers beyond SDPA (all need CUDA)."""
+    found = {**fa3_kernels(), "torch_varlen": torch_varlen(), "flex": "flex"} if device.type == "cuda" else {}
     return {name: fn for name, fn in found.items() if fn is not None}
 
 class KernelFault(RuntimeError):
     """A kernel crashed the device during its start-up check: the process cannot go on."""
 
 def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str | None:
-    """One forward and backward of the run's attention block (its norms, rotary, gates and XSA, under
-    the run's autocast) on random documents through `kernel`, against SDPA with a dense mask in
-    float32; then the same traced whole by torch.compile (fullgraph, with a backend that generates
-    no code: a kernel that breaks the graph fails here, not minutes into compiling). None when it
-    agrees, else why not. A device fault raises KernelFault."""
+    """Why `kernel` fails one forward and backward of the run's attention block on random documents
+    against SDPA with a dense mask in float32, or fails to trace whole (fullgraph, no code generated:
+    not minutes into compiling); None when it passes. A device fault raises KernelFault."""
     cfg = ModelConfig(**{**h.model_config().__dict__, "num_layers": 1, "num_loops": 0, "vocab_size": 256})
     probe = GPT(cfg).to(rt.device)
     with torch.no_grad():  # random weights everywhere: zero-initialised projections and gates shape the output
@@ -748,9 +721,8 @@ def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(2, 256, (2, 256), generator=generator)
     ids[:, 0] = BOS_ID
-    if kernel == "fa3_causal":  # per-document TTT: one document a row
-        probe.rows_are_documents = True
-    else:  # documents of 1 to 150 tokens, fewer than a row's segment slots
+    probe.rows_are_documents = kernel == "fa3_causal"  # per-document TTT: one document a row
+    if kernel != "fa3_causal":  # documents of 1 to 150 tokens, fewer than a row's segment slots
         ids[0, [37, 101, 190]], ids[1, [64, 65, 215]] = BOS_ID, BOS_ID
     ids = ids.to(rt.device)
     x = torch.randn(*ids.shape, cfg.model_dim, generator=generator).to(rt.device).requires_grad_()
@@ -785,8 +757,8 @@ def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str
 
 @dataclass
 class AttentionKernels:
-    """What each kind of forward runs: `train` (graphs with gradients), `nograd` (evaluation,
-    calibration), `dense` (plain causal rows: per-document TTT, DOC_ATTENTION=0)."""
+    """The kernel of each kind of forward: `train` (with gradients), `nograd` (evaluation, calibration),
+    `dense` (plain causal rows: per-document TTT, DOC_ATTENTION=0)."""
     train: str
     nograd: str
     dense: str
@@ -799,34 +771,31 @@ class AttentionKernels:
                 f"documents:{self.dense} check:{self.check}")
 
 def pick_attention_kernels(h: "Hyperparameters", rt: "Runtime", log=lambda line: None) -> AttentionKernels:
-    """Every kernel this machine offers is checked through the model (check_attention) before it is
-    chosen. ATTENTION_KERNEL=auto takes the first varlen kernel that passes, else flex_attention for
-    compiled training on CUDA (never in a graph without gradients unless asked for by name: its
-    no-grad kernel is the prime suspect of the first GPU run's fault), else SDPA with a dense mask;
-    FlashAttention-3 for per-document rows when it passes. A named kernel that is missing or fails
-    its check is an error that names the setting that works."""
+    """ATTENTION_KERNEL=auto takes the first varlen kernel to pass check_attention, else flex_attention
+    for compiled training (without gradients only when named: its no-grad kernel is the prime suspect
+    of the first GPU run's fault), else SDPA with a dense mask; and FlashAttention-3 for per-document
+    rows when it passes. A named kernel that is missing or fails is an error naming what works."""
     setting, offered = h.attention_kernel, kernel_functions(rt.device)
     wanted = {"auto": ["fa3_varlen", "torch_varlen"] + (["flex"] if h.compile else []), "fa3": ["fa3_varlen"],
               "varlen": ["torch_varlen"], "flex": ["flex"], "sdpa": []}[setting]
     packed, verdicts = "sdpa_mask", []
     for name in wanted + (["fa3_causal"] if setting != "sdpa" else []):
-        if name not in offered:
-            if setting != "auto" and name != "fa3_causal":
-                raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} is not available on this {rt.device.type} machine "
-                                  f"(FlashAttention-3, varlen_attn of PyTorch >= 2.10 and flex_attention's backward "
-                                  f"need CUDA); use ATTENTION_KERNEL=auto or sdpa.")
-            continue
-        if name != "fa3_causal" and packed != "sdpa_mask":
-            continue  # a packed kernel already passed
+        named = setting != "auto" and name != "fa3_causal"  # asked for by name: missing or failing is an error
+        if named and name not in offered:
+            raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} is not available on this {rt.device.type} machine "
+                              f"(FlashAttention-3, varlen_attn of PyTorch >= 2.10 and flex_attention's backward "
+                              f"need CUDA); use ATTENTION_KERNEL=auto or sdpa.")
+        if name not in offered or name != "fa3_causal" and packed != "sdpa_mask":
+            continue  # missing, or a packed kernel already passed
         problem = check_attention(name, offered[name], h, rt)
         verdicts.append(f"{name}={'passed' if problem is None else 'rejected'}")
-        if problem is None:
-            packed = packed if name == "fa3_causal" else name
-            continue
-        log(f"attention_kernel_rejected kernel:{name} reason:{problem}")
-        if setting != "auto" and name != "fa3_causal":
-            raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} failed its start-up check ({problem}); use "
-                              f"ATTENTION_KERNEL=sdpa.")
+        if problem is not None:
+            log(f"attention_kernel_rejected kernel:{name} reason:{problem}")
+            if named:
+                raise ConfigError(f"ATTENTION_KERNEL={setting}: {name} failed its start-up check ({problem}); use "
+                                  f"ATTENTION_KERNEL=sdpa.")
+        elif name != "fa3_causal":
+            packed = name
     dense = "fa3_causal" if "fa3_causal=passed" in verdicts else "sdpa_causal"
     nograd = packed if packed != "flex" or setting == "flex" else "sdpa_mask"
     return AttentionKernels(packed, nograd, dense, offered.get(packed) if packed.endswith("varlen") else None,
@@ -834,13 +803,10 @@ def pick_attention_kernels(h: "Hyperparameters", rt: "Runtime", log=lambda line:
                             ",".join(verdicts) or "not needed")
 
 def softcapped_nll(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-    """Per-token cross-entropy of cap * tanh(logits / cap), written as logsumexp(z) - z[target]
-    so that, compiled, the cap and the fp32 upcast fuse into the reduction and only the bf16
-    logits are kept for the backward (PR #1787's fused softcapped CE; F.cross_entropy would
-    keep fp32 log-probabilities: 3.2 GB for a 98,304-token micro-batch at vocabulary 8192)."""
-    z = logits.float()
-    if cap > 0:
-        z = cap * torch.tanh(z / cap)
+    """Per-token cross-entropy of cap * tanh(logits / cap) as logsumexp(z) - z[target]: compiled, cap and
+    upcast fuse into the reduction and the backward keeps only bf16 logits (PR #1787; F.cross_entropy
+    keeps fp32 log-probabilities, 3.2 GB for a 98,304-token micro-batch at vocabulary 8192)."""
+    z = cap * torch.tanh(logits.float() / cap) if cap > 0 else logits.float()
     if targets.dim() == z.dim():  # (..., k) targets: k NLLs per position from the same logits
         return torch.logsumexp(z, dim=-1, keepdim=True) - z.gather(-1, targets)
     return torch.logsumexp(z, dim=-1) - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -851,17 +817,12 @@ class GPT(nn.Module):
         self.cfg = cfg
         L, D, H = cfg.num_layers, cfg.model_dim, cfg.num_heads
         self.looping = False
-        # Set by prepare_model() from the run's AttentionKernels: FlashAttention-3 for plain causal
-        # rows, and the varlen function that packed layouts run through (None: SDPA).
-        self.dense = None
-        self.varlen = None
-        # Per-document TTT reads one document per row, where document attention is plain causal
-        # attention: it then skips the mask and runs the dense causal kernel (FlashAttention-3).
-        self.rows_are_documents = False
+        # Set by prepare_model(): FlashAttention-3 for plain causal rows and the varlen function of
+        # packed layouts (None: SDPA). Per-document TTT's rows are whole documents: no mask needed.
+        self.dense, self.varlen, self.rows_are_documents = None, None, False
         self.hessians: dict | None = None  # set by GPTQ calibration to collect input statistics
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
-        # Banks: [out, in] matrices stacked by layer. q/o and k/v share a bank per kind of
-        # shape (slots 0..L-1 are q or k, slots L..2L-1 are o or v).
+        # Banks: [out, in] matrices stacked by layer; slots 0..L-1 hold q or k, L..2L-1 o or v.
         self.qo_bank = nn.Parameter(torch.empty(2 * L, D, D))
         self.kv_bank = nn.Parameter(torch.empty(2 * L, cfg.kv_dim, D))
         self.up_bank = nn.Parameter(torch.empty(L, cfg.mlp_dim, D))
@@ -875,26 +836,23 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(max_skips, D))
         # Sigmoid skip gates start at 0: the first step mixes skip and stream half and half.
         self.skip_gates = nn.Parameter(torch.zeros(max_skips, D)) if cfg.skip_gates else None
-        # SmearGate (PR #1667) and the sparse attention-output gate (PR #1787) read the first
-        # GATE_WINDOW channels; both start at zero (no smear; every head's gate at 0.5).
+        # SmearGate (PR #1667) and the attention-output gate (PR #1787) read the first GATE_WINDOW
+        # channels; both start at zero (no smear; every head's gate at 0.5).
         self.smear_gate = nn.Parameter(torch.zeros(cfg.gate_window)) if cfg.smear_gate else None
         self.smear_lambda = nn.Parameter(torch.zeros(())) if cfg.smear_gate else None
         self.attn_gate = nn.Parameter(torch.zeros(L, H, cfg.gate_window)) if cfg.attn_gate else None
-        # LN scale (PR #1493): the normed block inputs of physical layer l shrink by 1/sqrt(l+1);
-        # a looped layer keeps its physical index on every pass.
+        # LN scale (PR #1493): physical layer l's normed block inputs shrink by 1/sqrt(l+1) on every pass.
         self.ln_factors = [1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0 for layer in range(L)]
         self.xsa_layers = set(range(max(0, L - cfg.xsa_last_n), L))
-        # Parallel residuals in two lanes (PRs #1855, #2135): decoder visits of layers from
-        # PARALLEL_RESIDUAL_START on read an attention lane and an MLP lane; both lanes take both
-        # outputs with learned weights (post, 1 at init) after scaling themselves by learned residual
-        # factors (1.1 at init). The lanes merge (their mean) at the end or before a lower layer.
+        # Parallel residuals (PRs #1855, #2135): decoder visits of layers from PARALLEL_RESIDUAL_START
+        # on read an attention lane and an MLP lane; each lane scales itself (resid, 1.1 at init) and takes
+        # both outputs (post, 1 at init). The lanes merge (their mean) at the end or before a lower layer.
         lanes = max(0, L - cfg.parallel_residual_start)
         self.lane_post = nn.Parameter(torch.ones(lanes, 2, 2)) if lanes else None  # [layer, from attn/mlp, to lane]
         self.lane_resid = nn.Parameter(torch.full((lanes, 2), 1.1)) if lanes else None
         # Per-pass adapters: index [pass - 1, layer - loop_start].
         passes, span, rank = cfg.num_loops, cfg.loop_len, cfg.pass_lora_rank
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
+        self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
         if rank > 0 and passes > 0:
             for target in cfg.pass_lora_targets:
                 out_dim, in_dim = self._target_shape(target)
@@ -929,36 +887,34 @@ class GPT(nn.Module):
         self.down_bank.zero_()
 
     def init_probe(self) -> list[float]:
-        """Four values of each randomly initialised tensor (the embedding and the q, k/v and up
-        banks), spread over it: the packager rebuilds them from a log's SEED and settings on any
-        machine (records/package.py), so a log relabelled with another seed is refused."""
-        values = []
-        for tensor in (self.tok_emb.weight, self.qo_bank[: self.cfg.num_layers], self.kv_bank, self.up_bank):
-            flat = tensor.detach().flatten()
-            values += [float(flat[i]) for i in (0, flat.numel() // 3, 2 * flat.numel() // 3, flat.numel() - 1)]
-        return values
+        """Four values spread over each random tensor at init (embedding; q, k/v, up banks): the packager
+        rebuilds them from a log's SEED and settings, so a log relabelled with another seed is refused."""
+        tensors = (self.tok_emb.weight, self.qo_bank[: self.cfg.num_layers], self.kv_bank, self.up_bank)
+        flats = [tensor.detach().flatten() for tensor in tensors]
+        return [float(flat[i]) for flat in flats for i in (0, flat.numel() // 3, 2 * flat.numel() // 3, flat.numel() - 1)]
 
     def schedule(self) -> list[tuple[int, int]]:
         c = self.cfg
         return virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, self.looping)
 
     def hessian_buffers(self) -> dict[tuple[str, int], torch.Tensor]:
-        """Zeroed X^T X accumulators for every quantized matrix's input; set as self.hessians,
-        the forward adds to them in place (allocated up front, so calibration compiles whole)."""
+        """Zeroed X^T X accumulators of every quantized matrix's input: set as self.hessians, the forward
+        adds to them in place (allocated up front, so calibration compiles whole)."""
         c, device = self.cfg, self.tok_emb.weight.device
         dims = {"attn_in": c.model_dim, "attn_out": c.model_dim, "mlp_in": c.model_dim, "mlp_act": c.mlp_dim}
-        buffers = {(kind, layer): torch.zeros(d, d, device=device) for kind, d in dims.items() for layer in range(c.num_layers)}
-        buffers[("final", 0)] = torch.zeros(c.model_dim, c.model_dim, device=device)
-        return buffers
+        buffers = {(kind, layer): torch.zeros(d, d, device=device)
+                   for kind, d in dims.items() for layer in range(c.num_layers)}
+        return {**buffers, ("final", 0): torch.zeros(c.model_dim, c.model_dim, device=device)}
 
     def _record(self, key: tuple[str, int], x: torch.Tensor) -> None:
         if self.hessians is not None:
             rows = x.detach().reshape(-1, x.size(-1)).float()
             self.hessians[key].addmm_(rows.T, rows)
 
-    def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int, slot: int) -> torch.Tensor:
-        """x @ W^T, plus this pass's LoRA delta (x A^T) B^T on repeated passes, plus the
-        per-document TTT adapter of virtual layer `slot` when one is attached; W + BA is never formed."""
+    def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int,
+                slot: int) -> torch.Tensor:
+        """x @ W^T, plus this pass's LoRA delta (x A^T) B^T on repeated passes, plus the per-document TTT
+        adapter of virtual layer `slot` when one is attached; W + BA is never formed."""
         y = F.linear(x, weight)
         if pass_idx > 0 and target in self.lora_A:
             index = (pass_idx - 1, layer - self.cfg.loop_start)
@@ -973,16 +929,14 @@ class GPT(nn.Module):
         d = self.cfg.rope_dims
         if d == 0:
             return x
-        t = torch.arange(x.size(1), device=x.device, dtype=torch.float32)
-        freqs = torch.outer(t, self.rope_inv_freq)
+        freqs = torch.outer(torch.arange(x.size(1), device=x.device, dtype=torch.float32), self.rope_inv_freq)
         cos, sin = freqs.cos()[None, :, None, :].to(x.dtype), freqs.sin()[None, :, None, :].to(x.dtype)
         x1, x2, rest = x[..., : d // 2], x[..., d // 2: d], x[..., d:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
 
     def attention_layout(self, input_ids: torch.Tensor, kernel: str = "sdpa_mask"):
-        """What attend() needs to keep tokens inside their documents under `kernel` (see
-        AttentionKernels): packed cu_seqlens, a flex BlockMask, a dense SDPA mask, or None for
-        plain causal attention. Runners build it outside the compiled graph."""
+        """What attend() needs to keep tokens inside their documents under `kernel`, built outside the
+        compiled graph: packed cu_seqlens, a flex BlockMask, a dense SDPA mask, or None (plain causal)."""
         if not self.cfg.doc_attention or self.rows_are_documents:
             return None
         if kernel in ("fa3_varlen", "torch_varlen"):
@@ -997,21 +951,14 @@ class GPT(nn.Module):
         if layout is None and self.dense is not None:
             return self.dense(q, k, v)  # FlashAttention-3: grouped KV heads natively
         if isinstance(layout, torch.Tensor) and layout.dtype == torch.int32:  # packed cu_seqlens
-            q2, k2, v2 = [t.reshape(B * T, -1, D) for t in (q, k, v)]
-            return self.varlen(q2, k2, v2, layout, T).view(B, T, H, D)
+            return self.varlen(*[t.reshape(B * T, -1, D) for t in (q, k, v)], layout, T).view(B, T, H, D)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if layout is not None and not isinstance(layout, torch.Tensor):  # a flex_attention BlockMask
             from torch.nn.attention.flex_attention import flex_attention
             return flex_attention(q, k, v, block_mask=layout, enable_gqa=k.size(1) != q.size(1)).transpose(1, 2)
-        if k.size(1) != q.size(1):
-            # Explicit repeat rather than enable_gqa: keeps every SDPA backend (flash included) eligible.
-            groups = q.size(1) // k.size(1)
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if layout is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout)
-        return y.transpose(1, 2)
+        if k.size(1) != q.size(1):  # repeated, not enable_gqa: keeps every SDPA backend (flash too) eligible
+            k, v = [t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v)]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=layout, is_causal=layout is None).transpose(1, 2)
 
     def attention(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         c, L = self.cfg, self.cfg.num_layers
@@ -1026,13 +973,11 @@ class GPT(nn.Module):
         if layer in self.xsa_layers:
             # XSA (PR #1493): drop each head's component along its own token's value vector
             # (the KV head of its group), so attention carries only what the token lacks.
-            groups = c.num_heads // c.num_kv_heads
-            y = y.view(B, T, c.num_kv_heads, groups, c.head_dim)
+            y = y.view(B, T, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)
             v_hat = F.normalize(v, dim=-1).unsqueeze(3)
             y = (y - (y * v_hat).sum(-1, keepdim=True) * v_hat).view(B, T, c.num_heads, c.head_dim)
         if self.attn_gate is not None:
-            # Sparse output gate (PR #1787, scale 0.5 from PR #1855): one sigmoid per head
-            # from the first GATE_WINDOW channels of the block's normed input.
+            # Sparse output gate (PRs #1787, #1855): a sigmoid per head from the first GATE_WINDOW channels.
             gate = torch.sigmoid(c.attn_gate_scale * F.linear(x[..., :c.gate_window], self.attn_gate[layer]))
             y = y * gate.unsqueeze(-1).to(y.dtype)
         y = y.reshape(B, T, c.model_dim)
@@ -1059,7 +1004,8 @@ class GPT(nn.Module):
                        slot: int, layout) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer on the two lanes (x is the attention lane); see lane_post in __init__."""
         mix, ln = self.resid_mix[layer], self.ln_factors[layer]
-        attn = self.attn_scale[layer] * self.attention(rms_norm(mix[0] * x + mix[1] * x0) * ln, layer, pass_idx, slot, layout)
+        attn_in = rms_norm(mix[0] * x + mix[1] * x0) * ln
+        attn = self.attn_scale[layer] * self.attention(attn_in, layer, pass_idx, slot, layout)
         mlp = self.mlp_scale[layer] * self.mlp(rms_norm(mlp_lane) * ln, layer, pass_idx, slot)
         i = layer - self.cfg.parallel_residual_start
         post, resid = self.lane_post[i], self.lane_resid[i]
@@ -1069,8 +1015,8 @@ class GPT(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(input_ids)
         if self.smear_gate is not None:
-            # SmearGate (PR #1667): mix a gated share of the previous token's embedding into
-            # each position, except at BOS, so no document reads the one before it (PR #1851).
+            # SmearGate (PR #1667): add a gated share of the previous token's embedding, except at BOS,
+            # so no document reads the one before it (PR #1851).
             gate = self.smear_lambda * torch.sigmoid(x[:, 1:, :self.cfg.gate_window] @ self.smear_gate.to(x.dtype))
             gate = gate * (input_ids[:, 1:] != self.cfg.bos_id).to(gate.dtype)
             x = torch.cat([x[:, :1], x[:, 1:] + gate.unsqueeze(-1) * x[:, :-1]], dim=1)
@@ -1078,21 +1024,16 @@ class GPT(nn.Module):
 
     def merge_skip(self, x: torch.Tensor, encoder_out: torch.Tensor, index: int) -> torch.Tensor:
         skip = self.skip_weights[index] * encoder_out
-        if self.skip_gates is None:
-            return x + skip
         # Sigmoid skip gate (PR #1493): skip + sigma(g) * (x - skip).
-        return torch.lerp(skip, x, torch.sigmoid(self.skip_gates[index]))
+        return x + skip if self.skip_gates is None else torch.lerp(skip, x, torch.sigmoid(self.skip_gates[index]))
 
     def hidden_states(self, input_ids: torch.Tensor, layout=None) -> torch.Tensor:
-        """The final normed hidden states; `layout` from attention_layout() (None: the dense
-        reference layout, built here). GPTQ calibration stops here: it never needs the logits."""
-        # The residual stream stays float32; under autocast only the matmuls run in bf16.
-        x = self.embed(input_ids)
-        x0 = x
+        """The final normed hidden states (GPTQ calibration needs no logits); `layout` from
+        attention_layout(), None: the dense reference layout. The residual stream stays float32."""
+        x = x0 = self.embed(input_ids)
         layout = self.attention_layout(input_ids) if layout is None else layout
         order = self.schedule()
-        encoder_len = len(order) // 2
-        skips, mlp_lane = [], None
+        encoder_len, skips, mlp_lane = len(order) // 2, [], None
         # U-Net over the virtual layers: the first half's outputs feed the second half in reverse.
         for slot, (layer, pass_idx) in enumerate(order):
             parallel = slot >= encoder_len and layer >= self.cfg.parallel_residual_start
@@ -1121,7 +1062,8 @@ class GPT(nn.Module):
             logits = logits + self.ttt_lora.delta("head", 0, x)
         return logits
 
-    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean", layout=None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean",
+                layout=None) -> torch.Tensor:
         nll = softcapped_nll(self.head(self.hidden_states(input_ids, layout)), target_ids, self.cfg.logit_softcap)
         return nll.mean() if reduction == "mean" else nll
 
@@ -1135,14 +1077,11 @@ class GPT(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # OPTIMIZERS
-# Parallel Muon on the four banks: each rank reduce-scatters a bank's gradient so it holds the
-# averaged gradient of its own slice of layers, runs Nesterov momentum, optional row
-# normalisation and a batched Newton-Schulz orthogonalisation on that slice only, then
-# all-gathers the updates (PR #1517). AdamW takes everything else; its gradients are
-# averaged with one flat all-reduce, so no DDP wrapper is needed. LoRA factors and pass
-# embeddings have their own AdamW group: Muon's shape scaling made rank-1 LoRA diverge (PR #1096).
+# Parallel Muon on the four banks (PR #1517): each rank reduce-scatters a bank's gradient, runs
+# Nesterov momentum, optional row normalisation and batched Newton-Schulz on its own slice of layers,
+# then all-gathers the updates. AdamW takes the rest, averaged by one flat all-reduce (no DDP
+# wrapper); LoRA factors and pass embeddings get their own group: Muon made rank-1 LoRA diverge (PR #1096).
 # ---------------------------------------------------------------------------------------------
-
 
 # Newton-Schulz steps X <- aX + (bA + cA^2)X with A = XX^T. Polar Express (PR #1787) gives each
 # of its five steps its own minimax tuple and lands closer to the polar factor UV^T than the
@@ -1157,8 +1096,7 @@ def newton_schulz(grads: torch.Tensor, steps: int, coefficients: tuple = POLAR_E
     """Approximately orthogonalise each matrix of a (batch, rows, cols) stack."""
     x = grads.bfloat16() if grads.is_cuda else grads.float()
     tall = x.size(-2) > x.size(-1)
-    if tall:
-        x = x.mT
+    x = x.mT if tall else x
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for step in range(steps):
         a, b, c = coefficients[min(step, len(coefficients) - 1)]
@@ -1166,17 +1104,13 @@ def newton_schulz(grads: torch.Tensor, steps: int, coefficients: tuple = POLAR_E
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if tall else x
 
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
 class ParallelMuon:
     def __init__(self, banks: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
-                 ns_steps: int, row_norm: bool, rank: int, world_size: int):
+                 ns_steps: int, row_norm: bool, world_size: int):
         # Largest bank first: its communication starts earliest and overlaps the most work.
         self.banks = sorted(banks, key=lambda p: p.numel(), reverse=True)
         self.base_lr, self.lr, self.momentum, self.weight_decay = lr, lr, momentum, weight_decay
-        self.ns_steps, self.row_norm = ns_steps, row_norm
-        self.rank, self.world_size = rank, world_size
+        self.ns_steps, self.row_norm, self.world_size = ns_steps, row_norm, world_size
         self.shard_rows = [math.ceil(p.size(0) / world_size) for p in self.banks]
         self.buffers = [torch.zeros(rows, *p.shape[1:], device=p.device) for rows, p in zip(self.shard_rows, self.banks)]
         self._pending: list = []
@@ -1185,16 +1119,13 @@ class ParallelMuon:
         """Launch the asynchronous averaging of every bank's gradient onto its shard owners."""
         self._pending = []
         for p, rows in zip(self.banks, self.shard_rows):
-            grad = p.grad
-            pad = rows * self.world_size - grad.size(0)
-            if pad:
-                grad = torch.cat([grad, grad.new_zeros(pad, *grad.shape[1:])])
-            if self.world_size == 1:
-                self._pending.append((None, grad))
+            if self.world_size == 1:  # one rank holds every layer: no padding, nothing to wait for
+                self._pending.append((None, p.grad))
                 continue
+            pad = rows * self.world_size - p.grad.size(0)
+            grad = torch.cat([p.grad, p.grad.new_zeros(pad, *p.grad.shape[1:])]) if pad else p.grad
             shard = grad.new_empty(rows, *grad.shape[1:])
-            work = dist.reduce_scatter_tensor(shard, grad.contiguous(), async_op=True)
-            self._pending.append((work, shard))
+            self._pending.append((dist.reduce_scatter_tensor(shard, grad.contiguous(), async_op=True), shard))
 
     def finish_reduce_scatter(self) -> list[torch.Tensor]:
         shards = []
@@ -1213,8 +1144,7 @@ class ParallelMuon:
             update = grad.add_(buf, alpha=self.momentum)  # Nesterov
             if self.row_norm:  # MuonEq-R: equalise row norms before orthogonalising
                 update = update / (update.norm(dim=-1, keepdim=True) + 1e-7)
-            update = newton_schulz(update, self.ns_steps)
-            update = update * max(1.0, p.size(1) / p.size(2)) ** 0.5
+            update = newton_schulz(update, self.ns_steps) * max(1.0, p.size(1) / p.size(2)) ** 0.5
             if self.world_size == 1:
                 gathers.append((p, None, update))
                 continue
@@ -1226,13 +1156,6 @@ class ParallelMuon:
             p.mul_(1.0 - self.lr * self.weight_decay)
             p.add_(full[: p.size(0)].to(p.dtype), alpha=-self.lr)
 
-    def state_dict(self) -> dict:
-        return {"buffers": [b.clone() for b in self.buffers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for buf, saved in zip(self.buffers, state["buffers"]):
-            buf.copy_(saved)
-
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     """One flat all-reduce for all non-bank gradients (they are small)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -1241,31 +1164,24 @@ def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat.div_(world_size)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
 
 class Optimizers:
     """Muon for the banks plus AdamW for the rest, stepped together with global-norm clipping."""
 
     def __init__(self, model: GPT, h: Hyperparameters, rank: int, world_size: int):
-        self.world_size = world_size
-        self.grad_clip_norm = h.grad_clip_norm
+        self.world_size, self.grad_clip_norm = world_size, h.grad_clip_norm
         self.muon = ParallelMuon(model.bank_parameters(), h.matrix_lr, h.muon_momentum, h.muon_wd,
-                                 h.newton_schulz_steps, h.muon_row_norm, rank, world_size)
+                                 h.newton_schulz_steps, h.muon_row_norm, world_size)
         adapters = model.adapter_parameters()
         special = {id(p) for p in model.bank_parameters() + adapters + [model.tok_emb.weight]}
         scalars = [p for p in model.parameters() if id(p) not in special]
-        groups = [
-            # The embedding's own decay, 0.085, and 0.02 on the scalars, as in PR #1493.
-            {"params": [model.tok_emb.weight], "lr": h.embed_lr, "weight_decay": h.embed_wd, "name": "embed"},
-            {"params": scalars, "lr": h.scalar_lr, "weight_decay": h.adam_wd, "name": "scalars"},
-        ]
-        if adapters:
-            groups.append({"params": adapters, "lr": h.adapter_lr, "weight_decay": 0.0, "name": "adapters"})
-        for group in groups:
-            group["base_lr"] = group["lr"]
+        # The embedding's own decay, 0.085, and 0.02 on the scalars, as in PR #1493; adapters when there are any.
+        groups = [{"params": params, "lr": lr, "weight_decay": decay, "name": name, "base_lr": lr}
+                  for name, params, lr, decay in (("embed", [model.tok_emb.weight], h.embed_lr, h.embed_wd),
+                                                  ("scalars", scalars, h.scalar_lr, h.adam_wd),
+                                                  ("adapters", adapters, h.adapter_lr, 0.0)) if params]
         fused = {"fused": True} if model.tok_emb.weight.is_cuda else {}
         self.adam = torch.optim.AdamW(groups, betas=(h.beta1, h.beta2), eps=1e-8, **fused)
         self.adam_params = [p for g in groups for p in g["params"]]
@@ -1284,12 +1200,13 @@ class Optimizers:
         bank_sq = sum((s.float().square().sum() for s in shards), torch.zeros((), device=shards[0].device))
         if self.world_size > 1:
             dist.all_reduce(bank_sq)
-        adam_sq = sum((p.grad.float().square().sum() for p in self.adam_params if p.grad is not None), torch.zeros_like(bank_sq))
+        adam_grads = [p.grad for p in self.adam_params if p.grad is not None]
+        adam_sq = sum((g.float().square().sum() for g in adam_grads), torch.zeros_like(bank_sq))
         norm = (bank_sq + adam_sq).sqrt()
         # The clip factor stays a tensor: reading it on the host would stall the GPU every step.
         clip = (self.grad_clip_norm / (norm + 1e-6)).clamp(max=1.0) if self.grad_clip_norm > 0 else 1.0
         if self.grad_clip_norm > 0:
-            torch._foreach_mul_([p.grad for p in self.adam_params if p.grad is not None], clip)
+            torch._foreach_mul_(adam_grads, clip)
         self.muon.step(shards, clip)
         self.adam.step()
         return norm
@@ -1300,10 +1217,11 @@ class Optimizers:
             p.grad = None
 
     def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict(), "adam": copy.deepcopy(self.adam.state_dict())}
+        return {"muon": {"buffers": [b.clone() for b in self.muon.buffers]}, "adam": copy.deepcopy(self.adam.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
-        self.muon.load_state_dict(state["muon"])
+        for buf, saved in zip(self.muon.buffers, state["muon"]["buffers"]):
+            buf.copy_(saved)
         self.adam.load_state_dict(state["adam"])
 
 
