@@ -1402,7 +1402,7 @@ class Runtime:
     def log(self, line: str = "", console: bool = True) -> None:
         if self.is_main and console:
             print(line, flush=True)
-        if self.is_main and self.log_path is not None:
+        if self.is_main and self.log_path:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
@@ -1490,8 +1490,8 @@ def graphs_compiled() -> int:
 def log_compiles(rt: Runtime, stage: str, before: int) -> None:
     rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
 
-# A cold compile of one graph took 195 s on one H200 (README); eight ranks compiling at once on
-# one host's CPUs take longer, so a compile (and a peer waiting on one) gets this long.
+# How long a compile (or a peer waiting on one) may take: one graph took 195 s cold on one H200 (README), and eight
+# ranks compiling at once on one host's CPUs take longer.
 COMPILE_PATIENCE_SECONDS = 1800.0
 
 @contextlib.contextmanager
@@ -1506,10 +1506,9 @@ def compile_timer(rt: Runtime, graph: str):
            f"new_graphs:{graphs_compiled() - before}")
 
 class SlowestClock:
-    """The slowest rank's training time (ms) after a given step. read_late() posts this rank's host clock into a
-    MAX all-reduce that runs in stream order and reads the one posted a step earlier, long finished: no host sync,
-    so the GPU never idles. read_now() syncs and reads this step (on logged steps, where the loss is read anyway).
-    Every rank calls them on the same steps and gets the same values, so all take the same decisions."""
+    """The slowest rank's training time (ms) after a step, the same on every rank, so all take the same decisions.
+    read_late() posts this rank's clock into a stream-ordered MAX all-reduce and reads the one posted a step earlier
+    (no host sync: the GPU never idles); read_now() syncs and reads this step (logged steps read the loss anyway)."""
     def __init__(self, rt: Runtime):
         self.rt, self.ms, self.step, self.step_ms = rt, 0.0, 0, 0.0  # the latest reading, its step, ms per step
         self.posted = None  # (host tensor, CUDA event or None, step) of the reading in flight
@@ -1917,7 +1916,8 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
     """The artifact's tensors, {name: QuantizedTensor | fp16 tensor}: units spread over ranks, then LQER added."""
     params, units = dict(model.named_parameters()), quant_units(model)
     wide_of = awq_columns(model, units, hessians, h) if h.quant_method == "gptq" and h.awq_groups > 0 else {}
-    results, needed_damping = {}, []  # {unit index: (levels, scales)}; matrices whose damping was raised
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # unit index: (levels, scales)
+    needed_damping = []
     for i, (name, slot, key) in enumerate(units):
         weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
         bits, clip = quant_spec(name, h)
@@ -1993,15 +1993,12 @@ def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     return raw.view(dtype).reshape(shape).copy()  # writable: torch.from_numpy shares it
 
 def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_sha256: str = "") -> bytes:
-    arrays, entries, offset = [], {}, 0
+    arrays, entries = [], {}
 
     def add(array: np.ndarray) -> dict:
-        nonlocal offset
-        data = _shuffled_bytes(array)
+        data, offset = _shuffled_bytes(array), sum(map(len, arrays))  # offset: the bytes queued before it
         arrays.append(data)
-        ref = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset, "nbytes": len(data)}
-        offset += len(data)
-        return ref
+        return {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset, "nbytes": len(data)}
 
     for name, item in tensors.items():
         if isinstance(item, QuantizedTensor):
@@ -2055,8 +2052,7 @@ def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str 
                          f"{BOS_ID}")
     cfg = h.model_config()
     params = parameter_count(cfg)
-    # A real artifact stores 2-3 parameters per byte (int6 after brotli); 64 per byte would need
-    # weights far more regular than any trained model's: a few compressed bytes never build a giant.
+    # Real artifacts hold 2-3 parameters a byte (int6 after brotli): a few bytes never build a giant.
     if params > 64 * artifact_bytes:
         raise InputError(f"{source}'s model config asks for {params:,} parameters from {artifact_bytes:,} bytes "
                          f"(at most 64 a byte); refusing to build it")
@@ -2085,10 +2081,9 @@ def device_memory_bytes() -> int:
 
 def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int]:
     """(parameters, a lower bound on one process's training memory): 20 bytes a parameter (fp32 weights, gradients,
-    EMA, at least one optimizer moment), what one micro-batch saves for the backward pass (residual, q/k/v/attention
-    outputs, the MLP's hidden layer before and after the activation, 2 bytes each, per virtual layer) and its fp32
-    logits with their gradient. The default 98,304-token micro-batch: 25.8 GiB; the first GPU run measured 44.0 GiB
-    (README: First GPU run)."""
+    EMA, at least one optimizer moment), what one micro-batch saves for backward (residual, q/k/v/attention outputs,
+    the MLP's hidden layer before and after the activation: 2 bytes each per virtual layer), its fp32 logits and their
+    gradient. The default 98,304-token micro-batch: 25.8 GiB; the first GPU run measured 44.0 GiB (README)."""
     cfg, tokens = h.model_config(), h.micro_batch_tokens(world_size)
     params = parameter_count(cfg)
     depth = cfg.num_layers + cfg.loop_len * cfg.num_loops
