@@ -1227,11 +1227,10 @@ class Optimizers:
 
 # ---------------------------------------------------------------------------------------------
 # TRAINING LOOP
-# Compile warm-up steps (unlooped and looped, so switching the loop on later costs no compile
-# inside the clock) run first and their effect on weights and optimizer state is undone. The
-# clock then runs until MAX_WALLCLOCK_SECONDS minus the GPTQ reserve; learning rates decay
-# linearly to zero over the last WARMDOWN_FRAC of it. Every stop or loop decision uses the
-# slowest rank's clock so all ranks act on the same step.
+# Compile warm-up steps (unlooped and looped, so turning the loop on later compiles nothing
+# inside the clock) run first, then are undone. The clock runs to MAX_WALLCLOCK_SECONDS minus
+# the GPTQ reserve; learning rates decay linearly to zero over its last WARMDOWN_FRAC. Every
+# stop or loop decision uses the slowest rank's clock, so all ranks act on the same step.
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -1253,11 +1252,9 @@ class Runtime:
         return self.rank == 0
 
     def log(self, line: str = "", console: bool = True) -> None:
-        if not self.is_main:
-            return
-        if console:
+        if self.is_main and console:
             print(line, flush=True)
-        if self.log_path is not None:
+        if self.is_main and self.log_path:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
 
@@ -1267,7 +1264,7 @@ class Runtime:
         self.activity_changed.set()
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -1277,28 +1274,18 @@ class TrainingDiverged(RuntimeError):
     """The training loss or weights stopped being finite: the run ends without an artifact."""
 
 def lr_multiplier(progress: float, warmdown_frac: float, min_lr: float = 0.0) -> float:
-    """1 until the warm-down starts, then linear towards 0 at the end of the budget, never
-    below MIN_LR (PR #1787: the last steps still learn)."""
-    if warmdown_frac <= 0 or progress < 1.0 - warmdown_frac:
-        return 1.0
-    return max(min_lr, (1.0 - progress) / warmdown_frac)
+    """1, then linear to 0 over the budget's last warmdown_frac, floored at MIN_LR (PR #1787: the last steps learn)."""
+    return 1.0 if warmdown_frac <= 0 or progress < 1.0 - warmdown_frac else max(min_lr, (1.0 - progress) / warmdown_frac)
 
 def ramp_after_switch(steps_since: int, ramp_steps: int) -> float:
-    """The LR factor `steps_since` steps after a context switch: linear from 1/ramp_steps back
-    to 1 (PR #2014: longer rows change the gradient's scale; 0 turns the ramp off)."""
+    """LR factor after a context switch: 1/ramp_steps back to 1, linearly (PR #2014: longer rows rescale the gradient)."""
     return 1.0 if ramp_steps <= 0 else min(1.0, (steps_since + 1) / ramp_steps)
 
 class WeightEMA:
-    """Exponential moving average of all parameters, with a horizon tied to the run's length.
-
-    decay = 1 - 1 / (EMA_HORIZON_FRAC * expected_steps): the 2026-04-09 record's 0.9965 over
-    ~4,550 steps is a horizon of about 6% of the run; a fixed 0.9965 on a 300-step run kept
-    early weights and scored 2.59 bpb instead of ~1.9 on a small CPU run.
-    """
-
+    """EMA of all parameters, decay 1 - 1 / (EMA_HORIZON_FRAC * expected steps): the 2026-04-09 record's 0.9965 is
+    ~6% of its ~4,550 steps; a fixed 0.9965 kept early weights on a 300-step CPU run (2.59 bpb instead of ~1.9)."""
     def __init__(self, model: nn.Module, horizon_frac: float):
-        self.horizon_frac = horizon_frac
-        self.params = list(model.parameters())
+        self.horizon_frac, self.params = horizon_frac, list(model.parameters())
         self.shadow = [p.detach().float().clone() for p in self.params]
 
     @torch.no_grad()
@@ -1312,9 +1299,8 @@ class WeightEMA:
             p.copy_(s.to(p.dtype))
 
 class Runner:
-    """One forward of the model, compiled or eager, called with the attention layout of its
-    kernel built outside it (eagerly: a flex BlockMask never forms inside a compiled graph)."""
-
+    """One forward of the model, compiled or eager, called with the attention layout of its kernel built outside
+    it (eagerly: a flex BlockMask never forms inside a compiled graph)."""
     def __init__(self, model: "GPT", fn, kernel: str):
         self.model, self.fn, self.kernel = model, fn, kernel
 
@@ -1323,9 +1309,8 @@ class Runner:
 
 @dataclass
 class Runners:
-    """The callables that run one model. Under COMPILE=1 the model is compiled whole (fullgraph:
-    a graph break is an error, never a silent slowdown); GPTQ calibration stays eager (compiled, it
-    faulted on the first GPU run)."""
+    """The callables that run one model. COMPILE=1 compiles it whole (fullgraph: a graph break is an error, never
+    a silent slowdown); GPTQ calibration stays eager (compiled, it faulted on the first GPU run)."""
     train: Runner  # training steps, chunked TTT and global-phase updates: static shapes
     score: Runner  # evaluation windows and chunked TTT scoring, without gradients
     calibrate: Runner  # GPTQ calibration: hidden states only, adding to model.hessians
@@ -1357,9 +1342,8 @@ def graphs_compiled() -> int:
 def log_compiles(rt: Runtime, stage: str, before: int) -> None:
     rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
 
-
-# A cold compile of one graph took 195 s on one H200 (README); eight ranks compiling at once on
-# one host's CPUs take longer, so a compile (and a peer waiting on one) gets this long.
+# How long a compile (or a peer waiting on one) may take: one graph took 195 s cold on one H200 (README), and eight
+# ranks compiling at once on one host's CPUs take longer.
 COMPILE_PATIENCE_SECONDS = 1800.0
 
 @contextlib.contextmanager
@@ -1370,20 +1354,15 @@ def compile_timer(rt: Runtime, graph: str):
     t0, before = time.perf_counter(), graphs_compiled()
     yield
     rt.synchronize()
-    rt.log(f"compile_time graph:{graph} time:{1000 * (time.perf_counter() - t0):.0f}ms new_graphs:{graphs_compiled() - before}")
+    rt.log(f"compile_time graph:{graph} time:{1000 * (time.perf_counter() - t0):.0f}ms "
+           f"new_graphs:{graphs_compiled() - before}")
 
 class SlowestClock:
-    """The slowest rank's training time (ms) after a given step, read without a host sync on
-    most steps: read_late() posts this rank's host clock into a MAX all-reduce that runs in
-    stream order and returns the result posted one step earlier, long finished, so the GPU
-    never idles while the host waits. read_now() synchronises and reads the current step (on
-    logged steps, where the loss is read anyway). Every rank calls them on the same steps and
-    gets the same values, so every decision taken from them is the same on every rank."""
-
+    """The slowest rank's training time (ms) after a step, the same on every rank, so all take the same decisions.
+    read_late() posts this rank's clock into a stream-ordered MAX all-reduce and reads the one posted a step earlier
+    (no host sync: the GPU never idles); read_now() syncs and reads this step (logged steps read the loss anyway)."""
     def __init__(self, rt: Runtime):
-        self.rt = rt
-        self.ms, self.step = 0.0, 0  # the latest reading, and the step it was taken after
-        self.step_ms = 0.0  # the last measured time per step
+        self.rt, self.ms, self.step, self.step_ms = rt, 0.0, 0, 0.0  # the latest reading, its step, ms per step
         self.posted = None  # (host tensor, CUDA event or None, step) of the reading in flight
 
     def _post(self, ms: float) -> torch.Tensor:
@@ -1407,11 +1386,9 @@ class SlowestClock:
             self._update(float(host), posted_step)
         value, event = self._post(ms), None
         if value.is_cuda:
-            host = torch.empty(1, dtype=torch.float64, pin_memory=True)
-            host.copy_(value, non_blocking=True)
+            value = torch.empty(1, dtype=torch.float64, pin_memory=True).copy_(value, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            value = host
         self.posted = (value, event, step)
 
     def read_now(self, ms: float, step: int) -> None:
@@ -1420,14 +1397,12 @@ class SlowestClock:
         self._update(float(self._post(ms)), step)
 
     def next_step_ends(self, step: int) -> float:
-        """Predicted slowest-rank time at the end of step + 1: the stop rule stops before a step
-        that would end past the budget."""
+        """Predicted time at the end of step + 1: the stop rule stops before a step that would end past the budget."""
         return self.ms + (step + 1 - self.step) * self.step_ms
 
 def log_training_step(rt: Runtime, h: Hyperparameters, loss: torch.Tensor, step: int, train_ms: float,
                       tokens_per_step: int) -> None:
-    """The step line, with the global batch's loss; a non-finite loss ends the run (checked where
-    the loss is read anyway: no extra host sync)."""
+    """The step line with the global batch's loss; a non-finite loss ends the run (read here anyway: no host sync)."""
     if rt.world_size > 1:  # every rank logs on the same steps
         dist.all_reduce(loss)
         loss /= rt.world_size
@@ -1443,8 +1418,7 @@ def training_step(h: Hyperparameters, runners: Runners, rt: Runtime, opt: Optimi
     accum, window = h.grad_accum_steps(rt.world_size), h.window_len
 
     def run_step(lr_mult: float, momentum: float, row_len: int) -> torch.Tensor:
-        batch = loader.next_batch(rt.device)
-        total = torch.zeros((), device=rt.device)
+        batch, total = loader.next_batch(rt.device), torch.zeros((), device=rt.device)
         for micro in batch.chunk(accum):
             inputs, targets = micro[:, :-1], micro[:, 1:]
             if row_len != window:  # each window cut into rows of this phase's length: every target kept
@@ -1459,33 +1433,30 @@ def training_step(h: Hyperparameters, runners: Runners, rt: Runtime, opt: Optimi
         return total / accum
     return run_step
 
-def warm_up_training(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, opt: Optimizers,
-                     loader: TrainLoader, run_step) -> None:
-    """Compile every (row length, looping) graph the run will meet before the clock starts (at least
-    one step each), then undo the steps' effect on the weights, optimizer state and data order."""
-    states = h.training_states()
-    t0, graphs = time.perf_counter(), graphs_compiled()
+def warm_up_training(h: Hyperparameters, model: GPT, rt: Runtime, opt: Optimizers, loader: TrainLoader,
+                     run_step) -> None:
+    """Compile every (row length, looping) graph the run will meet before the clock starts (a step each at least,
+    the first one timed), then undo the steps' effect on the weights, optimizer state and data order."""
+    states, t0, graphs = h.training_states(), time.perf_counter(), graphs_compiled()
     initial_model, initial_opt = copy.deepcopy(model.state_dict()), opt.state_dict()
     warmup_steps = max(h.warmup_steps, len(states))
     for i in range(warmup_steps):
         rt.doing(f"compile warm-up step {i + 1}")
         row_len, model.looping = states[i * len(states) // warmup_steps]
-        if i * len(states) % warmup_steps < len(states):  # the first step of its state
-            with compile_timer(rt, f"train_{'looped' if model.looping else 'unlooped'}_{row_len}"):
-                run_step(1.0, h.muon_momentum_warmup_start, row_len)
-        else:
+        graph = f"train_{'looped' if model.looping else 'unlooped'}_{row_len}"
+        with compile_timer(rt, graph) if i * len(states) % warmup_steps < len(states) else contextlib.nullcontext():
             run_step(1.0, h.muon_momentum_warmup_start, row_len)
     model.load_state_dict(initial_model)
     opt.load_state_dict(initial_opt)
     loader.reset()
     rt.synchronize()
-    rt.log(f"warmup_done steps:{warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and optimizer state restored)")
+    rt.log(f"warmup_done steps:{warmup_steps} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile; weights and "
+           f"optimizer state restored)")
     log_compiles(rt, "warmup", graphs)
 
 def schedule_step(h: Hyperparameters, model: GPT, rt: Runtime, step: int, progress: float, row_len: int,
                   switched_at: int | None) -> tuple[float, float, int, int | None]:
-    """The decisions before one step, taken from the slowest rank's clock so every rank takes them
-    on the same step: looping on, the row length, the LR multiplier and Muon's momentum."""
+    """This step's looping, row length, LR multiplier and Muon momentum, from the slowest rank's clock: all agree."""
     if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
         model.looping = True
         layers = " ".join(str(layer) for layer, _ in model.schedule())
@@ -1501,10 +1472,8 @@ def schedule_step(h: Hyperparameters, model: GPT, rt: Runtime, step: int, progre
     return lr_mult, momentum, row_len, switched_at
 
 def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, evaluate) -> dict:
-    """Train in place (steps run through runners.train); returns timing facts. `evaluate()`
-    gives (val_loss, val_bpb)."""
-    opt = Optimizers(model, h, rt.rank, rt.world_size)
-    window = h.window_len
+    """Train in place through runners.train; returns timing facts. `evaluate()` gives (val_loss, val_bpb)."""
+    opt, window = Optimizers(model, h, rt.rank, rt.world_size), h.window_len
     global_seqs = h.train_batch_tokens // window
     loader = TrainLoader(h.data_path, window, global_seqs, rt.rank, rt.world_size, h.seed)
     accum, micro = h.grad_accum_steps(rt.world_size), h.micro_batch(rt.world_size)
@@ -1512,16 +1481,16 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         f" (MICRO_BATCH_SEQS={h.micro_batch_seqs} adapted: the largest divisor of {micro * accum} windows per process "
         f"that holds at most {h.micro_batch_seqs * h.train_seq_len} tokens)")
     rt.log(f"train_setup global_seqs:{global_seqs} window_len:{window} tokens_per_step:{global_seqs * window} "
-           f"row_lens:{','.join(str(length) for length, _ in h.context_phases())} grad_accum:{accum} micro_batch_seqs:{micro} "
-           f"train_windows:{loader.num_windows} params:{sum(p.numel() for p in model.parameters())}{adapted}")
+           f"row_lens:{','.join(str(length) for length, _ in h.context_phases())} grad_accum:{accum} "
+           f"micro_batch_seqs:{micro} train_windows:{loader.num_windows} "
+           f"params:{sum(p.numel() for p in model.parameters())}{adapted}")
     run_step = training_step(h, runners, rt, opt, loader)
     if h.warmup_steps > 0:
-        warm_up_training(h, model, runners, rt, opt, loader, run_step)
+        warm_up_training(h, model, rt, opt, loader, run_step)
     graphs = graphs_compiled()
     (row_len, model.looping), switched_at = h.training_states()[0], None
     budget_ms = 1000.0 * (h.max_wallclock_seconds - h.gptq_reserve_seconds) if h.max_wallclock_seconds > 0 else 0.0
-    ema = WeightEMA(model, h.ema_horizon_frac) if h.ema_enabled else None
-    clock = SlowestClock(rt)
+    ema, clock = (WeightEMA(model, h.ema_horizon_frac) if h.ema_enabled else None), SlowestClock(rt)
     host_ms, step, stopped_by_clock = 0.0, 0, False
     rt.synchronize()
     t_start = time.perf_counter()
@@ -1548,8 +1517,7 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         stopped_by_clock = bool(budget_ms) and clock.next_step_ends(step) >= budget_ms
         if stopped_by_clock and not logged:
             clock.read_now(now, step)
-            logged = True
-        if logged:
+        if logged or stopped_by_clock:
             log_training_step(rt, h, loss, step, clock.ms, global_seqs * window)
         if stopped_by_clock:
             rt.log(f"stopping_early: wallclock_cap train_time:{clock.ms:.0f}ms step:{step}/{h.iterations}")
@@ -1559,16 +1527,14 @@ def train_model(h: Hyperparameters, model: GPT, runners: Runners, rt: Runtime, e
         ema.copy_to_model()
         rt.log(f"ema_applied horizon_frac:{h.ema_horizon_frac}")
     log_compiles(rt, "training", graphs)
-    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if broken:
+    if broken := [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]:
         raise TrainingDiverged(f"after {step} steps these weights are not finite: {', '.join(broken)}; no artifact or score "
                                f"is produced. Lower the learning rates (MATRIX_LR, EMBED_LR, SCALAR_LR).")
     return {"train_ms": clock.ms, "steps": step, "loader": loader}
 
 def log_peak_memory(rt: Runtime) -> None:
     if rt.device.type == "cuda":
-        allocated = torch.cuda.max_memory_allocated() // 2**20
-        reserved = torch.cuda.max_memory_reserved() // 2**20
+        allocated, reserved = torch.cuda.max_memory_allocated() // 2**20, torch.cuda.max_memory_reserved() // 2**20
     else:  # CPU: the process's peak resident memory stands in for both
         import resource
         allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
@@ -1577,19 +1543,17 @@ def log_peak_memory(rt: Runtime) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # GPTQ EXPORT
-# Input Hessians (X^T X) come from training batches only, summed over every pass of a looped
-# layer, and for the tied embedding from the final hidden states. GPTQ quantizes columns in
-# order of decreasing Hessian diagonal and pushes each column's rounding error onto the
-# columns not yet quantized; rows are clipped at k standard deviations (SDClip). The path is
-# chosen by role, not size: bank matrices and the embedding are quantized, every other tensor
-# passes through as fp16. The artifact is a JSON header plus raw byte-shuffled arrays, then
-# compressed: loading it never unpickles anything.
+# Input Hessians (X^T X) come from training batches only, summed over every pass of a looped layer (the
+# tied embedding's: the final hidden states). GPTQ quantizes columns by decreasing Hessian diagonal and
+# pushes each column's rounding error onto the columns not yet quantized; rows clip at k standard
+# deviations (SDClip). By role, not size: bank matrices and the embedding are quantized, every other
+# tensor passes as fp16. The artifact is a JSON header plus raw byte-shuffled arrays, compressed:
+# loading it never unpickles anything.
 # ---------------------------------------------------------------------------------------------
 
 ARTIFACT_MAGIC = b"PGA2"
 ARTIFACT_FORMAT = 4  # 4: two-lane parallel residuals and the tokenizer's SHA-256 in the header
-# Header: magic, compressor id, CRC-32 of the compressor id and the compressed stream (9 bytes).
-ARTIFACT_PREFIX_BYTES = 9
+ARTIFACT_PREFIX_BYTES = 9  # magic, compressor id, CRC-32 of the compressor id and the compressed stream
 MAX_HEADER_BYTES = 1 << 20
 
 def compress(data: bytes, method: str) -> bytes:
@@ -1603,45 +1567,33 @@ def compress(data: bytes, method: str) -> bytes:
     return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 class BoundedDecompressor:
-    """Decompresses a stream a piece at a time, never producing much more than asked for, so a
-    crafted artifact (a few KB that inflate to GBs) is refused before it fills memory."""
-
+    """Decompresses a stream a piece at a time, never producing much more than asked for, so a crafted artifact
+    (a few KB that inflate to GBs) is refused before it fills memory."""
     def __init__(self, data: bytes, method: str):
-        self.pending = b""
+        self.pending, self.unfed = b"", data
         self.trailing = lambda: False  # brotli and zstd refuse bytes after their stream themselves
-        if method == "brotli":
+        if method == "brotli":  # output_buffer_limit needs brotli >= 1.2 (requirements.txt)
             import brotli
-            decoder, fed = brotli.Decompressor(), [False]
-
-            def pull(n: int) -> bytes:  # output_buffer_limit needs brotli >= 1.2 (requirements.txt)
-                if decoder.is_finished():
-                    return b""
-                chunk = decoder.process(b"" if fed[0] else data, output_buffer_limit=n)
-                fed[0] = True
-                return chunk
+            decoder = brotli.Decompressor()
+            self.pull = lambda n: b"" if decoder.is_finished() else decoder.process(self.feed(), output_buffer_limit=n)
         elif method == "zstd":
             import zstandard
-            pull = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read
+            self.pull = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read
         else:
             import lzma
-            decoder, fed = lzma.LZMADecompressor(), [False]
-
-            def pull(n: int) -> bytes:
-                if decoder.eof:
-                    return b""
-                chunk = decoder.decompress(b"" if fed[0] else data, max_length=n)
-                fed[0] = True
-                return chunk
+            decoder = lzma.LZMADecompressor()
+            self.pull = lambda n: b"" if decoder.eof else decoder.decompress(self.feed(), max_length=n)
             self.trailing = lambda: decoder.eof and bool(decoder.unused_data)  # junk after the stream's end
-        self.pull = pull
+
+    def feed(self) -> bytes:
+        """The compressed stream on the first call, nothing after: the decoder keeps what it has not yet used."""
+        data, self.unfed = self.unfed, b""
+        return data
 
     def read(self, n: int) -> bytes:
         """The next n bytes of output, or fewer where the stream ends."""
         parts, have = [self.pending], len(self.pending)
-        while have < n:
-            chunk = self.pull(min(n - have, 1 << 24))
-            if not chunk:
-                break
+        while have < n and (chunk := self.pull(min(n - have, 1 << 24))):
             parts.append(chunk)
             have += len(chunk)
         out = b"".join(parts)
@@ -1659,26 +1611,21 @@ def quant_units(model: GPT) -> list[tuple[str, int, str]]:
     return units
 
 def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
-    """(bits, SDClip k) by role: the tied embedding at int7 with k = 14 and attention matrices
-    at k = 13, int6 (PRs #1586, #1626, #1855); MLP matrices at int6 with k = 12.5, not PR #1855's
-    11.5, which fits 16 MB only with its stronger compressor (README, size planning)."""
+    """(bits, SDClip k) by role: the tied embedding at int7 with k = 14, attention matrices at int6 with k = 13 (PRs
+    #1586, #1626, #1855); MLP matrices at int6 with k = 12.5, not PR #1855's 11.5, which fits 16 MB only with its
+    stronger compressor (README, size planning)."""
     if name == "tok_emb.weight":
         return h.embed_bits, h.embed_clip_sigmas
-    if name in ("qo_bank", "kv_bank"):
-        return h.matrix_bits, h.attn_clip_sigmas
-    return h.matrix_bits, h.mlp_clip_sigmas
+    return h.matrix_bits, (h.attn_clip_sigmas if name in ("qo_bank", "kv_bank") else h.mlp_clip_sigmas)
 
 @torch.no_grad()
 def collect_hessians(model: GPT, h: Hyperparameters, rt: Runtime, calibrate=None) -> dict[str, torch.Tensor]:
-    """Average X^T X per matrix input over GPTQ_CALIB_BATCHES training batches (each one
-    step's global batch, split over ranks as in training: PR #1855 used 16). `calibrate` runs
-    the forward (Runners.calibrate; default: model.hidden_states, the reference layout)."""
-    calibrate = calibrate or model.hidden_states
-    global_seqs = h.train_batch_tokens // h.train_seq_len
+    """Average X^T X per matrix input over GPTQ_CALIB_BATCHES training batches (each one step's global batch, split
+    over ranks as in training: PR #1855 used 16), run through `calibrate` (default: model.hidden_states)."""
+    calibrate, global_seqs = calibrate or model.hidden_states, h.train_batch_tokens // h.train_seq_len
     # A seed of its own: calibration reads training shards only, never the validation split.
     loader = TrainLoader(h.data_path, h.train_seq_len, global_seqs, rt.rank, rt.world_size, h.seed + 1)
-    micro_seqs = h.calibration_rows(rt.world_size)
-    was_training = model.training
+    micro_seqs, was_training = h.calibration_rows(rt.world_size), model.training
     model.eval()
     model.hessians = model.hessian_buffers()
     try:
@@ -1705,11 +1652,10 @@ def sdclip_scale(weight: torch.Tensor, bits: int, clip_sigmas: float) -> torch.T
 WIDE_QMAX = 127  # AWQ-lite's columns: int8 levels on the same clipping range, so steps of scale * qmax / 127
 
 def column_grid(cols: int, bits: int, wide: list[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest level, step as a fraction of the row scale) of every column: qmax and 1, except in
-    AWQ-lite's `wide` column ranges [start, end): 127 and qmax / 127 (the same clipping range, finer)."""
+    """(largest level, step as a fraction of the row scale) of every column: qmax and 1, except in AWQ-lite's
+    `wide` column ranges [start, end): 127 and qmax / 127 (the same clipping range, finer)."""
     qmax = 2 ** (bits - 1) - 1
-    levels = torch.full((cols,), float(qmax), device=device)
-    steps = torch.ones(cols, device=device)
+    levels, steps = torch.full((cols,), float(qmax), device=device), torch.ones(cols, device=device)
     for start, end in wide:
         levels[start:end], steps[start:end] = WIDE_QMAX, qmax / WIDE_QMAX
     return levels, steps
@@ -1722,9 +1668,8 @@ def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[t
 
 def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_sigmas: float,
                   damp: float, block: int, wide: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """GPTQ on a (rows, cols) matrix. Returns int8 levels, fp16 row scales and the number of
-    damping increases needed for the Cholesky factorisation to succeed. Columns in the `wide`
-    ranges are quantized on the int8 grid (AWQ-lite), and the solve carries their smaller error on."""
+    """GPTQ on a (rows, cols) matrix: int8 levels, fp16 row scales and how many times damping rose tenfold for the
+    Cholesky factorisation to succeed. The `wide` column ranges use the int8 grid (AWQ-lite)."""
     w = weight.float().clone()
     scale = sdclip_scale(w, bits, clip_sigmas)
     levels, steps = column_grid(w.size(1), bits, wide, w.device)
@@ -1738,14 +1683,13 @@ def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_s
     top_of, bottom_of = levels[order], -levels[order]
     eye = torch.eye(H.size(0), device=H.device)
     for retries in range(8):
-        factor, info = torch.linalg.cholesky_ex(H + damp * 10**retries * torch.diag(H).mean() * eye)
+        hinv, info = torch.linalg.cholesky_ex(H + damp * 10**retries * torch.diag(H).mean() * eye)
         if info == 0:
-            factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(factor), upper=True)
+            hinv, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(hinv), upper=True)
         if info == 0:
             break
     else:
         raise RuntimeError("GPTQ: the Hessian stayed singular after raising damping 10^7-fold; use QUANT_METHOD=rtn.")
-    hinv = factor
     q = torch.zeros_like(w)
     for i1 in range(0, w.size(1), block):
         i2 = min(i1 + block, w.size(1))
@@ -1758,15 +1702,13 @@ def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, clip_s
             w_block[:, j:] -= err[:, None] * hinv[i1 + j, i1 + j:i2][None, :]
             errors[:, j] = err
         w[:, i2:] -= errors @ hinv[i1:i2, i2:]
-    q = q[:, torch.argsort(order)]
-    return q.to(torch.int8), scale.half(), retries
+    return q[:, torch.argsort(order)].to(torch.int8), scale.half(), retries
 
 @dataclass
 class QuantizedTensor:
-    """One quantized parameter, a matrix or a bank of them (slot: the matrix's index in the bank,
-    -1 for a whole matrix): int8 levels times fp16 row scales. `wide` lists AWQ-lite's column
-    ranges on the int8 grid, [slot, start, end]; `lqer` the low-rank corrections, [slot, group,
-    A levels, A scale, B levels, B group scales]."""
+    """One quantized parameter, a matrix or a bank of them (slot: the matrix's index in the bank, -1 for a whole
+    matrix): int8 levels times fp16 row scales. `wide` lists AWQ-lite's int8 column ranges, [slot, start, end];
+    `lqer` the low-rank corrections, [slot, group, A levels, A scale, B levels, B group scales]."""
     bits: int
     q: torch.Tensor
     scale: torch.Tensor
@@ -1785,15 +1727,15 @@ class QuantizedTensor:
 LQER_A_LEVELS = (-2, 1)  # int2
 LQER_B_LEVELS = (-8, 7)  # int4
 
-def lqer_product(group: int, a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+def lqer_product(group: int, a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor,
+                 b_scale: torch.Tensor) -> torch.Tensor:
     """The dequantized correction A B: A's levels times its one scale, B's times its group scales."""
     b_steps = b_scale.float().repeat_interleave(group, dim=1)[:, :b.size(1)]
     return (a.float() * a_scale.float()) @ (b.float() * b_steps)
 
 def lqer_factors(error: torch.Tensor, rank: int, group: int) -> tuple[torch.Tensor, ...]:
-    """A rank-`rank` SVD of a quantisation error, E ~ (U S) V^T (PR #2135): U S on int2 levels
-    [-2, 1] with one fp16 scale max|U S| / 1.5, V^T on int4 levels [-8, 7] with an fp16 scale
-    (max / 7.5) per `group` columns. Returns (A levels, A scale, B levels, B scales)."""
+    """A rank-`rank` SVD of a quantisation error, E ~ (U S) V^T (PR #2135): U S on int2 levels with one fp16 scale
+    max|U S| / 1.5, V^T on int4 levels with an fp16 scale (max / 7.5) per `group` columns."""
     u, sv, vh = torch.linalg.svd(error.float(), full_matrices=False)
     left, right = u[:, :rank] * sv[:rank], vh[:rank]
     tiny = torch.finfo(torch.float16).tiny  # a stored scale is never 0
@@ -1806,9 +1748,8 @@ def lqer_factors(error: torch.Tensor, rank: int, group: int) -> tuple[torch.Tens
     return a.to(torch.int8), a_scale, b.to(torch.int8), b_scale
 
 def awq_columns(model: GPT, units: list, hessians: dict[str, torch.Tensor], h: Hyperparameters) -> dict[int, list]:
-    """AWQ-lite (PR #1908): the AWQ_GROUPS most salient groups of AWQ_GROUP_COLS input columns
-    over every quantized matrix, saliency = RMS of the group's input activations (the Hessian's
-    diagonal) x the mean |W| over the group. {unit index: [(start, end), ...]}."""
+    """AWQ-lite (PR #1908): the AWQ_GROUPS most salient groups of AWQ_GROUP_COLS input columns over every quantized
+    matrix, by RMS input activation (the Hessian's diagonal) x mean |W|. {unit index: [(start, end), ...]}."""
     params, width, scored = dict(model.named_parameters()), h.awq_group_cols, []
     for i, (name, slot, key) in enumerate(units):
         weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
@@ -1817,36 +1758,32 @@ def awq_columns(model: GPT, units: list, hessians: dict[str, torch.Tensor], h: H
             continue
         power = torch.diag(hessians[key]).float().clamp_min(0)[:whole].view(-1, width).mean(1)
         magnitude = weight.float().abs().mean(0)[:whole].view(-1, width).mean(1)
-        for g, value in enumerate((power.sqrt() * magnitude).tolist()):
-            scored.append((value, i, g * width))
+        scored += [(value, i, g * width) for g, value in enumerate((power.sqrt() * magnitude).tolist())]
     chosen: dict[int, list] = {}
     for _, i, start in sorted(scored, reverse=True)[:h.awq_groups]:
         chosen.setdefault(i, []).append((start, start + width))
     return chosen
 
 def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hyperparameters, rt: Runtime) -> dict:
-    """Quantize every unit (units spread over ranks, results broadcast), then add the LQER
-    corrections; returns the tensors of the artifact: {name: QuantizedTensor | fp16 tensor}."""
-    params = dict(model.named_parameters())
-    units = quant_units(model)
+    """The artifact's tensors, {name: QuantizedTensor | fp16 tensor}: units spread over ranks, then LQER added."""
+    params, units = dict(model.named_parameters()), quant_units(model)
     wide_of = awq_columns(model, units, hessians, h) if h.quant_method == "gptq" and h.awq_groups > 0 else {}
-    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # unit index: (levels, scales)
     needed_damping = []
     for i, (name, slot, key) in enumerate(units):
         weight = params[name].detach() if slot < 0 else params[name].detach()[slot]
         bits, clip = quant_spec(name, h)
-        if i % rt.world_size == rt.rank:
-            if h.quant_method == "gptq":
-                q, scale, retries = quantize_gptq(weight, hessians[key], bits, clip, h.gptq_damp, h.gptq_block,
-                                                  wide_of.get(i, []))
-                if retries:
-                    needed_damping.append(f"{name}[{slot}]x{10**retries}")
-            else:
-                q, scale = quantize_rtn(weight, bits, clip)
+        if i % rt.world_size != rt.rank:  # another rank's unit: its broadcast fills these
+            results[i] = (torch.empty(weight.shape, dtype=torch.int8, device=weight.device),
+                          torch.empty(weight.size(0), dtype=torch.float16, device=weight.device))
+        elif h.quant_method != "gptq":
+            results[i] = quantize_rtn(weight, bits, clip)
         else:
-            q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-            scale = torch.empty(weight.size(0), dtype=torch.float16, device=weight.device)
-        results[i] = (q, scale)
+            q, scale, retries = quantize_gptq(weight, hessians[key], bits, clip, h.gptq_damp, h.gptq_block,
+                                              wide_of.get(i, []))
+            results[i] = (q, scale)
+            if retries:
+                needed_damping.append(f"{name}[{slot}]x{10**retries}")
     if rt.world_size > 1:
         for i, (q, scale) in results.items():
             dist.broadcast(q, src=i % rt.world_size)
@@ -1865,9 +1802,9 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
         if not mine:
             tensors[name] = param.detach().half().cpu()
             continue
-        stack = (lambda k: results[mine[0][1]][k].cpu()) if mine[0][0] < 0 else (
-            lambda k: torch.stack([results[i][k] for _, i in mine]).cpu())
-        tensors[name] = QuantizedTensor(quant_spec(name, h)[0], stack(0), stack(1),
+        pieces = [results[i] for _, i in mine]  # one matrix, or a bank's slots in order
+        q, scale = pieces[0] if mine[0][0] < 0 else [torch.stack(part) for part in zip(*pieces)]
+        tensors[name] = QuantizedTensor(quant_spec(name, h)[0], q.cpu(), scale.cpu(),
                                         [[slot, a, b] for slot, i in mine for a, b in wide_of.get(i, [])])
     if h.lqer_rank > 0:
         add_lqer_corrections(tensors, params, units, h, rt)
@@ -1877,9 +1814,8 @@ def quantize_model(model: GPT, hessians: dict[str, torch.Tensor] | None, h: Hype
     return tensors
 
 def add_lqer_corrections(tensors: dict, params: dict, units: list, h: Hyperparameters, rt: Runtime) -> None:
-    """LQER (PR #2135): the LQER_TENSORS matrices whose quantisation error W - W_hat has the
-    largest Frobenius norm get a low-rank correction (lqer_factors); one that would not lower
-    that error is dropped. Every rank computes the same corrections from the same tensors."""
+    """LQER (PR #2135): the LQER_TENSORS matrices of largest quantisation error ||W - W_hat|| get a low-rank
+    correction (lqer_factors), kept only if it lowers that error. Every rank computes the same corrections."""
     errors, approx = [], {name: tensors[name].dequantized() for name, _, _ in units}
     for i, (name, slot, _) in enumerate(units):
         error = params[name].detach().float().cpu() - approx[name]
@@ -1890,8 +1826,7 @@ def add_lqer_corrections(tensors: dict, params: dict, units: list, h: Hyperparam
     kept = []
     for error, i in errors[:h.lqer_tensors]:
         name, slot, _ = units[i]
-        rank = min(h.lqer_rank, *error.shape)
-        a, a_scale, b, b_scale = lqer_factors(error, rank, h.lqer_group)
+        a, a_scale, b, b_scale = lqer_factors(error, min(h.lqer_rank, *error.shape), h.lqer_group)
         after = float((error - lqer_product(h.lqer_group, a, a_scale, b, b_scale)).norm())
         if after < float(error.norm()):
             tensors[name].lqer.append([slot, h.lqer_group, a, a_scale, b, b_scale])
@@ -1904,22 +1839,18 @@ def _shuffled_bytes(array: np.ndarray) -> bytes:
     return raw.reshape(-1, array.itemsize).T.tobytes() if array.itemsize > 1 else raw.tobytes()
 
 def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    raw = np.frombuffer(blob, dtype=np.uint8)
+    dtype, raw = np.dtype(dtype), np.frombuffer(blob, dtype=np.uint8)
     if dtype.itemsize > 1:
         raw = raw.reshape(dtype.itemsize, -1).T.copy()
-    return raw.view(dtype).reshape(shape)
+    return raw.view(dtype).reshape(shape).copy()  # writable: torch.from_numpy shares it
 
 def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_sha256: str = "") -> bytes:
-    arrays, entries, offset = [], {}, 0
+    arrays, entries = [], {}
 
     def add(array: np.ndarray) -> dict:
-        nonlocal offset
-        data = _shuffled_bytes(array)
+        data, offset = _shuffled_bytes(array), sum(map(len, arrays))  # offset: the bytes queued before it
         arrays.append(data)
-        ref = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset, "nbytes": len(data)}
-        offset += len(data)
-        return ref
+        return {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset, "nbytes": len(data)}
 
     for name, item in tensors.items():
         if isinstance(item, QuantizedTensor):
@@ -1943,11 +1874,9 @@ def seal_artifact(method: str, stream: bytes) -> bytes:
 KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", list: "a list of strings"}
 
 def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str = "the artifact") -> ModelConfig:
-    """The model settings of an artifact (or of a checkpoint: `source` names the file), refused
-    before anything is built unless they are a model this script could have written for this data:
-    each value of the JSON type this script writes, then through the same checks as the environment's
-    settings, this vocabulary and BOS id, and no more parameters than the file's bytes could hold or
-    the device's memory could evaluate."""
+    """An artifact's (or a checkpoint's: `source`) model settings, refused before anything is built unless this
+    script could have written them for this data: JSON types, the environment's checks, vocabulary and BOS id, and
+    no more parameters than the file's bytes could hold or the device's memory could evaluate."""
     if not isinstance(raw, dict) or set(raw) != set(MODEL_FIELDS) | {"bos_id"}:
         fields_seen = sorted(raw) if isinstance(raw, dict) else raw
         raise InputError(f"{source}'s model config has the fields {fields_seen!r}, not this script's; it was not "
@@ -1971,11 +1900,11 @@ def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str 
         raise InputError(f"{source}'s model has a {h.vocab_size}-token vocabulary but the data and tokenizer have "
                          f"{vocab_size}; evaluate it with the VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH it was trained on")
     if type(raw["bos_id"]) is not int or raw["bos_id"] != BOS_ID:
-        raise InputError(f"{source}'s model config has bos_id={raw['bos_id']!r}; the challenge's tokenizers put BOS at {BOS_ID}")
+        raise InputError(f"{source}'s model config has bos_id={raw['bos_id']!r}; the challenge's tokenizers put BOS at "
+                         f"{BOS_ID}")
     cfg = h.model_config()
     params = parameter_count(cfg)
-    # A real artifact stores 2-3 parameters per byte (int6 after brotli); 64 per byte would need
-    # weights far more regular than any trained model's: a few compressed bytes never build a giant.
+    # Real artifacts hold 2-3 parameters a byte (int6 after brotli): a few bytes never build a giant.
     if params > 64 * artifact_bytes:
         raise InputError(f"{source}'s model config asks for {params:,} parameters from {artifact_bytes:,} bytes "
                          f"(at most 64 a byte); refusing to build it")
@@ -1986,8 +1915,7 @@ def checked_config(raw: dict, vocab_size: int, artifact_bytes: int, source: str 
     return cfg
 
 def untrained_model(h: Hyperparameters) -> GPT:
-    """The untrained model, on the CPU, drawn from SEED alone: training starts from it and the
-    packager rebuilds it to check a log's init_probe line (records/package.py)."""
+    """The untrained model on the CPU, drawn from SEED alone (records/package.py rebuilds it to check init_probe)."""
     torch.manual_seed(h.seed)
     return GPT(h.model_config())
 
@@ -1997,57 +1925,49 @@ def parameter_count(cfg: ModelConfig) -> int:
         return sum(p.numel() for p in GPT(cfg).parameters())
 
 def device_memory_bytes() -> int:
-    """Memory of the device a model will live on: the GPU's, else this process's share of the
-    machine's physical memory (the processes torchrun started on this host split it)."""
+    """The GPU's memory, else this process's share of the machine's (torchrun's processes on this host split it)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))))
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local_processes
 
 def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int]:
-    """(parameters, a lower bound on one process's training memory): 20 bytes a parameter (fp32
-    weights, gradients, EMA and at least one optimizer moment), what one micro-batch saves for
-    the backward pass (its residual, q/k/v/attention outputs and the MLP's hidden layer before
-    and after the activation, 2 bytes each, in every virtual layer) and its fp32 logits with
-    their gradient. For the default model's 98,304-token micro-batch that is 25.8 GiB; the first
-    GPU run measured 44.0 GiB allocated for the same micro-batch (README: First GPU run)."""
-    cfg = h.model_config()
+    """(parameters, a lower bound on one process's training memory): 20 bytes a parameter (fp32 weights, gradients,
+    EMA, at least one optimizer moment), what one micro-batch saves for backward (residual, q/k/v/attention outputs,
+    the MLP's hidden layer before and after the activation: 2 bytes each per virtual layer), its fp32 logits and their
+    gradient. The default 98,304-token micro-batch: 25.8 GiB; the first GPU run measured 44.0 GiB (README)."""
+    cfg, tokens = h.model_config(), h.micro_batch_tokens(world_size)
     params = parameter_count(cfg)
-    tokens = h.micro_batch_tokens(world_size)
     depth = cfg.num_layers + cfg.loop_len * cfg.num_loops
     saved = tokens * depth * (4 * cfg.model_dim + 2 * cfg.mlp_dim) * 2
     logits = tokens * cfg.vocab_size * 4 * 2
     return params, 20 * params + saved + logits
 
 def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
-    """Refuse, before anything is allocated, a model and micro-batch that cannot fit to train.
-    Every rank checks its own device, and all stop together (agree) with rank 0's line."""
-    params, need = training_memory_bytes(h, rt.world_size)
-    have = device_memory_bytes()
-    problem = None if need <= have else (
+    """Refuse, before anything is allocated, a model and micro-batch too big to train; all ranks stop together."""
+    (params, need), have = training_memory_bytes(h, rt.world_size), device_memory_bytes()
+    agree(rt, None if need <= have else (
         f"these settings (a model of {params:,} parameters: NUM_LAYERS={h.num_layers} MODEL_DIM={h.model_dim} "
-        f"MLP_MULT={h.mlp_mult}; micro-batches of {h.micro_batch_tokens(rt.world_size):,} tokens) need at least {need / 2**30:.1f} GiB a process "
-        f"to train, more than this device's {have / 2**30:.1f} GiB; lower MICRO_BATCH_SEQS, TRAIN_SEQ_LEN, NUM_LAYERS, "
-        f"MODEL_DIM or MLP_MULT.")
-    agree(rt, problem)
+        f"MLP_MULT={h.mlp_mult}; micro-batches of {h.micro_batch_tokens(rt.world_size):,} tokens) need at least "
+        f"{need / 2**30:.1f} GiB a process to train, more than this device's {have / 2**30:.1f} GiB; lower "
+        f"MICRO_BATCH_SEQS, TRAIN_SEQ_LEN, NUM_LAYERS, MODEL_DIM or MLP_MULT."))
 
 def artifact_corrupt(reason: str) -> InputError:
     return InputError(f"the artifact is corrupt or truncated ({reason}); refusing to load it. Copy it again or "
                       f"re-export it with EXPORT_ONLY=<checkpoint>")
 
-def artifact_header(blob: bytes, vocab_size: int, tokenizer_sha256: str | None) -> tuple[dict, ModelConfig, BoundedDecompressor]:
-    """Magic, checksum, format, config and tokenizer, each checked before anything trusts it; returns the
-    header, the checked config and the stream positioned at the payload."""
+def artifact_header(blob: bytes, vocab_size: int,
+                    tokenizer_sha256: str | None) -> tuple[dict, ModelConfig, BoundedDecompressor]:
+    """Magic, checksum, format, config and tokenizer, each checked before anything trusts it; returns the header,
+    the checked config and the stream positioned at the payload."""
     if blob[:4] != ARTIFACT_MAGIC or len(blob) < ARTIFACT_PREFIX_BYTES or blob[4] >= len(COMPRESSORS):
         raise InputError("not a train_gpt.py artifact (bad magic); refusing to load it. Only files written by this "
                          "script's export can be evaluated")
-    body = blob[4:5] + blob[ARTIFACT_PREFIX_BYTES:]
-    if zlib.crc32(body) != int.from_bytes(blob[5:9], "little"):
+    if zlib.crc32(blob[4:5] + blob[ARTIFACT_PREFIX_BYTES:]) != int.from_bytes(blob[5:9], "little"):
         raise InputError("the artifact's checksum does not match its contents: the file is corrupt (even one changed "
                          "bit is refused). Copy it again or re-export it with EXPORT_ONLY=<checkpoint>")
     stream = BoundedDecompressor(blob[ARTIFACT_PREFIX_BYTES:], COMPRESSORS[blob[4]])
-    header_len = int.from_bytes(stream.read(4), "little")
-    if header_len > MAX_HEADER_BYTES:
+    if (header_len := int.from_bytes(stream.read(4), "little")) > MAX_HEADER_BYTES:
         raise artifact_corrupt(f"a {header_len:,}-byte header")
     header = json.loads(stream.read(header_len))
     if header.get("format") != ARTIFACT_FORMAT:
@@ -2055,14 +1975,15 @@ def artifact_header(blob: bytes, vocab_size: int, tokenizer_sha256: str | None) 
                          f"(this one reads format {ARTIFACT_FORMAT}); evaluate it with the script that wrote it")
     cfg = checked_config(header.get("config"), vocab_size, len(blob))
     if tokenizer_sha256 is not None and header.get("tokenizer_sha256") != tokenizer_sha256:
-        raise InputError(f"the artifact was trained with the tokenizer of SHA-256 {str(header.get('tokenizer_sha256'))[:16]}, "
-                         f"but TOKENIZER_PATH has {tokenizer_sha256[:16]}; evaluate it with its own tokenizer and data "
-                         f"(a CaseOps and a plain tokenizer of one vocabulary size do not share token meanings)")
+        raise InputError(f"the artifact was trained with the tokenizer of SHA-256 "
+                         f"{str(header.get('tokenizer_sha256'))[:16]}, but TOKENIZER_PATH has {tokenizer_sha256[:16]}; "
+                         f"evaluate it with its own tokenizer and data (a CaseOps and a plain tokenizer of one "
+                         f"vocabulary size do not share token meanings)")
     return header, cfg, stream
 
 def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
-    """Every array the tensor entries name, each checked against the model's shapes (dtype, shape,
-    bits, AWQ-lite column ranges, LQER factors) before any byte of the payload is read."""
+    """Every array the tensor entries name, each checked against the model's shapes (dtype, shape, bits, AWQ-lite
+    column ranges, LQER factors) before any byte of the payload is read."""
     arrays = []
 
     def check(ref: dict, dtype: str, shape: tuple, what: str) -> None:
@@ -2073,7 +1994,8 @@ def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
     def matrix_of(name: str, slot) -> tuple[int, int]:
         """(rows, cols) of one matrix of tensor `name`; slot -1 for a matrix, an index for a bank."""
         shape = shapes[name]
-        if not isinstance(slot, int) or isinstance(slot, bool) or not (0 <= slot < shape[0] if len(shape) == 3 else slot == -1):
+        if not isinstance(slot, int) or isinstance(slot, bool) or not (
+                0 <= slot < shape[0] if len(shape) == 3 else slot == -1):
             raise artifact_corrupt(f"{name} has no matrix {slot!r}")
         return shape[-2], shape[-1]
 
@@ -2096,15 +2018,15 @@ def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
             if not (isinstance(rank, int) and 1 <= rank <= min(rows, cols) and isinstance(group, int) and group >= 1):
                 raise artifact_corrupt(f"{name}[{fix['slot']}] has an LQER correction of rank {rank!r}, group {group!r}")
             for key, dtype, shape, what in (("a", "|i1", (rows, rank), "A"), ("a_scale", "<f2", (1,), "A scale"),
-                                            ("b", "|i1", (rank, cols), "B"), ("b_scale", "<f2", (rank, -(-cols // group)), "B scales")):
+                                            ("b", "|i1", (rank, cols), "B"),
+                                            ("b_scale", "<f2", (rank, -(-cols // group)), "B scales")):
                 check(fix[key], dtype, shape, f"{name} LQER {what}")
     return arrays
 
-def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Parse an artifact into a config and dequantized float32 tensors, each part checked before any
-    work that trusts it (artifact_header, payload_arrays); decompression stops where the config says
-    the payload ends. Only JSON and raw arrays are read: a file crafted to run code when unpickled is
-    refused, never run."""
+def deserialize_artifact(blob: bytes, vocab_size: int,
+                         tokenizer_sha256: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """An artifact's config and dequantized float32 tensors, each part checked before any work trusts it; only JSON
+    and raw arrays are read (nothing is unpickled), and decompression stops where the config says the payload ends."""
     try:
         header, cfg, stream = artifact_header(blob, vocab_size, tokenizer_sha256)
         with torch.device("meta"):
@@ -2121,7 +2043,7 @@ def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | N
             size = math.prod(ref["shape"]) * np.dtype(ref["dtype"]).itemsize
             if ref["offset"] < 0 or ref["offset"] + size > total or ref["nbytes"] != size:
                 raise artifact_corrupt(f"an array at offset {ref['offset']} lies outside the payload")
-            values = torch.from_numpy(_unshuffled(data[ref["offset"]: ref["offset"] + size], ref["dtype"], ref["shape"]).copy())
+            values = torch.from_numpy(_unshuffled(data[ref["offset"]: ref["offset"] + size], ref["dtype"], ref["shape"]))
             if levels and values.numel() and not (levels[0] <= int(values.min()) and int(values.max()) <= levels[1]):
                 raise artifact_corrupt(f"{what} has levels outside [{levels[0]}, {levels[1]}]")
             return values
@@ -2133,13 +2055,13 @@ def deserialize_artifact(blob: bytes, vocab_size: int, tokenizer_sha256: str | N
                 continue
             lqer = [[fix["slot"], fix["group"], read(fix["a"], LQER_A_LEVELS, f"{name} LQER A"), read(fix["a_scale"]),
                      read(fix["b"], LQER_B_LEVELS, f"{name} LQER B"), read(fix["b_scale"])] for fix in entry["lqer"]]
-            state[name] = QuantizedTensor(entry["bits"], read(entry["q"]), read(entry["scale"]), entry["wide"], lqer).dequantized()
+            quantized = QuantizedTensor(entry["bits"], read(entry["q"]), read(entry["scale"]), entry["wide"], lqer)
+            state[name] = quantized.dequantized()
     except InputError:
         raise
     except Exception as exc:  # brotli/zstd/lzma, JSON, numpy and key errors alike
         raise artifact_corrupt(f"{type(exc).__name__}: {exc}") from exc
-    broken = [name for name, t in state.items() if not torch.isfinite(t).all()]
-    if broken:
+    if broken := [name for name, t in state.items() if not torch.isfinite(t).all()]:
         raise InputError(f"the artifact's weights are not finite ({', '.join(broken)}): it cannot give a score")
     return cfg, state
 
@@ -2152,8 +2074,7 @@ def read_artifact_file(path: str) -> bytes:
         if f.read(4) != ARTIFACT_MAGIC:
             raise InputError(f"{path} is not a train_gpt.py artifact (bad magic); refusing to load it. Only files written "
                              f"by this script's export can be evaluated")
-    size = path.stat().st_size
-    if size > 4 * CHALLENGE_LIMIT_BYTES:
+    if (size := path.stat().st_size) > 4 * CHALLENGE_LIMIT_BYTES:
         raise InputError(f"{path} has {size:,} bytes, over 4x the challenge's {CHALLENGE_LIMIT_BYTES:,}-byte limit; "
                          f"refusing to read it")
     return path.read_bytes()
@@ -2171,10 +2092,8 @@ def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
         return blob
     size = torch.tensor([len(blob) if rt.is_main else 0], dtype=torch.int64, device=rt.device)
     dist.broadcast(size, src=0)
-    if rt.is_main:
-        buf = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(rt.device)
-    else:
-        buf = torch.empty(int(size), dtype=torch.uint8, device=rt.device)
+    buf = (torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(rt.device) if rt.is_main
+           else torch.empty(int(size), dtype=torch.uint8, device=rt.device))
     dist.broadcast(buf, src=0)
     return bytes(buf.cpu().numpy())
 
