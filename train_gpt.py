@@ -2492,8 +2492,7 @@ def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end:
 # longest first; each rank takes whole batches by a fixed rule, so the score never depends on timing.
 
 def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per position t: a 64-bit hash of tokens t-order..t-1, and whether all of them lie in target t's own document
-    (its BOS included)."""
+    """Per position t: a 64-bit hash of tokens t-order..t-1, and whether all lie in t's document (its BOS included)."""
     n, tokens = len(val), val.long()
     mixed = torch.zeros(n, dtype=torch.long, device=val.device)
     for back in range(order, 0, -1):  # int64 products wrap: a polynomial hash mod 2^64
@@ -2624,8 +2623,7 @@ def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: 
     prefix = min(h.phased_ttt_prefix_docs, len(docs))
     # A phase helps only documents scored after it: none is placed after the last batch.
     phase_ends = sorted({math.ceil(prefix * k / phases / size) for k in range(1, phases + 1)} - {len(batches)})
-    # Deterministic balance by work: within each stretch between phases, the next batch (they come longest first)
-    # goes to the rank with the least work so far (the lowest such rank).
+    # Deterministic balance of work: between phases, each batch (longest first) goes to the least-loaded lowest rank.
     owner, load = [], [0] * world_size
     for b, batch in enumerate(batches):
         if b in phase_ends:
@@ -2757,8 +2755,7 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
     rt.doing("compiling the TTT graphs on random tokens")
 
     def forward_backward(run, rows: int, width: int, train: bool, sliced: bool = True) -> None:
-        # Inputs laid out as the stage's (a compiled graph is specialised to strides and ranks): slices of one token
-        # tensor, or fresh tensors for per-document rows, with a hint token beside each target under NGRAM_TILT.
+        # Laid out as the stage's inputs are: a compiled graph is specialised to their strides and ranks.
         tokens = torch.randint(2, h.vocab_size, (rows, width + 1), device=rt.device)
         inputs, targets = (tokens[:, :-1], tokens[:, 1:]) if sliced else (tokens[:, :-1].clone(), tokens[:, 1:].clone())
         if not sliced and h.ngram_tilt:
@@ -3112,8 +3109,7 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
            f"world_size:{rt.world_size} hardware:{rt.world_size}x{hardware} compile:{int(h.compile)} "
            f"doc_attention:{int(h.doc_attention)} threads:{torch.get_num_threads()}")
-    # The packager checks these against the files it packages (records/package.py): the file run, and the readable
-    # source it stands for (a packager wrapper names it in _SOURCE_SHA256).
+    # The packager checks these against the files it packages: the file run and the readable source it stands for.
     ran = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} "
            f"source_sha256:{wrapper_value('_SOURCE_SHA256') or ran}")
@@ -3121,8 +3117,7 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
         rt.log(f"hparam {name}={value}", console=False)
 
 def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_sha256: str | None = None) -> GPT:
-    """A full-precision checkpoint written by a training run. Read with weights_only, so nothing in it executes;
-    its config goes through the artifact's checks before the model is built."""
+    """A training run's full-precision checkpoint, read with weights_only (nothing in it runs), checked like an artifact."""
     def damaged(reason: str) -> InputError:
         return InputError(f"EXPORT_ONLY={path} is damaged or not a checkpoint of this script ({reason}); re-save it "
                           f"with a training run (CHECKPOINT_PATH).")
@@ -3143,8 +3138,7 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_
         raise damaged("it does not hold a config and a state_dict")
     cfg = checked_config(saved["config"], vocab_size, Path(path).stat().st_size, source=f"EXPORT_ONLY={path}")
     for name, tensor in saved["state_dict"].items():
-        # A trained checkpoint holds dense real floats that fp16 can store (the export passes some through as
-        # fp16): anything else would fail or mislead deep inside GPTQ.
+        # A trained checkpoint holds dense real floats fp16 can store: anything else fails or misleads deep in GPTQ.
         if not (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and not tensor.is_meta
                 and tensor.is_floating_point()):
             kind = (f"a {tensor.dtype} tensor ({tensor.layout}, on {tensor.device.type})"
@@ -3167,8 +3161,7 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_
 
 def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     """Copy the weights to host memory now (inside the timed export) and write them to CHECKPOINT_PATH while GPTQ runs,
-    so a failed GPTQ still leaves them for EXPORT_ONLY. Returns the function that waits and logs; a failed write (a
-    full disk, say) is reported and the run goes on."""
+    so a failed GPTQ leaves them for EXPORT_ONLY. Returns the function that waits and logs (a failed write only logs)."""
     if not (rt.is_main and h.checkpoint_path and not h.export_only):
         return lambda: None
     saved = {"config": model.cfg.__dict__, "tokenizer_sha256": h.tokenizer_sha256,
@@ -3192,8 +3185,7 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     return finish
 
 def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
-    """Calibrate and quantize (timed: it counts against the training budget), then serialize and compress on rank 0.
-    Returns the artifact bytes (on every rank) and the ms."""
+    """Quantize (timed against the training budget), serialize and compress on rank 0: the artifact (every rank), ms."""
     model.looping = model.cfg.num_loops > 0
     rt.synchronize()
     t0, graphs = time.perf_counter(), graphs_compiled()
@@ -3244,8 +3236,7 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
 
 def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
                       total_bytes: int, over_limit: bool) -> float:
-    """Round-trip, sliding and TTT stages on a model built from the artifact alone; TTT changes the weights, so it
-    runs last. The NLL dump and the score are the last stage's."""
+    """Round-trip, sliding and TTT stages (last: it changes the weights) on a model built from the artifact alone."""
     model = model_from_artifact(blob, rt.device, h.vocab_size, h.tokenizer_sha256)
     runners = prepare_model(model, h, rt)
     rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} {rt.kernels.line() if rt.kernels else ''}")
@@ -3390,9 +3381,8 @@ def main() -> None:
         if dist.is_available() and dist.is_initialized() and code not in (EXIT_STALLED, EXIT_TERMINATED):
             dist.destroy_process_group()
     if rt is not None and rt.world_size > 1:
-        # About 1 run in 30 of two gloo processes aborted during interpreter shutdown ("terminate called without an
-        # active exception") after finishing its work: gloo threads releasing tensors at finalization (pytorch PR
-        # #179291). Everything is written; skip finalization.
+        # About 1 run in 30 of two gloo processes aborted at interpreter shutdown ("terminate called without an active
+        # exception") after its work: gloo threads free tensors at finalization (pytorch PR #179291). Skip finalization.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
