@@ -2100,14 +2100,10 @@ def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
 
 # ---------------------------------------------------------------------------------------------
 # EVALUATION
-# Every stage scores windows of the validation stream: window k covers inputs [start, end)
-# and scores only the targets after the previous window's end, so each target is scored
-# exactly once and, after the first window, with at least EVAL_SEQ_LEN - EVAL_STRIDE tokens
-# of context. The plain evaluation is the same with stride = EVAL_SEQ_LEN. Test-time training
-# is legal only if it is causal, scores a normalised distribution, scores every token before any
-# update that used it, and scores each token once (challenge issues #402, #677, #1017): chunked
-# TTT scores each chunk's windows under no_grad, then trains on that chunk's already-scored
-# tokens; the last chunk is never trained on.
+# Every stage scores windows of the validation stream: a window scores only the targets after the previous
+# window's end, so each target is scored once, with at least EVAL_SEQ_LEN - EVAL_STRIDE tokens of context after the
+# first window (plain evaluation: stride = EVAL_SEQ_LEN). Test-time training is legal only if it is causal, scores a
+# normalised distribution, and scores each token once, before any update that used it (issues #402, #677, #1017).
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -2129,52 +2125,43 @@ def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
     length = min(seq_len, targets)
     count = 1 + max(0, math.ceil((targets - length) / stride))
     ends = np.minimum(length + stride * np.arange(count, dtype=np.int64), targets)
-    starts = ends - length
-    score_from = np.concatenate([[0], ends[:-1]])
-    return Windows(starts, ends, score_from, np.arange(count))
+    return Windows(ends - length, ends, np.concatenate([[0], ends[:-1]]), np.arange(count))
 
 def rank_share(count: int, rt: Runtime) -> slice:
     """A contiguous, balanced slice of `count` items for this rank."""
     return slice(count * rt.rank // rt.world_size, count * (rt.rank + 1) // rt.world_size)
 
 class NllRecorder:
-    """Per-target NLL and bytes of one stage, for NLL_DUMP_PATH audits, with the order each
-    target was scored in: a key that grows with processing order (the window's index; for
-    per-document TTT, batch index * 2^32 + chunk index) and does not depend on the world size."""
+    """Per-target NLL, bytes and scoring order of one stage, for NLL_DUMP_PATH audits. The order key grows with
+    processing order (the window's index; per-document TTT: batch * 2^32 + chunk) and ignores the world size."""
 
     def __init__(self, num_tokens: int):
-        self.nll = torch.zeros(num_tokens, dtype=torch.float64)
-        self.bytes = torch.zeros(num_tokens, dtype=torch.float64)
-        self.count = torch.zeros(num_tokens, dtype=torch.float64)
-        self.order = torch.zeros(num_tokens, dtype=torch.float64)  # key + 1; 0 = not scored
+        self.totals = torch.zeros(4, num_tokens, dtype=torch.float64)
+        self.nll, self.bytes, self.count, self.order = self.totals  # order: key + 1; 0 = not scored
 
     def add(self, positions: torch.Tensor, nll: torch.Tensor, nbytes: torch.Tensor, order: torch.Tensor) -> None:
-        positions = positions.cpu()
-        self.nll.index_add_(0, positions, nll.double().cpu())
-        self.bytes.index_add_(0, positions, nbytes.double().cpu())
-        self.count.index_add_(0, positions, torch.ones_like(positions, dtype=torch.float64))
-        self.order.index_add_(0, positions, order.double().cpu() + 1)
+        ones = torch.ones(len(positions), dtype=torch.float64)
+        rows = torch.stack([nll.double().cpu(), nbytes.double().cpu(), ones, order.double().cpu() + 1])
+        self.totals.index_add_(1, positions.cpu(), rows)
 
     def write(self, path: str, rt: Runtime) -> None:
-        totals = torch.stack([self.nll, self.bytes, self.count, self.order])
+        totals = self.totals
         if rt.world_size > 1:
-            totals = totals.to(rt.device)
+            totals = totals.to(rt.device, copy=True)
             dist.all_reduce(totals)
             totals = totals.cpu()
         if rt.is_main:
             pos = torch.nonzero(totals[2] > 0).squeeze(1)
+            nll, nbytes, count, order = totals[:, pos].numpy()
             with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a bare name
-                np.savez(f, nll=totals[0, pos].numpy(), bytes=totals[1, pos].numpy().astype(np.int64),
-                         pos=pos.numpy(), times_scored=totals[2, pos].numpy().astype(np.int64),
-                         order=(totals[3, pos] - 1).numpy().astype(np.int64))
+                np.savez(f, nll=nll, bytes=nbytes.astype(np.int64), pos=pos.numpy(), times_scored=count.astype(np.int64),
+                         order=(order - 1).astype(np.int64))
 
 @torch.no_grad()
 def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int, tables: ByteTables,
                   meter: BpbMeter, rt: Runtime, recorder: NllRecorder | None = None) -> None:
-    """Score windows in fixed-shape batches (the last one padded, so a compiled forward sees
-    one shape) and add their scored targets to the meter. Fewer windows than a batch are padded
-    only to the next power of two: a short evaluation does not pay for a full batch, and the
-    compiler sees at most log2(batch_seqs) extra shapes."""
+    """Score windows into the meter in fixed-shape batches, the last one padded (a compiled forward sees one shape);
+    fewer windows than a batch pad only to the next power of two (at most log2(batch_seqs) extra shapes)."""
     if len(windows) == 0:
         return
     batch_seqs = min(batch_seqs, 1 << (len(windows) - 1).bit_length())
@@ -2183,7 +2170,6 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
     rel = torch.arange(length, device=val.device)[None, :]
     for b in range(0, len(windows), batch_seqs):
         rt.doing(f"scoring windows {b}..{b + batch_seqs} of {len(windows)}")
-        real = min(batch_seqs, len(windows) - b)
         idx = np.arange(b, b + batch_seqs).clip(max=len(windows) - 1)
         starts = torch.from_numpy(windows.starts[idx]).to(val.device)
         first = torch.from_numpy(windows.score_from[idx] - windows.starts[idx]).to(val.device)
@@ -2192,7 +2178,7 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
         with rt.autocast():
             nll = score_fn(inputs, targets, reduction="none").float()
         mask = rel >= first[:, None]
-        mask[real:] = False
+        mask[len(windows) - b:] = False  # the padding rows
         nbytes = tables.target_bytes(inputs, targets, starts[:, None] + offsets[None, 1:])
         meter.add(nll[mask], nbytes[mask])
         if recorder is not None:
@@ -2201,37 +2187,26 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
 
 def evaluate_windows(score_fn, val: torch.Tensor, seq_len: int, stride: int, h: Hyperparameters,
                      tables: ByteTables, rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
-    windows = sliding_windows(len(val), seq_len, stride)
-    meter = BpbMeter(rt.device)
-    score_windows(score_fn, val, windows.subset(rank_share(len(windows), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
+    windows, meter = sliding_windows(len(val), seq_len, stride), BpbMeter(rt.device)
+    score_windows(score_fn, val, windows.subset(rank_share(len(windows), rt)), h.eval_batch_seqs, tables, meter, rt,
+                  recorder)
     return meter.result()
 
 def chunk_training_pieces(chunk_start: int, chunk_end: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-length training sequences covering targets chunk_start+1..chunk_end once each.
-
-    Returns (input starts, first trained target offset). The last piece is shifted left to keep
-    its length (its extra context is earlier, already-scored tokens) and trains only on the
-    targets no earlier piece covered.
-    """
+    """(input starts, first trained target offset) of fixed-length pieces training on targets chunk_start+1..chunk_end
+    once each; the last piece keeps its length by starting earlier, in already-scored tokens."""
     length = min(seq_len, chunk_end)
-    starts, first = [], []
-    for end in range(chunk_start + length, chunk_end + length, length):
-        end = min(end, chunk_end)
-        start = end - length
-        covered = starts[-1] + length if starts else chunk_start
-        starts.append(start)
-        first.append(covered - start)
-    return np.array(starts, dtype=np.int64), np.array(first, dtype=np.int64)
+    ends = np.minimum(np.arange(chunk_start + length, chunk_end + length, length, dtype=np.int64), chunk_end)
+    starts = ends - length
+    return starts, np.concatenate([[chunk_start], ends[:-1]]) - starts  # each piece trains from the last one's end
 
 def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
                     rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
-    """Chunked test-time training (the 2026-04-09 record's SGD on every weight) that scores every
-    token before any update that uses it: chunk c's windows are scored, then trained on; the last
-    chunk never is."""
+    """Chunked test-time training (the 2026-04-09 record's SGD on every weight) that scores every token before any
+    update that uses it: chunk c's windows are scored, then trained on; the last chunk never is."""
     windows = sliding_windows(len(val), h.eval_seq_len, h.eval_stride)
     chunk_of_window = windows.score_from // h.ttt_chunk_tokens
     num_chunks = int(chunk_of_window[-1]) + 1
-    targets = len(val) - 1
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     meter = BpbMeter(rt.device)
@@ -2239,24 +2214,21 @@ def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperp
         rt.doing(f"chunked TTT, chunk {chunk + 1} of {num_chunks}")
         mine = windows.subset(np.nonzero(chunk_of_window == chunk)[0])
         model.eval()
-        score_windows(runners.score, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt, recorder)
+        score_windows(runners.score, val, mine.subset(rank_share(len(mine), rt)), h.eval_batch_seqs, tables, meter, rt,
+                      recorder)
         if chunk == num_chunks - 1 or h.ttt_epochs == 0:
             continue
-        chunk_start, chunk_end = chunk * h.ttt_chunk_tokens, min((chunk + 1) * h.ttt_chunk_tokens, targets)
-        lr = h.ttt_lr * 0.5 * (1.0 + math.cos(math.pi * chunk / max(num_chunks - 1, 1)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        opt.param_groups[0]["lr"] = h.ttt_lr * 0.5 * (1.0 + math.cos(math.pi * chunk / max(num_chunks - 1, 1)))
         model.train()
-        train_on_tokens(runners.train, val, chunk_start, chunk_end, params, opt, h.eval_seq_len, h.ttt_batch_seqs,
-                        h.ttt_epochs, h.ttt_grad_clip, rt)
+        chunk_end = min((chunk + 1) * h.ttt_chunk_tokens, len(val) - 1)
+        train_on_tokens(runners.train, val, chunk * h.ttt_chunk_tokens, chunk_end, params, opt, h.eval_seq_len,
+                        h.ttt_batch_seqs, h.ttt_epochs, h.ttt_grad_clip, rt)
     return meter.result()
 
 def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end: int, params: list[nn.Parameter],
                     opt, seq_len: int, per_step: int, epochs: int, grad_clip: float, rt: Runtime) -> None:
-    """`epochs` passes over the targets chunk_start+1..chunk_end of `stream` in steps of
-    `per_step` sequences of seq_len (a global batch, split over ranks, so any world size takes
-    the same steps). Every rank runs every step, with zero gradient when it has no rows, so the
-    gradient all-reduce never deadlocks."""
+    """`epochs` passes over targets chunk_start+1..chunk_end of `stream`, `per_step` sequences a step split over the
+    ranks (the same steps on any world size); a rank with no rows steps with zero gradient, so all-reduce never hangs."""
     starts, first = chunk_training_pieces(chunk_start, chunk_end, seq_len)
     length = min(seq_len, chunk_end)
     rel = torch.arange(length, device=stream.device)[None, :]
@@ -2264,8 +2236,7 @@ def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end:
     per_rank = math.ceil(per_step / rt.world_size)
     for _ in range(epochs):
         for b in range(0, len(starts), per_step):
-            step_first = first[b:b + per_step]
-            count = float(sum(length - f for f in step_first))  # targets trained in this step, all ranks
+            count = float(sum(length - f for f in first[b:b + per_step]))  # targets trained in this step, all ranks
             lo = b + rt.rank * per_rank
             hi = min(lo + per_rank, b + per_step, len(starts))
             opt.zero_grad(set_to_none=False)
@@ -2287,14 +2258,12 @@ def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end:
             opt.step()
 
 
-# Per-document TTT (PR #1530; warm-start A, PR #1767; global SGD phases, PRs #1610, #1626):
-# every validation document gets its own low-rank adapters, trained only on its own chunks
-# after they are scored. Documents are processed in batches of similar length, longest first;
-# each rank takes whole batches by a fixed rule, so the score never depends on timing.
+# Per-document TTT (PR #1530; warm-start A, PR #1767; global SGD phases, PRs #1610, #1626): every validation
+# document gets its own low-rank adapters, trained only on its chunks after they are scored. Batches of documents go
+# longest first; each rank takes whole batches by a fixed rule, so the score never depends on timing.
 
 def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per position t: a 64-bit hash of tokens t-order..t-1, and whether all of them lie in
-    target t's own document (its BOS included)."""
+    """Per position t: a 64-bit hash of tokens t-order..t-1, and whether all lie in t's document (its BOS included)."""
     n, tokens = len(val), val.long()
     mixed = torch.zeros(n, dtype=torch.long, device=val.device)
     for back in range(order, 0, -1):  # int64 products wrap: a polynomial hash mod 2^64
@@ -2307,9 +2276,8 @@ def context_hashes(val: torch.Tensor, bos_id: int, order: int) -> tuple[torch.Te
     return mixed, positions - order >= doc_start
 
 def scoring_order(docs: list[tuple[int, int]], batches: list[list[int]], chunks: list[int], device) -> torch.Tensor:
-    """Every target position of per-document TTT in the plan's order, the order one process
-    scores them in: batch by batch, chunk by chunk (batch b's chunk length chunks[b]), inside
-    a chunk document by document, then position by position."""
+    """Every target position of per-document TTT in the order one process scores them: batch by batch, chunk by
+    chunk (batch b's chunk length chunks[b]), inside a chunk document by document, then position by position."""
     doc = torch.tensor([d for batch in batches for d in batch])
     batch = torch.repeat_interleave(torch.arange(len(batches)), torch.tensor([len(b) for b in batches])).to(device)
     row = torch.cat([torch.arange(len(b)) for b in batches]).to(device)
@@ -2326,20 +2294,12 @@ def scoring_order(docs: list[tuple[int, int]], batches: list[list[int]], chunks:
     return (per_target(starts) + 1 + offset)[torch.argsort(key)]
 
 class NgramTilt:
-    """Token n-gram tilt of the scored loss (PR #2135, in the token-only form the maintainers
-    accept). The ORDER tokens before a target, all from its own document, are hashed; the hash
-    indexes counts of the tokens that followed the same context in targets scored *before* it,
-    in the plan's scoring order (not file order: PR #2135 counted in file order while scoring
-    longest documents first, so a hint could come from a target scored later). When one token h
-    holds at least THRESHOLD of a context's count, the scored distribution becomes
-    p'(y) = p(y) e^(beta [y = h]) / (1 + q (e^beta - 1)), q = p(h): again a distribution over the
-    whole vocabulary, so NLL' = NLL - beta [y = h] + log(1 + q (e^beta - 1)). Only scores change;
-    TTT trains on the plain NLL.
-
-    Every hint is computed up front by sorting (a running count per context, in scoring order),
-    equal to counting target by target, on the device. Every rank computes all of them from the
-    same plan, so a rank scoring batch b uses the counts of batches before b even when another
-    rank scores those: the score is exactly the one-process score, on any number of processes."""
+    """Token n-gram tilt of the scored loss (PR #2135, token-only as the maintainers accept). A hash of the ORDER tokens
+    before a target, all in its document, indexes counts of the tokens that followed that context in targets scored
+    *before* it in the plan's order (PR #2135 counted in file order while scoring longest documents first). When one
+    token h holds >= THRESHOLD of a context's count, p'(y) = p(y) e^(beta [y = h]) / (1 + q (e^beta - 1)), q = p(h), a
+    distribution: NLL' = NLL - beta [y = h] + log(1 + q (e^beta - 1)). Only scores change; TTT trains on the plain NLL.
+    Every rank counts every hint up front from the same plan, so the score is the one-process score on any world size."""
 
     def __init__(self, val: torch.Tensor, order: torch.Tensor, bos_id: int, context: int, threshold: float, beta: float):
         self.beta = beta
@@ -2380,10 +2340,9 @@ class NgramTilt:
         return torch.where(confident, tilted, nll)
 
 class TTTLoRA(nn.Module):
-    """Batched per-document adapters: row d of the batch gets its own rank-r delta
-    (alpha / r) * (x A_d^T) B_d^T on each of `targets`: q, k, v, o of every virtual layer (each
-    pass of a looped layer its own, on top of the trained per-pass LoRA), a model_dim -> model_dim
-    adapter beside each MLP, and the output head. GPT.project(), mlp() and head() call delta()."""
+    """Batched per-document adapters: row d of the batch gets its own rank-r delta (alpha / r) * (x A_d^T) B_d^T on
+    each of `targets`: q, k, v, o of every virtual layer (each loop pass its own, beside the trained per-pass LoRA), a
+    model_dim -> model_dim adapter beside each MLP, and the head. GPT.project(), mlp() and head() call delta()."""
 
     def __init__(self, model: GPT, docs: int, rank: int, alpha: float, targets: tuple[str, ...] = TTT_LORA_TARGETS):
         super().__init__()
@@ -2391,13 +2350,13 @@ class TTTLoRA(nn.Module):
         slots = len(virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, True))
         shapes = {"q": (c.model_dim, c.model_dim), "k": (c.kv_dim, c.model_dim), "v": (c.kv_dim, c.model_dim),
                   "o": (c.model_dim, c.model_dim), "mlp": (c.model_dim, c.model_dim), "head": (c.vocab_size, c.model_dim)}
-        shapes = {t: shape for t, shape in shapes.items() if t in targets}
-        device = model.tok_emb.weight.device
-        self.scale = alpha / rank
-        self.A = nn.ParameterDict({t: nn.Parameter(torch.zeros(1 if t == "head" else slots, docs, rank, i, device=device))
-                                   for t, (o, i) in shapes.items()})
-        self.B = nn.ParameterDict({t: nn.Parameter(torch.zeros(1 if t == "head" else slots, docs, o, rank, device=device))
-                                   for t, (o, i) in shapes.items()})
+        device, self.scale = model.tok_emb.weight.device, alpha / rank
+        self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
+        for t, (out_dim, in_dim) in sorted(shapes.items()):  # ParameterDict(dict) sorted them too: the draw order
+            if t in targets:
+                layers = 1 if t == "head" else slots
+                self.A[t] = nn.Parameter(torch.zeros(layers, docs, rank, in_dim, device=device))
+                self.B[t] = nn.Parameter(torch.zeros(layers, docs, out_dim, rank, device=device))
 
     @torch.no_grad()
     def reset(self, reset_a: bool, generator: torch.Generator) -> None:
@@ -2413,9 +2372,8 @@ class TTTLoRA(nn.Module):
         return torch.bmm(torch.bmm(x, a.mT.to(x.dtype)), b.mT.to(x.dtype)) * self.scale
 
 def split_documents(val: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:
-    """(first input position, number of targets) of every document. A document's inputs run
-    from its BOS up to the next BOS, which is its last target; tokens before the first BOS form
-    a document of their own. Together the documents cover targets 1..N-1 once each."""
+    """(first input position, number of targets) of every document: from its BOS to the next BOS, its last target;
+    tokens before the first BOS form a document of their own. Together they cover targets 1..N-1."""
     starts = torch.nonzero(val == bos_id).flatten().tolist()
     if not starts or starts[0] != 0:
         starts = [0] + starts
@@ -2436,32 +2394,27 @@ def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: 
     prefix = min(h.phased_ttt_prefix_docs, len(docs))
     # A phase helps only documents scored after it: none is placed after the last batch.
     phase_ends = sorted({math.ceil(prefix * k / phases / size) for k in range(1, phases + 1)} - {len(batches)})
-    # Deterministic balance by work: within each stretch between phases, hand the next batch
-    # (they come longest first) to the rank with the least work so far.
+    # Deterministic balance of work: between phases, each batch (longest first) goes to the least-loaded lowest rank.
     owner, load = [], [0] * world_size
     for b, batch in enumerate(batches):
         if b in phase_ends:
             load = [0] * world_size
-        chunk = h.doc_chunk_tokens(docs[batch[0]][1])
-        work = sum(min((c + 1) * chunk, h.eval_seq_len) for c in range(math.ceil(docs[batch[0]][1] / chunk)))
-        rank = min(range(world_size), key=lambda r: (load[r], r))
-        owner.append(rank)
-        load[rank] += work
+        longest = docs[batch[0]][1]
+        chunk = h.doc_chunk_tokens(longest)
+        owner.append(load.index(min(load)))
+        load[owner[-1]] += sum(min((c + 1) * chunk, h.eval_seq_len) for c in range(math.ceil(longest / chunk)))
     return DocPlan(batches, phase_ends, owner)
 
 def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]], lora: TTTLoRA, opt,
                          h: Hyperparameters, tables: ByteTables, meter: BpbMeter, rt: Runtime, order_base: int,
                          recorder: NllRecorder | None = None, ngram: NgramTilt | None = None) -> None:
-    """Read a batch of documents chunk by chunk: score chunk c of every document (at most
-    EVAL_SEQ_LEN tokens of context, all from the same document), then one Adam step on the
-    mean loss of each document's chunk c, except for a document's last chunk. The scores come
-    from the forward that the step then differentiates: they are taken before the step. With
-    an n-gram tilt, the same forward also gives each target's hint-token NLL (NgramTilt)."""
+    """Score chunk c of every document of the batch (at most EVAL_SEQ_LEN tokens of context, all from its document),
+    then one Adam step on each document's mean chunk-c loss unless c is its last chunk. Scores come from the forward
+    the step differentiates, taken before the step; with an n-gram tilt it also gives each hint token's NLL."""
     C, W, rows = h.doc_chunk_tokens(max(d[1] for d in docs)), h.eval_seq_len, h.ttt_doc_batch
     device = val.device
     # Per row (padding rows have no targets): computed on the host, so the loop never waits on the device.
-    starts = torch.tensor([d[0] for d in docs] + [0] * (rows - len(docs)))
-    targets = torch.tensor([d[1] for d in docs] + [0] * (rows - len(docs)))
+    starts, targets = torch.tensor(docs + [(0, 0)] * (rows - len(docs))).T
     chunks = (targets + C - 1) // C
     for c in range(int(chunks.max())):
         width = min((c + 1) * C, W)  # the same for every row, so one shape per chunk index
@@ -2470,72 +2423,63 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
         pos = torch.arange(width + 1)[None, :]
         index = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1).to(device)
         tokens = val[index]
-        valid = (pos[:, :-1] < (end - window_start)[:, None]).to(device)
+        valid_host = pos[:, :-1] < (end - window_start)[:, None]
+        valid = valid_host.to(device)
         inputs, labels = torch.where(valid, tokens[:, :-1], 0), torch.where(valid, tokens[:, 1:], 0)
         rel = pos[:, :-1] + window_start[:, None]  # position of each input inside its document
-        scored_host = (pos[:, :-1] < (end - window_start)[:, None]) & (rel >= c * C) & (c < chunks)[:, None]
-        scored = scored_host.to(device)
-        trains_host = c < chunks - 1
-        trains = trains_host.to(device)
+        scored_host = valid_host & (rel >= c * C) & (c < chunks)[:, None]
+        scored, trains = scored_host.to(device), c < chunks - 1
         target_pos = starts[:, None] + rel + 1  # each input's target, as a position of the validation stream
         wanted = labels
         if ngram is not None:
             target_at = target_pos.clamp(max=len(val) - 1).to(device)
             hints = torch.where(scored, ngram.hint[target_at], 0)
             wanted = torch.stack([labels, hints], dim=-1)
-        with torch.set_grad_enabled(bool(trains_host.any())), rt.autocast():
+        with torch.set_grad_enabled(bool(trains.any())), rt.autocast():
             nll = score_fn(inputs, wanted, reduction="none").float()
-        if ngram is not None:
+        if ngram is None:
+            score = nll.detach()[scored]
+        else:
             nll, hint_nll = nll[..., 0], nll[..., 1]
-        score = nll.detach()[scored]
-        if ngram is not None:
-            hit = (labels == hints)[scored]
-            score = ngram.tilt(score, hint_nll.detach()[scored], hit, ngram.confident[target_at][scored])
+            score = ngram.tilt(nll.detach()[scored], hint_nll.detach()[scored], (labels == hints)[scored],
+                               ngram.confident[target_at][scored])
         nbytes = tables.target_bytes(inputs, labels, index[:, 1:])
         meter.add(score, nbytes[scored])
         if recorder is not None:
             positions = target_pos[scored_host]
             recorder.add(positions, score, nbytes[scored], torch.full_like(positions, order_base + c))
-        if trains_host.any():
+        if trains.any():
             # Each document's mean chunk loss, summed: documents share no gradient.
             per_doc = (nll * scored).sum(1) / scored.sum(1).clamp_min(1)
             opt.zero_grad(set_to_none=True)
-            (per_doc * trains).sum().backward()
+            (per_doc * trains.to(device)).sum().backward()
             opt.step()
 
 def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[int, int]], h: Hyperparameters,
                      rt: Runtime) -> int:
-    """SGD on every base weight over documents that are already fully scored, in
-    GLOBAL_TTT_CHUNK_TOKENS chunks with a cosine learning rate across them (PR #1626)."""
+    """SGD on every base weight over fully scored documents, in GLOBAL_TTT_CHUNK_TOKENS chunks, cosine LR (PR #1626)."""
     stream = torch.cat([val[s:s + n + 1] for s, n in docs])
     params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(True)
+    model.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=h.global_ttt_lr, momentum=h.global_ttt_momentum)
     chunk = h.global_ttt_chunk_tokens
     num_chunks = math.ceil((len(stream) - 1) / chunk)
     model.train()
     for k in range(num_chunks):
-        for group in opt.param_groups:
-            group["lr"] = h.global_ttt_lr * 0.5 * (1.0 + math.cos(math.pi * k / max(num_chunks - 1, 1)))
+        opt.param_groups[0]["lr"] = h.global_ttt_lr * 0.5 * (1.0 + math.cos(math.pi * k / max(num_chunks - 1, 1)))
         train_on_tokens(score_fn, stream, k * chunk, min((k + 1) * chunk, len(stream) - 1), params, opt,
                         h.eval_seq_len, math.ceil(chunk / h.eval_seq_len), 1, h.global_ttt_grad_clip, rt)
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
+    model.eval().requires_grad_(False)
     return len(stream)
 
 def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hyperparameters, tables: ByteTables,
                         rt: Runtime, recorder: NllRecorder | None = None) -> tuple[float, float]:
     """TTT_MODE=docs or phased: per-document LoRA TTT, plus global SGD phases for phased."""
     docs = split_documents(val.cpu(), model.cfg.bos_id)
-    phases = h.phased_ttt_phases if h.ttt_mode == "phased" else 0
-    plan = plan_documents(docs, h, rt.world_size, phases)
+    plan = plan_documents(docs, h, rt.world_size, h.phased_ttt_phases if h.ttt_mode == "phased" else 0)
     rt.log(f"ttt_docs mode:{h.ttt_mode} documents:{len(docs)} batches:{len(plan.batches)} "
            f"phase_ends:{','.join(map(str, plan.phase_ends)) or '-'} rank0_batches:{plan.owner.count(0)}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    model.requires_grad_(False).eval()
     lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha, h.ttt_targets())
     ngram = None
     if h.ngram_tilt:
@@ -2545,18 +2489,19 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
         ngram = NgramTilt(val, scoring_order(docs, plan.batches, chunks, val.device), model.cfg.bos_id,
                           h.ngram_order, h.ngram_threshold, h.ngram_beta)
         rt.log(f"ngram_tilt order:{h.ngram_order} threshold:{h.ngram_threshold:g} beta:{h.ngram_beta:g} "
-               f"targets:{len(val) - 1} tilted:{int(ngram.confident.sum())} time:{1000 * (time.perf_counter() - started):.0f}ms")
+               f"targets:{len(val) - 1} tilted:{int(ngram.confident.sum())} "
+               f"time:{1000 * (time.perf_counter() - started):.0f}ms")
     generator = torch.Generator(rt.device).manual_seed(h.seed)
     lora.reset(True, generator)
-    meter = BpbMeter(rt.device)
-    t0 = time.perf_counter()
+    meter, t0 = BpbMeter(rt.device), time.perf_counter()
     for b, batch in enumerate(plan.batches):
         if b in plan.phase_ends:
             rt.doing(f"per-document TTT, global SGD phase after batch {b}")
             done = [docs[d] for prior in plan.batches[:b] for d in prior]
             tokens = global_sgd_phase(model, runners.train, val, done, h, rt)
             lora.reset(True, generator)  # A restarts after each phase (PR #1855)
-            rt.log(f"ttt_phase after_batch:{b} documents:{len(done)} tokens:{tokens} time:{1000 * (time.perf_counter() - t0):.0f}ms")
+            rt.log(f"ttt_phase after_batch:{b} documents:{len(done)} tokens:{tokens} "
+                   f"time:{1000 * (time.perf_counter() - t0):.0f}ms")
         if plan.owner[b] != rt.rank:
             continue
         rt.doing(f"per-document TTT, batch {b + 1} of {len(plan.batches)}")
@@ -2571,21 +2516,17 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
                                  b << 32, recorder, ngram)
         finally:
             model.ttt_lora, model.rows_are_documents = None, False
-    for p in model.parameters():
-        p.requires_grad_(True)
+    model.requires_grad_(True)
     return meter.result()
 
 def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> None:
-    """Compile the TTT stage's graphs before its timer (PR #1855 does the same): forward and
-    backward on random tokens, never validation tokens, in every shape the stage uses; no
-    optimizer steps, so no weight changes."""
+    """Compile the TTT stage's graphs before its timer (as PR #1855 does): forward and backward on random tokens in
+    every shape the stage uses; no optimizer steps, so no weight changes."""
     t0, graphs = time.perf_counter(), graphs_compiled()
     rt.doing("compiling the TTT graphs on random tokens")
 
     def forward_backward(run, rows: int, width: int, train: bool, sliced: bool = True) -> None:
-        # Inputs laid out as the stage's are (slices of one token tensor, or fresh tensors for
-        # per-document rows, with a hint token beside each target under NGRAM_TILT): a compiled
-        # graph is specialised to its inputs' strides and ranks.
+        # Laid out as the stage's inputs are: a compiled graph is specialised to their strides and ranks.
         tokens = torch.randint(2, h.vocab_size, (rows, width + 1), device=rt.device)
         inputs, targets = (tokens[:, :-1], tokens[:, 1:]) if sliced else (tokens[:, :-1].clone(), tokens[:, 1:].clone())
         if not sliced and h.ngram_tilt:
@@ -2595,13 +2536,11 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
                 nll = run(inputs, targets, reduction="none")
             if train:
                 nll.float()[..., 0].mean().backward() if nll.dim() == 3 else nll.float().mean().backward()
-
     model.train()
     if h.ttt_mode == "chunked":
         forward_backward(runners.train, math.ceil(h.ttt_batch_seqs / rt.world_size), h.eval_seq_len, True)
     else:
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model.requires_grad_(False)
         model.ttt_lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha, h.ttt_targets())
         model.rows_are_documents = True
         try:
@@ -2611,24 +2550,23 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
                     forward_backward(runners.documents, h.ttt_doc_batch, width, train, sliced=False)
         finally:
             model.ttt_lora, model.rows_are_documents = None, False
-            for p in model.parameters():
-                p.requires_grad_(True)
+            model.requires_grad_(True)
         if h.ttt_mode == "phased":
             rows = math.ceil(math.ceil(h.global_ttt_chunk_tokens / h.eval_seq_len) / rt.world_size)
             forward_backward(runners.train, rows, h.eval_seq_len, True)
     model.zero_grad(set_to_none=True)
     model.eval()
-    rt.log(f"ttt_warmup mode:{h.ttt_mode} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile on random tokens, before the timed stage)")
+    rt.log(f"ttt_warmup mode:{h.ttt_mode} time:{1000 * (time.perf_counter() - t0):.0f}ms (compile on random tokens, "
+           f"before the timed stage)")
     log_compiles(rt, "ttt_warmup", graphs)
 
 
 # ---------------------------------------------------------------------------------------------
 # MAIN
-# One process per device under torchrun (CUDA + NCCL when there is a GPU, else CPU + gloo), or
-# a single plain process. Check every setting and input first; then train (or load a checkpoint
-# with EXPORT_ONLY, or an artifact with EVAL_ONLY), export, and evaluate the round-tripped
-# artifact: plain, sliding, test-time training. The score of a run is its last stage, never the
-# best one. A bad setting or file ends the run with one line and its own exit status.
+# One process per device under torchrun (CUDA + NCCL, or CPU + gloo), or one plain process. Check every setting and
+# input first; then train (or load a checkpoint with EXPORT_ONLY, or an artifact with EVAL_ONLY), export, and evaluate
+# the round-tripped artifact: plain, sliding, test-time training. A run's score is its last stage, never the best one.
+# A bad setting or file ends the run with one line and its own exit status.
 # ---------------------------------------------------------------------------------------------
 
 EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_MEMORY = 2, 3, 4, 5, 6, 7
@@ -2642,10 +2580,8 @@ def raise_terminated(signum, frame) -> None:
 
 def is_peer_failure(exc: BaseException) -> bool:
     """A collective that failed because the other end of a connection went away."""
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    return isinstance(exc, RuntimeError) and re.search(
-        r"Connection (reset|closed) by peer|Broken pipe|ProcessGroupNCCL|NCCL (error|communicator)", str(exc)) is not None
+    return isinstance(exc, getattr(dist, "DistError", ())) or (isinstance(exc, RuntimeError) and re.search(
+        r"Connection (reset|closed) by peer|Broken pipe|ProcessGroupNCCL|NCCL (error|communicator)", str(exc)) is not None)
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation the device could not satisfy (CUDA's own error, or the CPU allocator's)."""
@@ -2655,8 +2591,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def process_gone(pid: int) -> bool:
     """True when a process on this host has exited (a zombie waiting for its launcher counts)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state in ("Z", "X")
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
     except OSError:  # no /proc: ask the kernel directly
@@ -2669,12 +2604,9 @@ def process_gone(pid: int) -> bool:
             return False
 
 class StallMonitor(threading.Thread):
-    """Names the rank that holds a multi-process run up. Each process publishes a heartbeat
-    (time, pid, host, what it is doing) to the rendezvous store whenever its activity changes
-    and every few seconds otherwise, so the activity a peer reads is current. When this process
-    has spent DIST_TIMEOUT_SECONDS on one activity (a collective waiting for a peer) it reports
-    the ranks whose heartbeat went silent and exits; `lost_ranks` answers the same question
-    when a collective failed because a peer died."""
+    """Names the rank that holds a multi-process run up. Each process publishes a heartbeat (time, pid, host, activity)
+    to the rendezvous store when its activity changes and every few seconds. After DIST_TIMEOUT_SECONDS on one
+    activity it reports the ranks whose heartbeat went silent and exits; `lost_ranks` names them after a peer died."""
 
     def __init__(self, rt: Runtime, timeout: float):
         super().__init__(daemon=True, name="stall-monitor")
@@ -2687,23 +2619,19 @@ class StallMonitor(threading.Thread):
     def run(self) -> None:
         while True:
             self.rt.activity_changed.clear()
-            try:
+            with contextlib.suppress(Exception):  # the store is gone with its host: the report below says so
                 self.store.set(f"heartbeat/{self.rt.rank}",
                                f"{time.time():.3f} {os.getpid()} {self.host} {self.rt.activity}")
-            except Exception:
-                pass  # the store is gone with its host: the report below says so
             waited = time.monotonic() - self.rt.activity_since
             if waited > max(self.timeout, self.rt.patience) and not self.peer_compiling(waited):
                 self.fail(waited)
             self.rt.activity_changed.wait(self.interval)
 
     def peer_states(self) -> tuple[list[str], list[str]]:
-        """(silent, alive): one phrase per other rank. A rank on this host whose process has
-        exited is silent at once; elsewhere a rank is silent when its heartbeat is 3 intervals old."""
+        """(silent, alive): one phrase per other rank. A rank on this host whose process has exited is silent at
+        once; elsewhere a rank is silent when its heartbeat is 3 intervals old."""
         silent, alive = [], []
-        for rank in range(self.rt.world_size):
-            if rank == self.rt.rank:
-                continue
+        for rank in [r for r in range(self.rt.world_size) if r != self.rt.rank]:
             key = f"heartbeat/{rank}"
             if not self.store.check([key]):
                 silent.append(f"rank {rank} never reported")
@@ -2734,8 +2662,7 @@ class StallMonitor(threading.Thread):
         return "; ".join(silent + alive) or "every other rank still answers"
 
     def lost_ranks(self) -> str | None:
-        """After a failed collective: the phrase naming the dead ranks, waiting as long as a
-        remote rank's heartbeat takes to go silent; None if every rank still answers."""
+        """After a failed collective: the dead ranks, waited for as long as a heartbeat takes to go silent; else None."""
         deadline = time.monotonic() + 3 * self.interval + 1
         while True:
             try:
@@ -2747,20 +2674,18 @@ class StallMonitor(threading.Thread):
             time.sleep(0.2)
 
     def fail(self, waited: float) -> None:
-        message = (f"error: rank {self.rt.rank} waited {waited:.0f} s (DIST_TIMEOUT_SECONDS={self.timeout:g}) while "
-                   f"{self.rt.activity}; {self.peers()}. A stopped, crashed or hung process holds up every collective: check its "
-                   f"output, its memory and its GPU; raise DIST_TIMEOUT_SECONDS only if a step legitimately takes longer.")
-        report_failure(self.rt, message)
+        report_failure(self.rt, f"error: rank {self.rt.rank} waited {waited:.0f} s (DIST_TIMEOUT_SECONDS="
+                                f"{self.timeout:g}) while {self.rt.activity}; {self.peers()}. A stopped, crashed or hung "
+                                f"process holds up every collective: check its output, its memory and its GPU; raise "
+                                f"DIST_TIMEOUT_SECONDS only if a step legitimately takes longer.")
         os._exit(EXIT_STALLED)
 
 def report_failure(rt: Runtime | None, message: str) -> None:
-    """The one error line: on stderr, in the log, and in torchrun's error file, so torchrun's
-    own failure summary (printed after ours) repeats it beside this rank's exit status."""
+    """The one error line: on stderr, in the log, and in torchrun's error file (torchrun's summary repeats it)."""
     print(message, file=sys.stderr, flush=True)
     if rt is not None:
         rt.log(message, console=False)
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
+    if error_file := os.environ.get("TORCHELASTIC_ERROR_FILE"):
         with contextlib.suppress(OSError):
             Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
 
@@ -2778,13 +2703,10 @@ def setup_runtime(h: Hyperparameters) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     rt = Runtime(rank, world_size, local_rank, device)
     if world_size > 1:
         # The backend's own timeout is a backstop a minute after the stall monitor's report.
@@ -2808,26 +2730,24 @@ def agree(rt: Runtime, problem: str | None, error=ConfigError) -> None:
 
 def output_files(h: Hyperparameters) -> list[tuple[str, Path]]:
     """(setting, path) of every file this run writes; the log first."""
-    outputs = [("RUN_ID", Path("logs") / f"{h.run_id}.txt")]
-    outputs += [("ARTIFACT_PATH", Path(h.artifact_path))] if not h.eval_only else []
-    outputs += [("CHECKPOINT_PATH", Path(h.checkpoint_path))] if h.checkpoint_path and not (h.eval_only or h.export_only) else []
-    return outputs + ([("NLL_DUMP_PATH", Path(h.nll_dump_path))] if h.nll_dump_path else [])
+    wanted = [("RUN_ID", Path("logs") / f"{h.run_id}.txt", True), ("ARTIFACT_PATH", h.artifact_path, not h.eval_only),
+              ("CHECKPOINT_PATH", h.checkpoint_path, h.checkpoint_path and not (h.eval_only or h.export_only)),
+              ("NLL_DUMP_PATH", h.nll_dump_path, h.nll_dump_path)]
+    return [(name, Path(path)) for name, path, written in wanted if written]
 
 def input_files(h: Hyperparameters) -> list[tuple[str, Path]]:
-    """(setting, path) of every file this run reads: the script, the tokenizer, the shards and byte
-    sidecars in DATA_PATH, and the checkpoint or artifact it starts from."""
+    """(setting, path) of every file this run reads: script, tokenizer, DATA_PATH's files, its checkpoint or artifact."""
     inputs = [("the script", Path(__file__)), ("TOKENIZER_PATH", Path(h.tokenizer_path))]
     inputs += [("DATA_PATH", Path(p)) for p in sorted(glob.glob(os.path.join(h.data_path, "fineweb_*.bin")))]
     inputs += [("EXPORT_ONLY", Path(h.export_only))] if h.export_only else []
     return inputs + ([("EVAL_ONLY=1 ARTIFACT_PATH", Path(h.artifact_path))] if h.eval_only else [])
 
 def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
-    """Every file the run will write or read, checked before any work (rank 0 writes them): each
-    output in a writable folder, the log new, no output the same file as another or as an input."""
+    """Every file the run will write or read, checked before any work (rank 0 writes them): each output in a
+    writable folder, the log new, no output the same file as another or as an input."""
     def label(name: str, path: Path) -> str:
         return {"RUN_ID": f"RUN_ID={h.run_id}: {path}", "DATA_PATH": f"the data file {path}",
                 "the script": f"the script {path}"}.get(name, f"{name}={path}")
-
     problem, outputs = None, output_files(h)
     for i, (name, path) in enumerate(outputs):
         for other, other_path in outputs[:i] + input_files(h):
@@ -2839,11 +2759,13 @@ def check_outputs(h: Hyperparameters, rt: Runtime) -> None:
         if problem is None and path.is_dir():
             problem = f"{label(name, path)} is a folder; name a file in it instead."
         elif problem is None and (not folder.is_dir() or not writable(folder)):
-            problem = f"{label(name, path)}: the folder {folder} does not exist or is not writable; create it or choose another path."
+            problem = (f"{label(name, path)}: the folder {folder} does not exist or is not writable; create it or choose "
+                       f"another path.")
         elif problem is None and name == "RUN_ID" and path.exists():
-            problem = f"{label(name, path)} already exists; choose another RUN_ID (or remove that log) so no run is overwritten."
-    for name, path, hint in [("EXPORT_ONLY", h.export_only, "; point it at the final_model.pt a training run saved")] * bool(
-            h.export_only) + [("EVAL_ONLY=1 but ARTIFACT_PATH", h.artifact_path, "")] * h.eval_only:
+            problem = (f"{label(name, path)} already exists; choose another RUN_ID (or remove that log) so no run is "
+                       f"overwritten.")
+    starts = [("EXPORT_ONLY", h.export_only, "; point it at the final_model.pt a training run saved")] * bool(h.export_only)
+    for name, path, hint in starts + [("EVAL_ONLY=1 but ARTIFACT_PATH", h.artifact_path, "")] * h.eval_only:
         if problem is None and not Path(path).is_file():
             what = ("is a folder, not a file" if Path(path).is_dir() else
                     "is not a regular file" if Path(path).exists() else "does not exist")
@@ -2861,9 +2783,8 @@ def writable(folder: Path) -> bool:
         return False
 
 def write_atomically(path: str, write) -> None:
-    """write(temporary path), then rename it over `path`: a run that dies mid-write never leaves a
-    half-written file, and a reader never sees one. A path that exists and is not a regular file
-    (a device such as /dev/full, a pipe) is written in place: a rename would replace the device."""
+    """write(temporary path), then rename it over `path`, so no reader sees a half-written file. A path that exists
+    and is not a regular file (a device such as /dev/full, a pipe) is written in place: a rename would replace it."""
     if os.path.exists(path) and not os.path.isfile(path):
         write(path)
         return
@@ -2876,10 +2797,8 @@ def write_atomically(path: str, write) -> None:
             os.remove(partial)
 
 def keep_earlier_outputs(h: Hyperparameters, rt: Runtime) -> None:
-    """An artifact, checkpoint or NLL dump already at this run's path is an earlier run's: it is kept
-    under the first free numbered name (final_model.ptz.1, .2, ...), never overwritten, so no run
-    loses another's files and a run that does not finish leaves nothing a later EVAL_ONLY could take
-    for its output."""
+    """An earlier run's artifact, checkpoint or NLL dump at this run's path is kept under the first free numbered
+    name (final_model.ptz.1, .2, ...): never overwritten, nor left for a later EVAL_ONLY to take for this run's."""
     for name, path in output_files(h)[1:]:
         if rt.is_main and path.is_file():
             kept = next(Path(f"{path}.{n}") for n in itertools.count(1) if not Path(f"{path}.{n}").exists())
@@ -2887,8 +2806,7 @@ def keep_earlier_outputs(h: Hyperparameters, rt: Runtime) -> None:
             rt.log(f"earlier_file_kept setting:{name} path:{path} as:{kept}")
 
 def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
-    """Settings that only the validation set can check: TTT that could never train is refused,
-    so a stage labelled ttt is never plain sliding evaluation in disguise."""
+    """Refuses TTT that could never train on this validation set: a stage labelled ttt is never sliding in disguise."""
     if not h.ttt_enabled:
         return
     if h.ttt_mode == "chunked" and h.ttt_chunk_tokens >= len(val) - 1:
@@ -2900,31 +2818,28 @@ def check_evaluation_settings(h: Hyperparameters, val: torch.Tensor) -> None:
         chunk = h.doc_chunk_tokens(longest)
         if longest <= chunk:
             via = "" if chunk == h.ttt_doc_chunk_tokens else f" (its short-document chunk: {chunk} tokens)"
-            raise ConfigError(f"TTT_DOC_CHUNK_TOKENS={h.ttt_doc_chunk_tokens}{via} holds every validation document in one "
-                              f"chunk: per-document TTT would never train; lower it.")
+            raise ConfigError(f"TTT_DOC_CHUNK_TOKENS={h.ttt_doc_chunk_tokens}{via} holds every validation document in "
+                              f"one chunk: per-document TTT would never train; lower it.")
         if h.ttt_mode == "phased" and h.phased_ttt_phases > len(documents):
             raise ConfigError(f"PHASED_TTT_PHASES={h.phased_ttt_phases} is more than the {len(documents)} validation "
                               f"documents; use at most {len(documents)} phases.")
 
 def check_train_tokens(h: Hyperparameters, rt: Runtime) -> None:
-    """Every training token id below VOCAB_SIZE, read once before training: each rank scans a
-    share of the shards (memory-mapped, a fraction of a second per shard)."""
+    """Every training token id below VOCAB_SIZE: each rank scans a share of the (memory-mapped) shards before training."""
     problem = None
-    for i, path in enumerate(shard_files(h.data_path, "train")):
-        if i % rt.world_size != rt.rank:
-            continue
+    for path in shard_files(h.data_path, "train")[rt.rank::rt.world_size]:
         tokens = load_data_shard(path)
         if len(tokens) and int(tokens.max()) >= h.vocab_size:
             at = int(np.argmax(tokens >= h.vocab_size))
             problem = (f"{path}: token id {int(tokens[at])} at position {at} is outside VOCAB_SIZE={h.vocab_size}; the "
-                       f"training shards and the tokenizer do not match (set VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH together).")
+                       f"training shards and the tokenizer do not match (set VOCAB_SIZE, DATA_PATH and TOKENIZER_PATH "
+                       f"together).")
             break
     agree(rt, problem, InputError)
 
 def check_dependencies(h: Hyperparameters) -> None:
-    """The packages this run will import, checked before any work (a run must not train for ten minutes
-    and then find brotli missing): sentencepiece, and the compressor that writes the artifact or, with
-    EVAL_ONLY, the one that reads it. brotli must bound its decompression (>= 1.2, requirements.txt)."""
+    """The packages this run imports, checked before any work: sentencepiece, and the compressor that writes the
+    artifact (or, with EVAL_ONLY, reads it); brotli must bound its decompression (>= 1.2, requirements.txt)."""
     method = h.compressor
     if h.eval_only and Path(h.artifact_path).is_file():
         with open(h.artifact_path, "rb") as f:
@@ -2932,7 +2847,7 @@ def check_dependencies(h: Hyperparameters) -> None:
         if head[:4] == ARTIFACT_MAGIC and len(head) == 5 and head[4] < len(COMPRESSORS):
             method = COMPRESSORS[head[4]]
     problems = []
-    for module in ["sentencepiece"] + [{"brotli": "brotli", "zstd": "zstandard"}.get(method, "lzma")]:
+    for module in ["sentencepiece", {"brotli": "brotli", "zstd": "zstandard"}.get(method, "lzma")]:
         try:
             imported = importlib.import_module(module)
             if module == "brotli":
@@ -2940,20 +2855,20 @@ def check_dependencies(h: Hyperparameters) -> None:
         except ImportError:
             problems.append(f"{module} is not installed")
         except TypeError:  # brotli < 1.2 has no output_buffer_limit
-            problems.append(f"brotli {getattr(imported, '__version__', '')} is older than 1.2 and cannot bound decompression")
+            problems.append(f"brotli {getattr(imported, '__version__', '')} is older than 1.2 and cannot bound "
+                            f"decompression")
     if problems:
         raise InputError(f"{'; '.join(problems)}: pip install -r requirements.txt (this run needs "
                          f"{'it' if len(problems) == 1 else 'them'} to write or read its artifact).")
 
 def script_source() -> tuple[str, int]:
-    """The source to log and the code bytes to count. A self-extracting wrapper (records/
-    package.py --wrap) sets _WRAPPED_SOURCE; the bytes counted are those of the file run."""
+    """The source to log (a packager wrapper's _WRAPPED_SOURCE if set) and the code bytes: those of the file run."""
     path = Path(__file__)
     return wrapper_value("_WRAPPED_SOURCE") or path.read_text(encoding="utf-8"), path.stat().st_size
 
 def wrapper_value(name: str) -> str | None:
-    """A value a packager wrapper set in this module's namespace (_WRAPPED_SOURCE, _SOURCE_SHA256), read
-    through sys.modules: python-minifier renames nothing in a module that calls globals()."""
+    """A value a packager wrapper set in this module's namespace (_WRAPPED_SOURCE, _SOURCE_SHA256), read through
+    sys.modules: python-minifier renames nothing in a module that calls globals()."""
     return getattr(sys.modules.get(__name__), name, None)
 
 def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> None:
@@ -2961,27 +2876,22 @@ def start_log(h: Hyperparameters, rt: Runtime, source: str, code_bytes: int) -> 
         rt.log_path = Path("logs") / f"{h.run_id}.txt"
         rt.log_path.parent.mkdir(parents=True, exist_ok=True)
         rt.log_path.write_text(source + ("" if source.endswith("\n") else "\n") + "=" * 100 + "\n", encoding="utf-8")
-    if rt.device.type == "cuda":
-        hardware = f"{rt.world_size}x{torch.cuda.get_device_name(rt.device)}"
-    else:
-        hardware = f"{rt.world_size}xCPU-{platform.machine()}"
+    hardware = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else f"CPU-{platform.machine()}"
     rt.log(f"run_info python:{platform.python_version()} torch:{torch.__version__} device:{rt.device.type} "
-           f"world_size:{rt.world_size} hardware:{hardware} compile:{int(h.compile)} doc_attention:{int(h.doc_attention)} "
-           f"threads:{torch.get_num_threads()}")
-    # The packager checks these against the files it packages (records/package.py): the file run, and
-    # the readable source it stands for (a packager wrapper names it in _SOURCE_SHA256).
+           f"world_size:{rt.world_size} hardware:{rt.world_size}x{hardware} compile:{int(h.compile)} "
+           f"doc_attention:{int(h.doc_attention)} threads:{torch.get_num_threads()}")
+    # The packager checks these against the files it packages: the file run and the readable source it stands for.
     ran = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} source_sha256:{wrapper_value('_SOURCE_SHA256') or ran}")
+    rt.log(f"script path:{Path(__file__).name} bytes:{code_bytes} sha256:{ran} "
+           f"source_sha256:{wrapper_value('_SOURCE_SHA256') or ran}")
     for name, value in h.values.items():
         rt.log(f"hparam {name}={value}", console=False)
 
 def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_sha256: str | None = None) -> GPT:
-    """A full-precision checkpoint written by a training run. Read with weights_only, so nothing
-    in it executes; its config goes through the artifact's checks before the model is built."""
+    """A training run's full-precision checkpoint, read with weights_only (nothing in it runs), checked like an artifact."""
     def damaged(reason: str) -> InputError:
         return InputError(f"EXPORT_ONLY={path} is damaged or not a checkpoint of this script ({reason}); re-save it "
                           f"with a training run (CHECKPOINT_PATH).")
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on pickle protocols: the load is refused or fine
@@ -2995,21 +2905,20 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_
     except Exception as exc:  # the zip reader's errors or an OSError for a cut file, a KeyError for a text file
         truncated = "zip archive" in str(exc) or isinstance(exc, (EOFError, OSError))
         raise damaged("truncated or corrupt" if truncated else f"not a torch.save file: {type(exc).__name__}") from None
-    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict) and isinstance(saved.get("state_dict"), dict)):
+    if not (isinstance(saved, dict) and all(isinstance(saved.get(key), dict) for key in ("config", "state_dict"))):
         raise damaged("it does not hold a config and a state_dict")
     cfg = checked_config(saved["config"], vocab_size, Path(path).stat().st_size, source=f"EXPORT_ONLY={path}")
     for name, tensor in saved["state_dict"].items():
-        # A trained checkpoint holds dense real floats that fp16 can store (the export passes
-        # some through as fp16): anything else would fail or mislead deep inside GPTQ.
+        # A trained checkpoint holds dense real floats fp16 can store: anything else fails or misleads deep in GPTQ.
         if not (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and not tensor.is_meta
                 and tensor.is_floating_point()):
-            kind = (f"a {tensor.dtype} tensor ({tensor.layout}, on {tensor.device.type})" if isinstance(tensor, torch.Tensor)
-                    else type(tensor).__name__)
+            kind = (f"a {tensor.dtype} tensor ({tensor.layout}, on {tensor.device.type})"
+                    if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
             raise damaged(f"{name} is {kind}, not dense floating-point weights")
         largest = float(tensor.float().abs().max()) if tensor.numel() else 0.0
         if not largest <= torch.finfo(torch.float16).max:
-            raise damaged(f"{name} holds {'non-finite values' if not math.isfinite(largest) else f'|w| up to {largest:.3g}'}, "
-                          f"which no trained model has and fp16 cannot store")
+            found = "non-finite values" if not math.isfinite(largest) else f"|w| up to {largest:.3g}"
+            raise damaged(f"{name} holds {found}, which no trained model has and fp16 cannot store")
     model = GPT(cfg).to(device)
     try:
         model.load_state_dict(saved["state_dict"], strict=True)
@@ -3022,10 +2931,8 @@ def load_checkpoint(path: str, device: torch.device, vocab_size: int, tokenizer_
     return model
 
 def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
-    """Copy the trained weights to host memory now (inside the timed export, so the 600 s stay
-    honest) and write them to CHECKPOINT_PATH in the background while GPTQ runs, so a failure in
-    GPTQ or serialisation still leaves them for EXPORT_ONLY. Returns the function that waits for the
-    write and logs it; a failed write (a full disk, say) is reported and the run goes on."""
+    """Copy the weights to host memory now (inside the timed export) and write them to CHECKPOINT_PATH while GPTQ runs,
+    so a failed GPTQ leaves them for EXPORT_ONLY. Returns the function that waits and logs (a failed write only logs)."""
     if not (rt.is_main and h.checkpoint_path and not h.export_only):
         return lambda: None
     saved = {"config": model.cfg.__dict__, "tokenizer_sha256": h.tokenizer_sha256,
@@ -3038,9 +2945,8 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
             write_atomically(h.checkpoint_path, lambda partial: torch.save(saved, partial))
             outcome.append(f"checkpoint path:{h.checkpoint_path} time:{1000 * (time.perf_counter() - t0):.0f}ms")
         except (OSError, RuntimeError) as exc:
-            outcome.append(f"checkpoint_failed path:{h.checkpoint_path} error:{type(exc).__name__}: {exc} (the run goes on: "
-                           f"the artifact is what scores)")
-
+            outcome.append(f"checkpoint_failed path:{h.checkpoint_path} error:{type(exc).__name__}: {exc} (the run goes "
+                           f"on: the artifact is what scores)")
     writer = threading.Thread(target=write, name="checkpoint")
     writer.start()
 
@@ -3050,8 +2956,7 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     return finish
 
 def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -> tuple[bytes, float]:
-    """Calibrate and quantize (timed: this counts against the training budget), then
-    serialize and compress on rank 0. Returns the artifact bytes (on every rank) and the ms."""
+    """Quantize (timed against the training budget), serialize and compress on rank 0: the artifact (every rank), ms."""
     model.looping = model.cfg.num_loops > 0
     rt.synchronize()
     t0, graphs = time.perf_counter(), graphs_compiled()
@@ -3064,8 +2969,9 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
         broken = [name for name, item in tensors.items()
                   if not torch.isfinite(item.dequantized() if isinstance(item, QuantizedTensor) else item.float()).all()]
         if broken:
-            raise TrainingDiverged(f"export: the quantized weights of {', '.join(broken)} are not finite (they overflow fp16), "
-                                   f"so no artifact or score is produced. Lower the learning rates (EMBED_LR, MATRIX_LR, SCALAR_LR).")
+            raise TrainingDiverged(f"export: the quantized weights of {', '.join(broken)} are not finite (they overflow "
+                                   f"fp16), so no artifact or score is produced. Lower the learning rates (EMBED_LR, "
+                                   f"MATRIX_LR, SCALAR_LR).")
         rt.synchronize()
         quant_ms = 1000 * (time.perf_counter() - t0)
         log_compiles(rt, "gptq", graphs)
@@ -3088,8 +2994,9 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
     t0, graphs = time.perf_counter(), graphs_compiled()
     val_loss, val_bpb = evaluate()
     if not (math.isfinite(val_loss) and math.isfinite(val_bpb)):
-        raise TrainingDiverged(f"the {line.removeprefix('final_')} stage scored val_loss {val_loss}, val_bpb {val_bpb}: not a "
-                               f"number, so no final_score is reported. The weights are not usable (see the earlier stages).")
+        raise TrainingDiverged(f"the {line.removeprefix('final_')} stage scored val_loss {val_loss}, val_bpb {val_bpb}: "
+                               f"not a number, so no final_score is reported. The weights are not usable (see the earlier "
+                               f"stages).")
     rt.synchronize()
     seconds = time.perf_counter() - t0
     log_compiles(rt, line.removeprefix("final_"), graphs)
@@ -3100,46 +3007,42 @@ def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[f
 
 def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.Tensor, tables: ByteTables,
                       total_bytes: int, over_limit: bool) -> float:
-    """Round-trip, sliding and TTT stages on a model built from the artifact alone."""
+    """Round-trip, sliding and TTT stages (last: it changes the weights) on a model built from the artifact alone."""
     model = model_from_artifact(blob, rt.device, h.vocab_size, h.tokenizer_sha256)
     runners = prepare_model(model, h, rt)
     rt.log(f"eval_model doc_attention:{int(model.cfg.doc_attention)} {rt.kernels.line() if rt.kernels else ''}")
-    stages = [("roundtrip", "final_roundtrip",
-               lambda rec: evaluate_windows(runners.score, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt, rec))]
-    if h.sliding_enabled:
-        stages.append(("sliding", "final_sliding",
-                       lambda rec: evaluate_windows(runners.score, val, h.eval_seq_len, h.eval_stride, h, tables, rt, rec)))
-    if h.ttt_enabled:  # TTT changes the weights: it runs last, on the round-tripped model itself
-        if h.ttt_mode == "chunked":
-            stages.append(("ttt", "final_ttt", lambda rec: score_first_ttt(model, runners, val, h, tables, rt, rec)))
-        else:
-            stages.append(("ttt", "final_ttt", lambda rec: score_documents_ttt(model, runners, val, h, tables, rt, rec)))
-    last = stages[-1][0]
+    stages = ["roundtrip"] + ["sliding"] * h.sliding_enabled + ["ttt"] * h.ttt_enabled
+    strides = {"roundtrip": h.eval_seq_len, "sliding": h.eval_stride}
     recorder = NllRecorder(len(val)) if h.nll_dump_path else None
-    for stage, line, evaluate in stages:
+
+    def evaluate(stage: str, rec: NllRecorder | None) -> tuple[float, float]:
+        if stage == "ttt":
+            ttt = score_first_ttt if h.ttt_mode == "chunked" else score_documents_ttt
+            return ttt(model, runners, val, h, tables, rt, rec)
+        return evaluate_windows(runners.score, val, h.eval_seq_len, strides[stage], h, tables, rt, rec)
+    for stage in stages:
         if stage == "ttt" and h.compile:
             warm_up_ttt(model, runners, h, rt)
-        result = timed_stage(rt, h, line, lambda: evaluate(recorder if stage == last else None))
+        result = timed_stage(rt, h, f"final_{stage}", lambda: evaluate(stage, recorder if stage == stages[-1] else None))
     if recorder is not None:
         recorder.write(h.nll_dump_path, rt)
-        rt.log(f"nll_dump stage:{last} path:{h.nll_dump_path}")
+        rt.log(f"nll_dump stage:{stages[-1]} path:{h.nll_dump_path}")
     if over_limit:
         # Not tagged final_score: the contract's final_score line always carries a score.
         rt.log("score_withheld reason:artifact_over_limit (see the artifact_over_limit line)")
     else:
-        rt.log(f"final_score val_bpb:{result[1]:.8f} stage:{last} total_bytes:{total_bytes}")
+        rt.log(f"final_score val_bpb:{result[1]:.8f} stage:{stages[-1]} total_bytes:{total_bytes}")
     return result[1]
 
 def account_artifact(h: Hyperparameters, rt: Runtime, code_bytes: int, model_bytes: int) -> tuple[int, bool]:
-    total = code_bytes + model_bytes
-    rt.log(f"artifact code_bytes:{code_bytes} model_bytes:{model_bytes} total_bytes:{total} limit_bytes:{h.artifact_limit_bytes}")
-    over = total > h.artifact_limit_bytes
-    if over:
-        rt.log(f"artifact_over_limit total_bytes:{total} limit_bytes:{h.artifact_limit_bytes} over_by:{total - h.artifact_limit_bytes} "
-               f"-- no final_score will be reported. To fit, re-export the checkpoint with EXPORT_ONLY={h.export_only or h.checkpoint_path} and "
-               f"higher MLP_CLIP_SIGMAS / ATTN_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, or EMBED_BITS=6, "
-               f"or train a smaller model (MODEL_DIM, NUM_LAYERS, MLP_MULT).")
-    return total, over
+    total, limit = code_bytes + model_bytes, h.artifact_limit_bytes
+    rt.log(f"artifact code_bytes:{code_bytes} model_bytes:{model_bytes} total_bytes:{total} limit_bytes:{limit}")
+    if total > limit:
+        rt.log(f"artifact_over_limit total_bytes:{total} limit_bytes:{limit} over_by:{total - limit} -- no final_score "
+               f"will be reported. To fit, re-export the checkpoint with EXPORT_ONLY={h.export_only or h.checkpoint_path} "
+               f"and higher MLP_CLIP_SIGMAS / ATTN_CLIP_SIGMAS (fewer distinct levels compress better), MATRIX_BITS=5, "
+               f"or EMBED_BITS=6, or train a smaller model (MODEL_DIM, NUM_LAYERS, MLP_MULT).")
+    return total, total > limit
 
 def run(h: Hyperparameters, rt: Runtime) -> None:
     h.validate(rt.world_size)
@@ -3163,30 +3066,26 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
     tables.sidecar = load_validation_bytes(h.data_path, h.val_tokens_limit, h.byte_sidecar, sidecar_limit(tables))
     caseops = is_caseops_tokenizer(sp)
     if caseops and tables.sidecar is None and h.byte_sidecar != "0":
-        raise InputError(f"TOKENIZER_PATH={h.tokenizer_path} is a CaseOps tokenizer, but DATA_PATH={h.data_path} has no byte "
-                         f"sidecars (fineweb_val_bytes_*.bin): its bits per byte would count operator bytes the text never had. "
-                         f"Download the data with 'python3 data/cached_challenge_fineweb.py --variant sp8192_caseops'.")
+        raise InputError(f"TOKENIZER_PATH={h.tokenizer_path} is a CaseOps tokenizer, but DATA_PATH={h.data_path} has no "
+                         f"byte sidecars (fineweb_val_bytes_*.bin): its bits per byte would count operator bytes the text "
+                         f"never had. Download the data with 'python3 data/cached_challenge_fineweb.py --variant "
+                         f"sp8192_caseops'.")
     tables = tables.to(rt.device)
     val = load_validation_tokens(h.data_path, h.val_tokens_limit).to(rt.device)
     if int(val.max()) >= h.vocab_size:
-        raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside VOCAB_SIZE={h.vocab_size}; "
-                         f"the data and tokenizer do not match.")
+        raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside "
+                         f"VOCAB_SIZE={h.vocab_size}; the data and tokenizer do not match.")
     check_scored_bytes(val, tables, h.data_path)
     rt.log(f"data val_tokens:{len(val)} tokenizer:{h.tokenizer_path} tokenizer_sha256:{h.tokenizer_sha256} "
            f"data_path:{h.data_path} bytes:{tables.denominator} caseops:{int(caseops)}")
     check_evaluation_settings(h, val)
     keep_earlier_outputs(h, rt)  # every check passed: this run will write its own outputs
-
     if h.eval_only:
         blob = share_bytes(read_artifact_file(h.artifact_path) if rt.is_main else None, rt)
         rt.log(f"artifact_loaded path:{h.artifact_path} bytes:{len(blob)} sha256:{hashlib.sha256(blob).hexdigest()}")
-        total, over = account_artifact(h, rt, code_bytes, len(blob))
-        evaluate_artifact(blob, h, rt, val, tables, total, over)
+        evaluate_artifact(blob, h, rt, val, tables, *account_artifact(h, rt, code_bytes, len(blob)))
         return
-
-    def full_eval(score_fn) -> tuple[float, float]:
-        return evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt)
-
+    full_eval = lambda score_fn: evaluate_windows(score_fn, val, h.eval_seq_len, h.eval_seq_len, h, tables, rt)
     if h.export_only:
         runners = prepare_model(model, h, rt)
         rt.log(f"export_only checkpoint:{h.export_only}")
@@ -3205,14 +3104,12 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
         stats = train_model(h, model, runners, rt, lambda: full_eval(runners.score))
         log_peak_memory(rt)
         blob, quant_ms = export_model(model, runners, h, rt)
-        limit_ms = 1000 * h.max_wallclock_seconds
         rt.log(f"wallclock train_time:{stats['train_ms']:.0f}ms gptq_time:{quant_ms:.0f}ms "
-               f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{limit_ms:.0f}ms")
+               f"total:{stats['train_ms'] + quant_ms:.0f}ms limit:{1000 * h.max_wallclock_seconds:.0f}ms")
     timed_stage(rt, h, "final_prequant", lambda: full_eval(runners.score))
     del model, runners
     model_bytes = len(blob) if not rt.is_main else Path(h.artifact_path).stat().st_size
-    total, over = account_artifact(h, rt, code_bytes, model_bytes)
-    evaluate_artifact(blob, h, rt, val, tables, total, over)
+    evaluate_artifact(blob, h, rt, val, tables, *account_artifact(h, rt, code_bytes, model_bytes))
 
 def main() -> None:
     rt, code = None, 0
@@ -3242,9 +3139,9 @@ def main() -> None:
             code = EXIT_MEMORY
             asked = re.search(r"tried to allocate [\d.]+ ?\w+", str(exc), re.IGNORECASE)
             report_failure(rt, f"error: out of memory while {rt.activity if rt else 'starting'} "
-                               f"({asked.group(0) if asked else type(exc).__name__}): no score "
-                               f"from this run; lower MICRO_BATCH_SEQS (training), EVAL_BATCH_SEQS or TTT_DOC_BATCH "
-                               f"(evaluation), or the model (NUM_LAYERS, MODEL_DIM, MLP_MULT)")
+                               f"({asked.group(0) if asked else type(exc).__name__}): no score from this run; lower "
+                               f"MICRO_BATCH_SEQS (training), EVAL_BATCH_SEQS or TTT_DOC_BATCH (evaluation), or the "
+                               f"model (NUM_LAYERS, MODEL_DIM, MLP_MULT)")
         elif rt is None or rt.world_size == 1 or not is_peer_failure(exc):
             raise
         else:
@@ -3255,9 +3152,8 @@ def main() -> None:
         if dist.is_available() and dist.is_initialized() and code not in (EXIT_STALLED, EXIT_TERMINATED):
             dist.destroy_process_group()
     if rt is not None and rt.world_size > 1:
-        # About 1 run in 30 of two gloo processes aborted during interpreter shutdown ("terminate
-        # called without an active exception") after finishing its work: gloo threads releasing
-        # tensors at finalization (pytorch PR #179291). Everything is written; skip finalization.
+        # About 1 run in 30 of two gloo processes aborted at interpreter shutdown ("terminate called without an active
+        # exception") after its work: gloo threads free tensors at finalization (pytorch PR #179291). Skip finalization.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
