@@ -27,7 +27,6 @@ import torch.nn.functional as F
 # Defaults: PR #2135's logged configuration (1.05651, the best valid 3-seed record: SP8192, 11 layers x 512, layers
 # 3-5 looped twice more from 35% of training, 786,432 tokens per step in rows of 2,048; tests/test_defaults.py gives
 # the reason for each of our differences). One table declares every setting, all checked before any work.
-# ---------------------------------------------------------------------------------------------
 
 class ConfigError(ValueError):
     """An impossible or inconsistent setting; the message names the variable to change."""
@@ -65,10 +64,8 @@ OWN_PREFIXES = ("TTT_", "PHASED_", "GLOBAL_TTT_", "GPTQ_", "MUON_", "EVAL_", "TR
                 "EMBED_", "ATTN_", "MLP_", "XSA_", "SMEAR_", "SKIP_", "DOC_", "MATRIX_", "ARTIFACT_", "CHECKPOINT_",
                 "EXPORT_", "VAL_", "NEWTON_", "QUANT_", "SLIDING_", "ROPE_", "LOGIT_", "TIED_", "NLL_", "DIST_",
                 "PROGRESSIVE_", "CONTEXT_", "AWQ_", "LQER_")
-ATTENTION_SETTINGS = ("auto", "fa3", "varlen", "flex", "sdpa")
-TTT_MODES = ("chunked", "docs", "phased")
-LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
-TTT_LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")
+ATTENTION_SETTINGS, TTT_MODES = ("auto", "fa3", "varlen", "flex", "sdpa"), ("chunked", "docs", "phased")
+LORA_TARGETS, TTT_LORA_TARGETS = ("q", "k", "v", "o", "up", "down"), ("q", "k", "v", "o", "mlp", "head")
 COMPRESSORS = ("brotli", "zstd", "lzma")
 CHALLENGE_LIMIT_BYTES = 16_000_000  # code + model; also bounds what an artifact may ask the loader to build
 BOS_ID = 1  # every document starts with it (the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3)
@@ -84,7 +81,6 @@ class Knob:
     above: float | None = None
     choices: tuple | None = None
     model: bool = False
-
     def parse(self, raw: str | None, h: "Hyperparameters"):
         default = self.default(h) if callable(self.default) else self.default
         if raw is None:
@@ -95,9 +91,7 @@ class Knob:
             return raw == "1" if isinstance(default, bool) else type(default)(raw)
         except ValueError:
             raise ConfigError(f"{self.name}={raw!r} is not a valid {type(default).__name__}.") from None
-
     def problem(self, v) -> str | None:
-        """Why the value is out of range, or None."""
         if self.choices is not None:
             return None if v in self.choices else f"must be one of {', '.join(map(str, self.choices))}"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -205,19 +199,16 @@ SETTINGS = [
     Knob("NGRAM_BETA", 2.625, above=0, high=20),
     Knob("NLL_DUMP_PATH", ""),  # per-token NLL and bytes of the final stage, for audits
 ]
-KNOBS = {knob.name: knob for knob in SETTINGS}
-MODEL_FIELDS = [knob.name.lower() for knob in SETTINGS if knob.model]
+KNOBS, MODEL_FIELDS = {knob.name: knob for knob in SETTINGS}, [knob.name.lower() for knob in SETTINGS if knob.model]
 
 class Hyperparameters:
     """Every setting, read from the environment over the PRESET, as the attribute of its lower-case name."""
-
     def __init__(self, environ: dict[str, str] | None = None):
         env = dict(os.environ if environ is None else environ)
         preset = env.get("PRESET", "")
         if preset and preset not in PRESETS:
             raise ConfigError(f"PRESET={preset!r} is unknown; choose one of {', '.join(PRESETS)} or leave it unset.")
-        env = {**PRESETS.get(preset, {}), **env}
-        self.values = {}
+        env, self.values = {**PRESETS.get(preset, {}), **env}, {}
         for knob in SETTINGS:
             raw = env.get(knob.name)
             # An empty string means "unset" for numbers and switches (the preset's value, else the default), but is a
@@ -228,13 +219,10 @@ class Hyperparameters:
             setattr(self, knob.name.lower(), self.values[knob.name])
         self.unknown = sorted(name for name in env if name not in KNOBS and name not in LAUNCHER_VARIABLES
                               and (name.startswith(OWN_PREFIXES) or difflib.get_close_matches(name, KNOBS, 1, 0.85)))
-
     def lora_targets(self) -> tuple[str, ...]:
         return split_list(self.pass_lora_targets)
-
     def ttt_targets(self) -> tuple[str, ...]:
         return split_list(self.ttt_lora_targets)
-
     def context_phases(self) -> list[tuple[int, float]]:
         """(row length, fraction of the budget it lasts until) of each training phase, the last (TRAIN_SEQ_LEN, 1.0)."""
         phases = []
@@ -248,11 +236,8 @@ class Hyperparameters:
                 raise ConfigError(f"PROGRESSIVE_CONTEXT={self.progressive_context!r}: {item!r} is not length:until with a "
                                   f"positive length and a fraction of the budget between 0 and 1 (e.g. 1024:0.1,2048:0.7).")
         return phases + [(self.train_seq_len, 1.0)]
-
     def context_at(self, progress: float) -> int:
-        """The training row length at this fraction of the budget."""
         return next(length for length, until in self.context_phases() if progress < until or until == 1.0)
-
     def training_states(self) -> list[tuple[int, bool]]:
         """Every (row length, looping) pair a run meets, in order: each is its own compiled graph."""
         starts = [0.0] + [until for _, until in self.context_phases()[:-1]]
@@ -260,7 +245,6 @@ class Hyperparameters:
             starts.append(self.enable_looping_at)
         states = [(self.context_at(p), self.num_loops > 0 and p >= self.enable_looping_at) for p in sorted(set(starts))]
         return list(dict.fromkeys(states))  # distinct, in order
-
     def doc_chunk_tokens(self, longest: int) -> int:
         """Chunk length for documents whose longest has `longest` targets: short batches take 8 or 24 (PR #2014)."""
         if self.ttt_short_doc_chunks:
@@ -268,7 +252,6 @@ class Hyperparameters:
                 if longest <= limit:
                     return min(chunk, self.ttt_doc_chunk_tokens)
         return self.ttt_doc_chunk_tokens
-
     def validate(self, world_size: int) -> None:
         """Fail at start, naming the variable: unknown names, each setting on its own, then the rules between them."""
         for name in self.unknown:
@@ -332,41 +315,32 @@ class Hyperparameters:
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
-
     @functools.cached_property
     def tokenizer_sha256(self) -> str:
         """The tokenizer's fingerprint: artifacts and checkpoints record it, and a model is never scored with another
         tokenizer (a CaseOps and a plain one of one size share no meanings)."""
         return hashlib.sha256(Path(tokenizer_file(self.tokenizer_path)).read_bytes()).hexdigest()
-
     @property
     def window_len(self) -> int:
         """Tokens in one training window (targets: one more): every phase's rows tile it exactly."""
         return math.lcm(*(length for length, _ in self.context_phases()))
-
     def micro_batch(self, world_size: int) -> int:
         """Windows per micro-batch: the largest divisor of a process's windows within MICRO_BATCH_SEQS rows, or 1."""
         per_rank = self.train_batch_tokens // self.window_len // world_size
         most = max(1, self.micro_batch_seqs * self.train_seq_len // self.window_len)
         return max(d for d in range(1, min(most, per_rank) + 1) if per_rank % d == 0)
-
     def micro_batch_tokens(self, world_size: int) -> int:
-        """Tokens one process runs forward and backward at once."""
         return self.micro_batch(world_size) * self.window_len
-
     def grad_accum_steps(self, world_size: int) -> int:
         return self.train_batch_tokens // self.window_len // world_size // self.micro_batch(world_size)
-
     def calibration_rows(self, world_size: int) -> int:
         """Rows of TRAIN_SEQ_LEN per GPTQ calibration forward: one training micro-batch's tokens."""
         return self.train_batch_tokens // self.train_seq_len // world_size // self.grad_accum_steps(world_size)
-
     def model_config(self) -> "ModelConfig":
         return ModelConfig(**{name: getattr(self, name) for name in MODEL_FIELDS})
 
 class ModelConfig:
     """What an artifact or checkpoint carries: the SETTINGS marked `model` (PASS_LORA_TARGETS as a list), the BOS id."""
-
     def __init__(self, **settings):
         if unknown := set(settings) - set(MODEL_FIELDS) - {"bos_id"}:
             raise TypeError(f"ModelConfig has no setting {sorted(unknown)}")
@@ -374,13 +348,10 @@ class ModelConfig:
         self.__dict__.update({**{name: getattr(defaults, name) for name in MODEL_FIELDS}, "bos_id": BOS_ID, **settings})
         if isinstance(self.pass_lora_targets, str):
             self.pass_lora_targets = list(split_list(self.pass_lora_targets))
-
     def __eq__(self, other) -> bool:
         return isinstance(other, ModelConfig) and self.__dict__ == other.__dict__
-
     def __repr__(self) -> str:
         return f"ModelConfig({self.__dict__})"
-
     head_dim = property(lambda self: self.model_dim // self.num_heads)
     kv_dim = property(lambda self: self.num_kv_heads * self.head_dim)
     mlp_dim = property(lambda self: int(self.mlp_mult * self.model_dim))
@@ -390,7 +361,6 @@ class ModelConfig:
 # DATA
 # Shards are the challenge's format: 256 little-endian int32 header words (magic, version, token count), then uint16
 # token ids. Bits per byte counts the UTF-8 bytes of the decoded text (sentencepiece tables) or a CaseOps sidecar's.
-# ---------------------------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_WORDS = 20240520, 1, 256
 SHARD_HEADER_BYTES = SHARD_HEADER_WORDS * 4
@@ -427,7 +397,6 @@ class TrainLoader:
     """Seeded, world-size-independent stream of training sequences: windows of seq_len + 1 tokens at stride seq_len
     (each token a target once per epoch) in a seeded order; each step takes the next `global_seqs` and each process its
     contiguous slice of them, so ranks never share a sequence and any world size sees the same global batch."""
-
     def __init__(self, data_path: str, seq_len: int, global_seqs: int, rank: int, world_size: int, seed: int):
         self.shards = [load_data_shard(f) for f in shard_files(data_path, "train")]
         self.seq_len, self.global_seqs = seq_len, global_seqs
@@ -439,24 +408,20 @@ class TrainLoader:
             raise InputError(f"Training shards in {data_path} hold {self.num_windows} sequences of {seq_len + 1} tokens, "
                              f"fewer than one step's {global_seqs}; add data or lower TRAIN_BATCH_TOKENS.")
         self.reset()
-
     def reset(self, epoch: int = 0) -> None:
         """Start `epoch`: a permutation of all windows seeded by (SEED, epoch)."""
         self.epoch, self.cursor = epoch, 0
         self.order = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
-
     def _window(self, index: int) -> np.ndarray:
         shard = int(np.searchsorted(self.window_starts, index, side="right") - 1)
         start = (index - int(self.window_starts[shard])) * self.seq_len
         return self.shards[shard][start:start + self.seq_len + 1]
-
     def next_global_indices(self) -> np.ndarray:
         if self.cursor + self.global_seqs > self.num_windows:
             self.reset(self.epoch + 1)
         indices = self.order[self.cursor:self.cursor + self.global_seqs]
         self.cursor += self.global_seqs
         return indices
-
     def next_batch(self, device: torch.device) -> torch.Tensor:
         """This rank's share of the next global batch: (seqs, seq_len + 1) int64 tokens."""
         per_rank = self.global_seqs // self.world_size
@@ -508,7 +473,6 @@ def is_caseops_tokenizer(sp) -> bool:
     return all(sp.piece_to_id(op) != sp.unk_id() for op in "\ue001\ue002\ue003\ue004")
 
 def tokenizer_file(path: str) -> str:
-    """TOKENIZER_PATH, checked to exist."""
     if not Path(path).is_file():
         raise InputError(f"TOKENIZER_PATH={path} does not exist; download or build the dataset first (see README).")
     return path
@@ -533,7 +497,6 @@ class ByteTables:
     is_boundary: torch.Tensor  # control / unknown / unused tokens: no bytes, no space after
     sidecar: torch.Tensor | None = None  # per validation position: original bytes (CaseOps), replaces the tables
     denominator = property(lambda self: "sidecar" if self.sidecar is not None else "tables")
-
     def target_bytes(self, prev_ids: torch.Tensor, target_ids: torch.Tensor,
                      positions: torch.Tensor | None = None) -> torch.Tensor:
         """Bytes of each target; a sidecar needs, and only it uses, their `positions` in the validation tokens."""
@@ -543,7 +506,6 @@ class ByteTables:
             return self.sidecar[positions]
         space = self.leading_space[target_ids] & ~self.is_boundary[prev_ids]
         return self.base_bytes[target_ids] + space.to(self.base_bytes.dtype)
-
     def to(self, device: torch.device) -> "ByteTables":
         return ByteTables(**{name: t if t is None else t.to(device) for name, t in self.__dict__.items()})
 
@@ -554,8 +516,7 @@ def sidecar_limit(tables: ByteTables) -> int:
     return 4 * (int(tables.base_bytes.max()) + 1) + 1024
 
 def build_byte_tables(sp, vocab_size: int) -> ByteTables:
-    base = torch.zeros(vocab_size, dtype=torch.int64)
-    space = torch.zeros(vocab_size, dtype=torch.bool)
+    base, space = torch.zeros(vocab_size, dtype=torch.int64), torch.zeros(vocab_size, dtype=torch.bool)
     boundary = torch.ones(vocab_size, dtype=torch.bool)  # ids past the tokenizer are never text
     for token in range(sp.vocab_size()):
         if not (sp.is_control(token) or sp.is_unknown(token) or sp.is_unused(token)):
@@ -581,15 +542,12 @@ def check_scored_bytes(val: torch.Tensor, tables: ByteTables, data_path: str) ->
 
 class BpbMeter:
     """Sums token NLL (nats), target count and target bytes; reduced across ranks once."""
-
     def __init__(self, device: torch.device):
         self.loss_sum, self.tokens, self.bytes = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
-
     def add(self, nll: torch.Tensor, nbytes: torch.Tensor) -> None:
         self.loss_sum += nll.double().sum()
         self.tokens += nll.numel()
         self.bytes += nbytes.double().sum()
-
     def result(self) -> tuple[float, float]:
         """(val_loss in nats per token, val_bpb), summed over all ranks."""
         totals = torch.stack([self.loss_sum, self.tokens, self.bytes])
@@ -598,7 +556,6 @@ class BpbMeter:
         loss_sum, tokens, nbytes = totals.tolist()
         return loss_sum / tokens, loss_sum / math.log(2.0) / nbytes
 
-
 # ---------------------------------------------------------------------------------------------
 # MODEL
 # The 2026-04-09 record's stack (PR #1493) with the #1 record's training-side additions (PR #1855).
@@ -606,7 +563,6 @@ class BpbMeter:
 # so Muon orthogonalises them in batches. A span of layers runs 1 + NUM_LOOPS times; each repeat
 # adds its own LoRA delta and pass embedding, both zero at init so looping starts from the shared
 # weights (PRs #1096, #1552). Training, evaluation, TTT and GPTQ calibration share one forward path.
-# ---------------------------------------------------------------------------------------------
 
 def virtual_layers(num_layers: int, loop_start: int, loop_end: int, num_loops: int, looping: bool) -> list[tuple[int, int]]:
     """The run order as (physical layer, pass) pairs, pass 0 a layer's first visit: 11 layers with
@@ -692,7 +648,6 @@ def torch_varlen(fn=None):
     else:
         return None  # a signature we do not know: never guess what it does
     native_gqa = "enable_gqa" in params
-
     def run(q, k, v, cu_seqlens, max_len):
         grouped = k.size(1) != q.size(1)
         if grouped and not native_gqa:
@@ -730,8 +685,7 @@ def check_attention(kernel: str, fn, h: "Hyperparameters", rt: "Runtime") -> str
     want = attend(x, None if probe.rows_are_documents else document_mask(ids, BOS_ID))
     (want_grad,) = torch.autograd.grad(want.square().sum(), x)
     probe.dense, probe.varlen = (fn, None) if kernel == "fa3_causal" else (None, fn)
-    layout = probe.attention_layout(ids, kernel)
-    graphs = graphs_compiled()
+    layout, graphs = probe.attention_layout(ids, kernel), graphs_compiled()
     try:
         with rt.autocast():
             got = attend(x, layout)
@@ -765,7 +719,6 @@ class AttentionKernels:
     varlen: object = None  # the varlen function when train or nograd is a varlen kernel
     dense_fn: object = None  # FlashAttention-3's dense function when dense is fa3_causal
     check: str = "not needed"
-
     def line(self) -> str:
         return (f"attention_kernels train:{self.train} eval:{self.nograd} calibration:{self.nograd} "
                 f"documents:{self.dense} check:{self.check}")
@@ -828,8 +781,7 @@ class GPT(nn.Module):
         self.up_bank = nn.Parameter(torch.empty(L, cfg.mlp_dim, D))
         self.down_bank = nn.Parameter(torch.empty(L, D, cfg.mlp_dim))
         # Per-layer vectors (the AdamW "scalar" group).
-        self.attn_scale = nn.Parameter(torch.ones(L, D))
-        self.mlp_scale = nn.Parameter(torch.ones(L, D))
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(L, D)), nn.Parameter(torch.ones(L, D))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(L, D), torch.zeros(L, D)], dim=1))
         self.q_gain = nn.Parameter(torch.full((L, H), cfg.qk_gain_init))
         max_skips = len(virtual_layers(L, cfg.loop_start, cfg.loop_end, cfg.num_loops, True)) // 2
@@ -863,12 +815,10 @@ class GPT(nn.Module):
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.rope_dims, 2, dtype=torch.float32) / max(cfg.rope_dims, 1))
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
         self.reset_parameters()
-
     def _target_shape(self, target: str) -> tuple[int, int]:
         c = self.cfg
         return {"q": (c.model_dim, c.model_dim), "k": (c.kv_dim, c.model_dim), "v": (c.kv_dim, c.model_dim),
                 "o": (c.model_dim, c.model_dim), "up": (c.mlp_dim, c.model_dim), "down": (c.model_dim, c.mlp_dim)}[target]
-
     @torch.no_grad()
     def reset_parameters(self) -> None:
         if self.tok_emb.weight.is_meta:  # shapes only (checking an artifact before building it)
@@ -885,18 +835,15 @@ class GPT(nn.Module):
         # Output projections start at zero: every block begins as the identity on the residual.
         self.qo_bank[L:].zero_()
         self.down_bank.zero_()
-
     def init_probe(self) -> list[float]:
         """Four values spread over each random tensor at init (embedding; q, k/v, up banks): the packager
         rebuilds them from a log's SEED and settings, so a log relabelled with another seed is refused."""
         tensors = (self.tok_emb.weight, self.qo_bank[: self.cfg.num_layers], self.kv_bank, self.up_bank)
         flats = [tensor.detach().flatten() for tensor in tensors]
         return [float(flat[i]) for flat in flats for i in (0, flat.numel() // 3, 2 * flat.numel() // 3, flat.numel() - 1)]
-
     def schedule(self) -> list[tuple[int, int]]:
         c = self.cfg
         return virtual_layers(c.num_layers, c.loop_start, c.loop_end, c.num_loops, self.looping)
-
     def hessian_buffers(self) -> dict[tuple[str, int], torch.Tensor]:
         """Zeroed X^T X accumulators of every quantized matrix's input: set as self.hessians, the forward
         adds to them in place (allocated up front, so calibration compiles whole)."""
@@ -905,12 +852,10 @@ class GPT(nn.Module):
         buffers = {(kind, layer): torch.zeros(d, d, device=device)
                    for kind, d in dims.items() for layer in range(c.num_layers)}
         return {**buffers, ("final", 0): torch.zeros(c.model_dim, c.model_dim, device=device)}
-
     def _record(self, key: tuple[str, int], x: torch.Tensor) -> None:
         if self.hessians is not None:
             rows = x.detach().reshape(-1, x.size(-1)).float()
             self.hessians[key].addmm_(rows.T, rows)
-
     def project(self, x: torch.Tensor, weight: torch.Tensor, target: str, layer: int, pass_idx: int,
                 slot: int) -> torch.Tensor:
         """x @ W^T, plus this pass's LoRA delta (x A^T) B^T on repeated passes, plus the per-document TTT
@@ -923,7 +868,6 @@ class GPT(nn.Module):
         if self.ttt_lora is not None and target in self.ttt_lora.A:  # q, k, v, o (MLP, head: see mlp(), head())
             y = y + self.ttt_lora.delta(target, slot, x)
         return y
-
     def rotary(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate the first ROPE_DIMS channels of each head; x is (B, T, heads, head_dim)."""
         d = self.cfg.rope_dims
@@ -933,7 +877,6 @@ class GPT(nn.Module):
         cos, sin = freqs.cos()[None, :, None, :].to(x.dtype), freqs.sin()[None, :, None, :].to(x.dtype)
         x1, x2, rest = x[..., : d // 2], x[..., d // 2: d], x[..., d:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
-
     def attention_layout(self, input_ids: torch.Tensor, kernel: str = "sdpa_mask"):
         """What attend() needs to keep tokens inside their documents under `kernel`, built outside the
         compiled graph: packed cu_seqlens, a flex BlockMask, a dense SDPA mask, or None (plain causal)."""
@@ -944,7 +887,6 @@ class GPT(nn.Module):
         if kernel == "flex":
             return document_block_mask(input_ids, self.cfg.bos_id)
         return document_mask(input_ids, self.cfg.bos_id)
-
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout) -> torch.Tensor:
         """Causal attention, inside documents when a layout is given; (B, T, heads, head_dim) in and out."""
         B, T, H, D = q.shape
@@ -959,7 +901,6 @@ class GPT(nn.Module):
         if k.size(1) != q.size(1):  # repeated, not enable_gqa: keeps every SDPA backend (flash too) eligible
             k, v = [t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v)]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=layout, is_causal=layout is None).transpose(1, 2)
-
     def attention(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         c, L = self.cfg, self.cfg.num_layers
         B, T, _ = x.shape
@@ -983,7 +924,6 @@ class GPT(nn.Module):
         y = y.reshape(B, T, c.model_dim)
         self._record(("attn_out", layer), y)
         return self.project(y, self.qo_bank[L + layer], "o", layer, pass_idx, slot)
-
     def mlp(self, x: torch.Tensor, layer: int, pass_idx: int, slot: int) -> torch.Tensor:
         self._record(("mlp_in", layer), x)
         # LeakyReLU(0.5)^2: keeps a gradient for negative inputs, unlike relu^2.
@@ -993,13 +933,11 @@ class GPT(nn.Module):
         if self.ttt_lora is not None and "mlp" in self.ttt_lora.A:
             out = out + self.ttt_lora.delta("mlp", slot, x)
         return out
-
     def block(self, x: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int, slot: int, layout) -> torch.Tensor:
         mix, ln = self.resid_mix[layer], self.ln_factors[layer]
         x = mix[0] * x + mix[1] * x0
         x = x + self.attn_scale[layer] * self.attention(rms_norm(x) * ln, layer, pass_idx, slot, layout)
         return x + self.mlp_scale[layer] * self.mlp(rms_norm(x) * ln, layer, pass_idx, slot)
-
     def parallel_block(self, x: torch.Tensor, mlp_lane: torch.Tensor, x0: torch.Tensor, layer: int, pass_idx: int,
                        slot: int, layout) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer on the two lanes (x is the attention lane); see lane_post in __init__."""
@@ -1011,7 +949,6 @@ class GPT(nn.Module):
         post, resid = self.lane_post[i], self.lane_resid[i]
         return (resid[0] * x + post[0, 0] * attn + post[1, 0] * mlp,
                 resid[1] * mlp_lane + post[0, 1] * attn + post[1, 1] * mlp)
-
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(input_ids)
         if self.smear_gate is not None:
@@ -1021,12 +958,10 @@ class GPT(nn.Module):
             gate = gate * (input_ids[:, 1:] != self.cfg.bos_id).to(gate.dtype)
             x = torch.cat([x[:, :1], x[:, 1:] + gate.unsqueeze(-1) * x[:, :-1]], dim=1)
         return rms_norm(x)
-
     def merge_skip(self, x: torch.Tensor, encoder_out: torch.Tensor, index: int) -> torch.Tensor:
         skip = self.skip_weights[index] * encoder_out
         # Sigmoid skip gate (PR #1493): skip + sigma(g) * (x - skip).
         return x + skip if self.skip_gates is None else torch.lerp(skip, x, torch.sigmoid(self.skip_gates[index]))
-
     def hidden_states(self, input_ids: torch.Tensor, layout=None) -> torch.Tensor:
         """The final normed hidden states (GPTQ calibration needs no logits); `layout` from
         attention_layout(), None: the dense reference layout. The residual stream stays float32."""
@@ -1054,26 +989,21 @@ class GPT(nn.Module):
         x = rms_norm(x if mlp_lane is None else 0.5 * (x + mlp_lane))
         self._record(("final", 0), x)
         return x
-
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Raw logits of the tied head (bf16 under autocast), before the soft-cap."""
         logits = F.linear(x, self.tok_emb.weight)
         if self.ttt_lora is not None and "head" in self.ttt_lora.A:
             logits = logits + self.ttt_lora.delta("head", 0, x)
         return logits
-
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean",
                 layout=None) -> torch.Tensor:
         nll = softcapped_nll(self.head(self.hidden_states(input_ids, layout)), target_ids, self.cfg.logit_softcap)
         return nll.mean() if reduction == "mean" else nll
-
     def adapter_parameters(self) -> list[nn.Parameter]:
         params = list(self.lora_A.values()) + list(self.lora_B.values())
         return params + ([self.pass_embed] if self.pass_embed is not None else [])
-
     def bank_parameters(self) -> list[nn.Parameter]:
         return [self.qo_bank, self.kv_bank, self.up_bank, self.down_bank]
-
 
 # ---------------------------------------------------------------------------------------------
 # OPTIMIZERS
@@ -1081,7 +1011,6 @@ class GPT(nn.Module):
 # Nesterov momentum, optional row normalisation and batched Newton-Schulz on its own slice of layers,
 # then all-gathers the updates. AdamW takes the rest, averaged by one flat all-reduce (no DDP
 # wrapper); LoRA factors and pass embeddings get their own group: Muon made rank-1 LoRA diverge (PR #1096).
-# ---------------------------------------------------------------------------------------------
 
 # Newton-Schulz steps X <- aX + (bA + cA^2)X with A = XX^T. Polar Express (PR #1787) gives each
 # of its five steps its own minimax tuple and lands closer to the polar factor UV^T than the
@@ -1114,9 +1043,7 @@ class ParallelMuon:
         self.shard_rows = [math.ceil(p.size(0) / world_size) for p in self.banks]
         self.buffers = [torch.zeros(rows, *p.shape[1:], device=p.device) for rows, p in zip(self.shard_rows, self.banks)]
         self._pending: list = []
-
     def start_reduce_scatter(self) -> None:
-        """Launch the asynchronous averaging of every bank's gradient onto its shard owners."""
         self._pending = []
         for p, rows in zip(self.banks, self.shard_rows):
             if self.world_size == 1:  # one rank holds every layer: no padding, nothing to wait for
@@ -1126,7 +1053,6 @@ class ParallelMuon:
             grad = torch.cat([p.grad, p.grad.new_zeros(pad, *p.grad.shape[1:])]) if pad else p.grad
             shard = grad.new_empty(rows, *grad.shape[1:])
             self._pending.append((dist.reduce_scatter_tensor(shard, grad.contiguous(), async_op=True), shard))
-
     def finish_reduce_scatter(self) -> list[torch.Tensor]:
         shards = []
         for work, shard in self._pending:
@@ -1134,7 +1060,6 @@ class ParallelMuon:
                 work.wait()
             shards.append(shard.div_(self.world_size))  # summed, then averaged: AVG is NCCL-only
         return shards
-
     @torch.no_grad()
     def step(self, shard_grads: list[torch.Tensor], clip_coef: torch.Tensor | float = 1.0) -> None:
         gathers = []
@@ -1169,7 +1094,6 @@ def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
 
 class Optimizers:
     """Muon for the banks plus AdamW for the rest, stepped together with global-norm clipping."""
-
     def __init__(self, model: GPT, h: Hyperparameters, rank: int, world_size: int):
         self.world_size, self.grad_clip_norm = world_size, h.grad_clip_norm
         self.muon = ParallelMuon(model.bank_parameters(), h.matrix_lr, h.muon_momentum, h.muon_wd,
@@ -1185,13 +1109,10 @@ class Optimizers:
         fused = {"fused": True} if model.tok_emb.weight.is_cuda else {}
         self.adam = torch.optim.AdamW(groups, betas=(h.beta1, h.beta2), eps=1e-8, **fused)
         self.adam_params = [p for g in groups for p in g["params"]]
-
     def set_schedule(self, lr_mult: float, muon_momentum: float) -> None:
-        self.muon.lr = self.muon.base_lr * lr_mult
-        self.muon.momentum = muon_momentum
+        self.muon.lr, self.muon.momentum = self.muon.base_lr * lr_mult, muon_momentum
         for group in self.adam.param_groups:
             group["lr"] = group["base_lr"] * lr_mult
-
     def step(self) -> torch.Tensor:
         """Average gradients across ranks, clip by the global norm, update; returns the norm."""
         self.muon.start_reduce_scatter()
@@ -1210,20 +1131,16 @@ class Optimizers:
         self.muon.step(shards, clip)
         self.adam.step()
         return norm
-
     def zero_grad(self) -> None:
         self.adam.zero_grad(set_to_none=True)
         for p in self.muon.banks:
             p.grad = None
-
     def state_dict(self) -> dict:
         return {"muon": {"buffers": [b.clone() for b in self.muon.buffers]}, "adam": copy.deepcopy(self.adam.state_dict())}
-
     def load_state_dict(self, state: dict) -> None:
         for buf, saved in zip(self.muon.buffers, state["muon"]["buffers"]):
             buf.copy_(saved)
         self.adam.load_state_dict(state["adam"])
-
 
 # ---------------------------------------------------------------------------------------------
 # TRAINING LOOP
@@ -1231,7 +1148,6 @@ class Optimizers:
 # inside the clock) run first, then are undone. The clock runs to MAX_WALLCLOCK_SECONDS minus
 # the GPTQ reserve; learning rates decay linearly to zero over its last WARMDOWN_FRAC. Every
 # stop or loop decision uses the slowest rank's clock, so all ranks act on the same step.
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class Runtime:
@@ -1246,26 +1162,20 @@ class Runtime:
     patience: float = 0.0  # how long this activity may legitimately take (0: DIST_TIMEOUT_SECONDS)
     activity_changed: threading.Event = field(default_factory=threading.Event)  # wakes the StallMonitor
     monitor: threading.Thread | None = None  # the StallMonitor of a multi-process run
-
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
     def log(self, line: str = "", console: bool = True) -> None:
         if self.is_main and console:
             print(line, flush=True)
         if self.is_main and self.log_path:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
-
     def doing(self, activity: str, patience: float = 0.0) -> None:
-        """Record what this process is doing; StallMonitor names it if the run hangs."""
         self.activity, self.activity_since, self.patience = activity, time.monotonic(), patience
         self.activity_changed.set()
-
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -1287,12 +1197,10 @@ class WeightEMA:
     def __init__(self, model: nn.Module, horizon_frac: float):
         self.horizon_frac, self.params = horizon_frac, list(model.parameters())
         self.shadow = [p.detach().float().clone() for p in self.params]
-
     @torch.no_grad()
     def update(self, expected_steps: float) -> None:
         decay = 1.0 - 1.0 / max(1.0, self.horizon_frac * expected_steps)
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
-
     @torch.no_grad()
     def copy_to_model(self) -> None:
         for p, s in zip(self.params, self.shadow):
@@ -1303,7 +1211,6 @@ class Runner:
     it (eagerly: a flex BlockMask never forms inside a compiled graph)."""
     def __init__(self, model: "GPT", fn, kernel: str):
         self.model, self.fn, self.kernel = model, fn, kernel
-
     def __call__(self, input_ids: torch.Tensor, *args, **kwargs):
         return self.fn(input_ids, *args, layout=self.model.attention_layout(input_ids, self.kernel), **kwargs)
 
@@ -1315,7 +1222,6 @@ class Runners:
     score: Runner  # evaluation windows and chunked TTT scoring, without gradients
     calibrate: Runner  # GPTQ calibration: hidden states only, adding to model.hessians
     documents: Runner  # per-document TTT: plain causal rows, one graph for every window width
-
     @staticmethod
     def eager(model: "GPT", kernels: AttentionKernels | None = None) -> "Runners":
         k = kernels or AttentionKernels("sdpa_mask", "sdpa_mask", "sdpa_causal")
@@ -1323,7 +1229,6 @@ class Runners:
                        Runner(model, model.hidden_states, k.nograd), Runner(model, model, k.nograd))
 
 def prepare_model(model: GPT, h: Hyperparameters, rt: Runtime) -> Runners:
-    """Hand the model this run's attention kernels and build its Runners."""
     kernels = rt.kernels or pick_attention_kernels(h, rt)
     model.dense, model.varlen = kernels.dense_fn, kernels.varlen
     if not h.compile:  # COMPILE=1 compiles on any device: on the CPU too, so CI tests the compiled path
@@ -1364,7 +1269,6 @@ class SlowestClock:
     def __init__(self, rt: Runtime):
         self.rt, self.ms, self.step, self.step_ms = rt, 0.0, 0, 0.0  # the latest reading, its step, ms per step
         self.posted = None  # (host tensor, CUDA event or None, step) of the reading in flight
-
     def _post(self, ms: float) -> torch.Tensor:
         value = torch.tensor([ms], dtype=torch.float64)
         if self.rt.device.type == "cuda":
@@ -1372,12 +1276,10 @@ class SlowestClock:
         if self.rt.world_size > 1:
             dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return value
-
     def _update(self, ms: float, step: int) -> None:
         if step > self.step:
             self.step_ms = (ms - self.ms) / (step - self.step)
         self.ms, self.step = ms, step
-
     def read_late(self, ms: float, step: int) -> None:
         if self.posted is not None:
             host, event, posted_step = self.posted
@@ -1390,12 +1292,10 @@ class SlowestClock:
             event = torch.cuda.Event()
             event.record()
         self.posted = (value, event, step)
-
     def read_now(self, ms: float, step: int) -> None:
         self.rt.synchronize()
         self.posted = None  # superseded by a newer reading
         self._update(float(self._post(ms)), step)
-
     def next_step_ends(self, step: int) -> float:
         """Predicted time at the end of step + 1: the stop rule stops before a step that would end past the budget."""
         return self.ms + (step + 1 - self.step) * self.step_ms
@@ -1414,9 +1314,7 @@ def log_training_step(rt: Runtime, h: Hyperparameters, loss: torch.Tensor, step:
            f"step_avg:{train_ms / step:.2f}ms tok_s:{int(tokens_per_step * step / max(train_ms / 1000, 1e-9))}")
 
 def training_step(h: Hyperparameters, runners: Runners, rt: Runtime, opt: Optimizers, loader: TrainLoader):
-    """The function that runs one optimizer step on the next global batch, in rows of a given length."""
     accum, window = h.grad_accum_steps(rt.world_size), h.window_len
-
     def run_step(lr_mult: float, momentum: float, row_len: int) -> torch.Tensor:
         batch, total = loader.next_batch(rt.device), torch.zeros((), device=rt.device)
         for micro in batch.chunk(accum):
@@ -1540,7 +1438,6 @@ def log_peak_memory(rt: Runtime) -> None:
         allocated = reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     rt.log(f"peak_memory allocated:{allocated}MiB reserved:{reserved}MiB")
 
-
 # ---------------------------------------------------------------------------------------------
 # GPTQ EXPORT
 # Input Hessians (X^T X) come from training batches only, summed over every pass of a looped layer (the
@@ -1549,7 +1446,6 @@ def log_peak_memory(rt: Runtime) -> None:
 # deviations (SDClip). By role, not size: bank matrices and the embedding are quantized, every other
 # tensor passes as fp16. The artifact is a JSON header plus raw byte-shuffled arrays, compressed:
 # loading it never unpickles anything.
-# ---------------------------------------------------------------------------------------------
 
 ARTIFACT_MAGIC = b"PGA2"
 ARTIFACT_FORMAT = 4  # 4: two-lane parallel residuals and the tokenizer's SHA-256 in the header
@@ -1584,14 +1480,11 @@ class BoundedDecompressor:
             decoder = lzma.LZMADecompressor()
             self.pull = lambda n: b"" if decoder.eof else decoder.decompress(self.feed(), max_length=n)
             self.trailing = lambda: decoder.eof and bool(decoder.unused_data)  # junk after the stream's end
-
     def feed(self) -> bytes:
         """The compressed stream on the first call, nothing after: the decoder keeps what it has not yet used."""
         data, self.unfed = self.unfed, b""
         return data
-
     def read(self, n: int) -> bytes:
-        """The next n bytes of output, or fewer where the stream ends."""
         parts, have = [self.pending], len(self.pending)
         while have < n and (chunk := self.pull(min(n - have, 1 << 24))):
             parts.append(chunk)
@@ -1602,8 +1495,7 @@ class BoundedDecompressor:
 
 def quant_units(model: GPT) -> list[tuple[str, int, str]]:
     """(parameter name, slot, Hessian key) for every quantized matrix; slot -1 = whole tensor."""
-    L = model.cfg.num_layers
-    units = [("tok_emb.weight", -1, "final:0")]
+    L, units = model.cfg.num_layers, [("tok_emb.weight", -1, "final:0")]
     for layer in range(L):
         units += [("qo_bank", layer, f"attn_in:{layer}"), ("qo_bank", L + layer, f"attn_out:{layer}"),
                   ("kv_bank", layer, f"attn_in:{layer}"), ("kv_bank", L + layer, f"attn_in:{layer}"),
@@ -1661,8 +1553,7 @@ def column_grid(cols: int, bits: int, wide: list[tuple[int, int]], device) -> tu
     return levels, steps
 
 def quantize_rtn(weight: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.Tensor, torch.Tensor]:
-    qmax = 2 ** (bits - 1) - 1
-    scale = sdclip_scale(weight, bits, clip_sigmas)
+    qmax, scale = 2 ** (bits - 1) - 1, sdclip_scale(weight, bits, clip_sigmas)
     q = torch.clamp(torch.round(weight.float() / scale[:, None]), -qmax, qmax)
     return q.to(torch.int8), scale.half()
 
@@ -1714,7 +1605,6 @@ class QuantizedTensor:
     scale: torch.Tensor
     wide: list = field(default_factory=list)
     lqer: list = field(default_factory=list)
-
     def dequantized(self) -> torch.Tensor:
         weight = self.q.float() * self.scale.float().unsqueeze(-1)
         finer = (2 ** (self.bits - 1) - 1) / WIDE_QMAX
@@ -1846,12 +1736,10 @@ def _unshuffled(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
 
 def serialize_artifact(tensors: dict, cfg: ModelConfig, method: str, tokenizer_sha256: str = "") -> bytes:
     arrays, entries = [], {}
-
     def add(array: np.ndarray) -> dict:
         data, offset = _shuffled_bytes(array), sum(map(len, arrays))  # offset: the bytes queued before it
         arrays.append(data)
         return {"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset, "nbytes": len(data)}
-
     for name, item in tensors.items():
         if isinstance(item, QuantizedTensor):
             entries[name] = {"kind": "int", "bits": item.bits, "q": add(item.q.numpy()), "scale": add(item.scale.numpy()),
@@ -1937,10 +1825,8 @@ def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int
     the MLP's hidden layer before and after the activation: 2 bytes each per virtual layer), its fp32 logits and their
     gradient. The default 98,304-token micro-batch: 25.8 GiB; the first GPU run measured 44.0 GiB (README)."""
     cfg, tokens = h.model_config(), h.micro_batch_tokens(world_size)
-    params = parameter_count(cfg)
-    depth = cfg.num_layers + cfg.loop_len * cfg.num_loops
-    saved = tokens * depth * (4 * cfg.model_dim + 2 * cfg.mlp_dim) * 2
-    logits = tokens * cfg.vocab_size * 4 * 2
+    params, depth = parameter_count(cfg), cfg.num_layers + cfg.loop_len * cfg.num_loops
+    saved, logits = tokens * depth * (4 * cfg.model_dim + 2 * cfg.mlp_dim) * 2, tokens * cfg.vocab_size * 4 * 2
     return params, 20 * params + saved + logits
 
 def check_training_memory(h: Hyperparameters, rt: Runtime) -> None:
@@ -1985,12 +1871,10 @@ def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
     """Every array the tensor entries name, each checked against the model's shapes (dtype, shape, bits, AWQ-lite
     column ranges, LQER factors) before any byte of the payload is read."""
     arrays = []
-
     def check(ref: dict, dtype: str, shape: tuple, what: str) -> None:
         if ref["dtype"] != dtype or tuple(ref["shape"]) != tuple(shape):
             raise artifact_corrupt(f"{what} is {ref['dtype']}{ref['shape']}, expected {dtype}{list(shape)}")
         arrays.append(ref)
-
     def matrix_of(name: str, slot) -> tuple[int, int]:
         """(rows, cols) of one matrix of tensor `name`; slot -1 for a matrix, an index for a bank."""
         shape = shapes[name]
@@ -1998,7 +1882,6 @@ def payload_arrays(entries: dict, shapes: dict[str, tuple]) -> list[dict]:
                 0 <= slot < shape[0] if len(shape) == 3 else slot == -1):
             raise artifact_corrupt(f"{name} has no matrix {slot!r}")
         return shape[-2], shape[-1]
-
     if set(entries) != set(shapes):
         raise artifact_corrupt(f"tensors {sorted(set(entries) ^ set(shapes))} do not match the model")
     for name, entry in entries.items():
@@ -2038,7 +1921,6 @@ def deserialize_artifact(blob: bytes, vocab_size: int,
             raise artifact_corrupt(f"the payload ends after {len(data):,} of {total:,} bytes")
         if stream.read(1) or stream.trailing():
             raise artifact_corrupt(f"more data follows the {total:,} bytes the config needs")
-
         def read(ref: dict, levels: tuple[int, int] | None = None, what: str = "") -> torch.Tensor:
             size = math.prod(ref["shape"]) * np.dtype(ref["dtype"]).itemsize
             if ref["offset"] < 0 or ref["offset"] + size > total or ref["nbytes"] != size:
@@ -2047,7 +1929,6 @@ def deserialize_artifact(blob: bytes, vocab_size: int,
             if levels and values.numel() and not (levels[0] <= int(values.min()) and int(values.max()) <= levels[1]):
                 raise artifact_corrupt(f"{what} has levels outside [{levels[0]}, {levels[1]}]")
             return values
-
         state = {}
         for name, entry in header["tensors"].items():
             if entry["kind"] != "int":
@@ -2097,14 +1978,12 @@ def share_bytes(blob: bytes | None, rt: Runtime) -> bytes:
     dist.broadcast(buf, src=0)
     return bytes(buf.cpu().numpy())
 
-
 # ---------------------------------------------------------------------------------------------
 # EVALUATION
 # Every stage scores windows of the validation stream: a window scores only the targets after the previous
 # window's end, so each target is scored once, with at least EVAL_SEQ_LEN - EVAL_STRIDE tokens of context after the
 # first window (plain evaluation: stride = EVAL_SEQ_LEN). Test-time training is legal only if it is causal, scores a
 # normalised distribution, and scores each token once, before any update that used it (issues #402, #677, #1017).
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class Windows:
@@ -2112,10 +1991,8 @@ class Windows:
     ends: np.ndarray  # one past the last input position (= last scored target index)
     score_from: np.ndarray  # targets with index > score_from are scored by this window
     index: np.ndarray  # position in the full list: the order windows are scored in
-
     def __len__(self) -> int:
         return len(self.starts)
-
     def subset(self, index) -> "Windows":
         return Windows(self.starts[index], self.ends[index], self.score_from[index], self.index[index])
 
@@ -2128,22 +2005,18 @@ def sliding_windows(num_tokens: int, seq_len: int, stride: int) -> Windows:
     return Windows(ends - length, ends, np.concatenate([[0], ends[:-1]]), np.arange(count))
 
 def rank_share(count: int, rt: Runtime) -> slice:
-    """A contiguous, balanced slice of `count` items for this rank."""
     return slice(count * rt.rank // rt.world_size, count * (rt.rank + 1) // rt.world_size)
 
 class NllRecorder:
     """Per-target NLL, bytes and scoring order of one stage, for NLL_DUMP_PATH audits. The order key grows with
     processing order (the window's index; per-document TTT: batch * 2^32 + chunk) and ignores the world size."""
-
     def __init__(self, num_tokens: int):
         self.totals = torch.zeros(4, num_tokens, dtype=torch.float64)
         self.nll, self.bytes, self.count, self.order = self.totals  # order: key + 1; 0 = not scored
-
     def add(self, positions: torch.Tensor, nll: torch.Tensor, nbytes: torch.Tensor, order: torch.Tensor) -> None:
         ones = torch.ones(len(positions), dtype=torch.float64)
         rows = torch.stack([nll.double().cpu(), nbytes.double().cpu(), ones, order.double().cpu() + 1])
         self.totals.index_add_(1, positions.cpu(), rows)
-
     def write(self, path: str, rt: Runtime) -> None:
         totals = self.totals
         if rt.world_size > 1:
@@ -2166,8 +2039,7 @@ def score_windows(score_fn, val: torch.Tensor, windows: Windows, batch_seqs: int
         return
     batch_seqs = min(batch_seqs, 1 << (len(windows) - 1).bit_length())
     length = int(windows.ends[0] - windows.starts[0])
-    offsets = torch.arange(length + 1, device=val.device)
-    rel = torch.arange(length, device=val.device)[None, :]
+    offsets, rel = torch.arange(length + 1, device=val.device), torch.arange(length, device=val.device)[None, :]
     for b in range(0, len(windows), batch_seqs):
         rt.doing(f"scoring windows {b}..{b + batch_seqs} of {len(windows)}")
         idx = np.arange(b, b + batch_seqs).clip(max=len(windows) - 1)
@@ -2206,10 +2078,8 @@ def score_first_ttt(model: GPT, runners: "Runners", val: torch.Tensor, h: Hyperp
     update that uses it: chunk c's windows are scored, then trained on; the last chunk never is."""
     windows = sliding_windows(len(val), h.eval_seq_len, h.eval_stride)
     chunk_of_window = windows.score_from // h.ttt_chunk_tokens
-    num_chunks = int(chunk_of_window[-1]) + 1
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
-    meter = BpbMeter(rt.device)
+    num_chunks, params = int(chunk_of_window[-1]) + 1, list(model.parameters())
+    opt, meter = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum), BpbMeter(rt.device)
     for chunk in range(num_chunks):
         rt.doing(f"chunked TTT, chunk {chunk + 1} of {num_chunks}")
         mine = windows.subset(np.nonzero(chunk_of_window == chunk)[0])
@@ -2232,8 +2102,7 @@ def train_on_tokens(score_fn, stream: torch.Tensor, chunk_start: int, chunk_end:
     starts, first = chunk_training_pieces(chunk_start, chunk_end, seq_len)
     length = min(seq_len, chunk_end)
     rel = torch.arange(length, device=stream.device)[None, :]
-    offsets = torch.arange(length + 1, device=stream.device)
-    per_rank = math.ceil(per_step / rt.world_size)
+    offsets, per_rank = torch.arange(length + 1, device=stream.device), math.ceil(per_step / rt.world_size)
     for _ in range(epochs):
         for b in range(0, len(starts), per_step):
             count = float(sum(length - f for f in first[b:b + per_step]))  # targets trained in this step, all ranks
@@ -2300,13 +2169,11 @@ class NgramTilt:
     token h holds >= THRESHOLD of a context's count, p'(y) = p(y) e^(beta [y = h]) / (1 + q (e^beta - 1)), q = p(h), a
     distribution: NLL' = NLL - beta [y = h] + log(1 + q (e^beta - 1)). Only scores change; TTT trains on the plain NLL.
     Every rank counts every hint up front from the same plan, so the score is the one-process score on any world size."""
-
     def __init__(self, val: torch.Tensor, order: torch.Tensor, bos_id: int, context: int, threshold: float, beta: float):
         self.beta = beta
         hashes, full = context_hashes(val, bos_id, context)
         seq = order[full[order]]  # targets with a whole context, in scoring order
-        keys, ys = hashes[seq], val.long()[seq]
-        m = len(seq)
+        keys, ys, m = hashes[seq], val.long()[seq], len(seq)
         index = torch.arange(m, device=val.device)
         zero = torch.zeros_like(index)
         by_key = torch.argsort(keys, stable=True)  # grouped by context, in scoring order inside a group
@@ -2317,8 +2184,7 @@ class NgramTilt:
         seen = index - torch.cummax(torch.where(new_group, index, zero), 0).values  # targets of this context before
         # How often this target's token followed its context, this target included.
         pair = group * (int(ys.max()) + 1 if m else 1) + ys
-        by_pair = torch.argsort(pair, stable=True)
-        new_pair = torch.ones(m, dtype=torch.bool, device=val.device)
+        by_pair, new_pair = torch.argsort(pair, stable=True), torch.ones(m, dtype=torch.bool, device=val.device)
         new_pair[1:] = pair[by_pair][1:] != pair[by_pair][:-1]
         count = torch.empty_like(index)
         count[by_pair] = index - torch.cummax(torch.where(new_pair, index, zero), 0).values + 1
@@ -2333,7 +2199,6 @@ class NgramTilt:
         self.confident = torch.zeros(len(val), dtype=torch.bool, device=val.device)
         self.hint[seq[by_key]] = torch.where(confident, ys[leader_before], zero)
         self.confident[seq[by_key]] = confident
-
     def tilt(self, nll: torch.Tensor, hint_nll: torch.Tensor, hit: torch.Tensor, confident: torch.Tensor) -> torch.Tensor:
         q = torch.exp(-hint_nll)
         tilted = nll - self.beta * hit.to(nll.dtype) + torch.log1p(q * math.expm1(self.beta))
@@ -2343,7 +2208,6 @@ class TTTLoRA(nn.Module):
     """Batched per-document adapters: row d of the batch gets its own rank-r delta (alpha / r) * (x A_d^T) B_d^T on
     each of `targets`: q, k, v, o of every virtual layer (each loop pass its own, beside the trained per-pass LoRA), a
     model_dim -> model_dim adapter beside each MLP, and the head. GPT.project(), mlp() and head() call delta()."""
-
     def __init__(self, model: GPT, docs: int, rank: int, alpha: float, targets: tuple[str, ...] = TTT_LORA_TARGETS):
         super().__init__()
         c = model.cfg
@@ -2357,7 +2221,6 @@ class TTTLoRA(nn.Module):
                 layers = 1 if t == "head" else slots
                 self.A[t] = nn.Parameter(torch.zeros(layers, docs, rank, in_dim, device=device))
                 self.B[t] = nn.Parameter(torch.zeros(layers, docs, out_dim, rank, device=device))
-
     @torch.no_grad()
     def reset(self, reset_a: bool, generator: torch.Generator) -> None:
         """B to zero (every batch); A to U(-1/sqrt(in), 1/sqrt(in)) from `generator` when asked."""
@@ -2366,7 +2229,6 @@ class TTTLoRA(nn.Module):
             if reset_a:
                 a = self.A[name]
                 a.uniform_(-a.size(-1) ** -0.5, a.size(-1) ** -0.5, generator=generator)
-
     def delta(self, target: str, slot: int, x: torch.Tensor) -> torch.Tensor:
         a, b = self.A[target][slot], self.B[target][slot]
         return torch.bmm(torch.bmm(x, a.mT.to(x.dtype)), b.mT.to(x.dtype)) * self.scale
@@ -2382,14 +2244,12 @@ def split_documents(val: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:
 
 @dataclass
 class DocPlan:
-    """The fixed schedule of per-document TTT, the same on every rank."""
     batches: list[list[int]]  # document indices per batch, in processing order (longest first)
     phase_ends: list[int]  # global SGD runs after these many batches (empty: no phases)
     owner: list[int]  # the rank that scores each batch
 
 def plan_documents(docs: list[tuple[int, int]], h: Hyperparameters, world_size: int, phases: int) -> DocPlan:
-    order = sorted(range(len(docs)), key=lambda d: (-docs[d][1], d))
-    size = h.ttt_doc_batch
+    order, size = sorted(range(len(docs)), key=lambda d: (-docs[d][1], d)), h.ttt_doc_batch
     batches = [order[i:i + size] for i in range(0, len(order), size)]
     prefix = min(h.phased_ttt_prefix_docs, len(docs))
     # A phase helps only documents scored after it: none is placed after the last batch.
@@ -2411,19 +2271,16 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
     """Score chunk c of every document of the batch (at most EVAL_SEQ_LEN tokens of context, all from its document),
     then one Adam step on each document's mean chunk-c loss unless c is its last chunk. Scores come from the forward
     the step differentiates, taken before the step; with an n-gram tilt it also gives each hint token's NLL."""
-    C, W, rows = h.doc_chunk_tokens(max(d[1] for d in docs)), h.eval_seq_len, h.ttt_doc_batch
-    device = val.device
+    C, W, rows, device = h.doc_chunk_tokens(max(d[1] for d in docs)), h.eval_seq_len, h.ttt_doc_batch, val.device
     # Per row (padding rows have no targets): computed on the host, so the loop never waits on the device.
     starts, targets = torch.tensor(docs + [(0, 0)] * (rows - len(docs))).T
     chunks = (targets + C - 1) // C
     for c in range(int(chunks.max())):
         width = min((c + 1) * C, W)  # the same for every row, so one shape per chunk index
         end = torch.clamp(targets, max=(c + 1) * C)  # one past the chunk's last input, per row
-        window_start = torch.clamp(end - W, min=0)
-        pos = torch.arange(width + 1)[None, :]
+        window_start, pos = torch.clamp(end - W, min=0), torch.arange(width + 1)[None, :]
         index = torch.clamp(starts[:, None] + window_start[:, None] + pos, max=len(val) - 1).to(device)
-        tokens = val[index]
-        valid_host = pos[:, :-1] < (end - window_start)[:, None]
+        tokens, valid_host = val[index], pos[:, :-1] < (end - window_start)[:, None]
         valid = valid_host.to(device)
         inputs, labels = torch.where(valid, tokens[:, :-1], 0), torch.where(valid, tokens[:, 1:], 0)
         rel = pos[:, :-1] + window_start[:, None]  # position of each input inside its document
@@ -2458,8 +2315,7 @@ def score_document_batch(score_fn, val: torch.Tensor, docs: list[tuple[int, int]
 def global_sgd_phase(model: GPT, score_fn, val: torch.Tensor, docs: list[tuple[int, int]], h: Hyperparameters,
                      rt: Runtime) -> int:
     """SGD on every base weight over fully scored documents, in GLOBAL_TTT_CHUNK_TOKENS chunks, cosine LR (PR #1626)."""
-    stream = torch.cat([val[s:s + n + 1] for s, n in docs])
-    params = list(model.parameters())
+    stream, params = torch.cat([val[s:s + n + 1] for s, n in docs]), list(model.parameters())
     model.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=h.global_ttt_lr, momentum=h.global_ttt_momentum)
     chunk = h.global_ttt_chunk_tokens
@@ -2480,12 +2336,10 @@ def score_documents_ttt(model: GPT, runners: Runners, val: torch.Tensor, h: Hype
     rt.log(f"ttt_docs mode:{h.ttt_mode} documents:{len(docs)} batches:{len(plan.batches)} "
            f"phase_ends:{','.join(map(str, plan.phase_ends)) or '-'} rank0_batches:{plan.owner.count(0)}")
     model.requires_grad_(False).eval()
-    lora = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha, h.ttt_targets())
-    ngram = None
+    lora, ngram = TTTLoRA(model, h.ttt_doc_batch, h.ttt_lora_rank, h.ttt_lora_alpha, h.ttt_targets()), None
     if h.ngram_tilt:
         rt.doing("counting the n-gram hints in scoring order")
-        started = time.perf_counter()
-        chunks = [h.doc_chunk_tokens(docs[batch[0]][1]) for batch in plan.batches]
+        started, chunks = time.perf_counter(), [h.doc_chunk_tokens(docs[batch[0]][1]) for batch in plan.batches]
         ngram = NgramTilt(val, scoring_order(docs, plan.batches, chunks, val.device), model.cfg.bos_id,
                           h.ngram_order, h.ngram_threshold, h.ngram_beta)
         rt.log(f"ngram_tilt order:{h.ngram_order} threshold:{h.ngram_threshold:g} beta:{h.ngram_beta:g} "
@@ -2524,7 +2378,6 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
     every shape the stage uses; no optimizer steps, so no weight changes."""
     t0, graphs = time.perf_counter(), graphs_compiled()
     rt.doing("compiling the TTT graphs on random tokens")
-
     def forward_backward(run, rows: int, width: int, train: bool, sliced: bool = True) -> None:
         # Laid out as the stage's inputs are: a compiled graph is specialised to their strides and ranks.
         tokens = torch.randint(2, h.vocab_size, (rows, width + 1), device=rt.device)
@@ -2560,14 +2413,12 @@ def warm_up_ttt(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) -
            f"before the timed stage)")
     log_compiles(rt, "ttt_warmup", graphs)
 
-
 # ---------------------------------------------------------------------------------------------
 # MAIN
 # One process per device under torchrun (CUDA + NCCL, or CPU + gloo), or one plain process. Check every setting and
 # input first; then train (or load a checkpoint with EXPORT_ONLY, or an artifact with EVAL_ONLY), export, and evaluate
 # the round-tripped artifact: plain, sliding, test-time training. A run's score is its last stage, never the best one.
 # A bad setting or file ends the run with one line and its own exit status.
-# ---------------------------------------------------------------------------------------------
 
 EXIT_CONFIG, EXIT_INPUT, EXIT_DIVERGED, EXIT_STALLED, EXIT_KERNEL, EXIT_MEMORY = 2, 3, 4, 5, 6, 7
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
@@ -2607,15 +2458,12 @@ class StallMonitor(threading.Thread):
     """Names the rank that holds a multi-process run up. Each process publishes a heartbeat (time, pid, host, activity)
     to the rendezvous store when its activity changes and every few seconds. After DIST_TIMEOUT_SECONDS on one
     activity it reports the ranks whose heartbeat went silent and exits; `lost_ranks` names them after a peer died."""
-
     def __init__(self, rt: Runtime, timeout: float):
         super().__init__(daemon=True, name="stall-monitor")
         self.rt, self.timeout = rt, timeout
-        self.interval = max(0.5, min(5.0, timeout / 10))
-        self.host = socket.gethostname()
+        self.interval, self.host = max(0.5, min(5.0, timeout / 10)), socket.gethostname()
         self.store = dist.distributed_c10d._get_default_store()
         self.store.set_timeout(datetime.timedelta(seconds=max(2.0, 2 * self.interval)))
-
     def run(self) -> None:
         while True:
             self.rt.activity_changed.clear()
@@ -2626,7 +2474,6 @@ class StallMonitor(threading.Thread):
             if waited > max(self.timeout, self.rt.patience) and not self.peer_compiling(waited):
                 self.fail(waited)
             self.rt.activity_changed.wait(self.interval)
-
     def peer_states(self) -> tuple[list[str], list[str]]:
         """(silent, alive): one phrase per other rank. A rank on this host whose process has exited is silent at
         once; elsewhere a rank is silent when its heartbeat is 3 intervals old."""
@@ -2645,7 +2492,6 @@ class StallMonitor(threading.Thread):
             else:
                 alive.append(f"rank {rank} is {activity}")
         return silent, alive
-
     def peer_compiling(self, waited: float) -> bool:
         """A peer that still answers and is compiling a graph holds the others up legitimately."""
         try:
@@ -2653,14 +2499,12 @@ class StallMonitor(threading.Thread):
         except Exception:
             return False
         return not silent and waited < COMPILE_PATIENCE_SECONDS and any(" is warming up the " in a for a in alive)
-
     def peers(self) -> str:
         try:
             silent, alive = self.peer_states()
         except Exception:
             return "the rendezvous store does not answer, so the rank or launcher that hosts it is stopped or gone"
         return "; ".join(silent + alive) or "every other rank still answers"
-
     def lost_ranks(self) -> str | None:
         """After a failed collective: the dead ranks, waited for as long as a heartbeat takes to go silent; else None."""
         deadline = time.monotonic() + 3 * self.interval + 1
@@ -2672,7 +2516,6 @@ class StallMonitor(threading.Thread):
             if silent or time.monotonic() > deadline:
                 return "; ".join(silent) or None
             time.sleep(0.2)
-
     def fail(self, waited: float) -> None:
         report_failure(self.rt, f"error: rank {self.rt.rank} waited {waited:.0f} s (DIST_TIMEOUT_SECONDS="
                                 f"{self.timeout:g}) while {self.rt.activity}; {self.peers()}. A stopped, crashed or hung "
@@ -2700,8 +2543,7 @@ def lost_peer_failure(rt: Runtime | None, cause: str) -> tuple[int, str]:
     return EXIT_TERMINATED, f"error: {cause} while {doing}: no score from this run"
 
 def setup_runtime(h: Hyperparameters) -> Runtime:
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
@@ -2938,7 +2780,6 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
     saved = {"config": model.cfg.__dict__, "tokenizer_sha256": h.tokenizer_sha256,
              "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     outcome = []
-
     def write() -> None:
         t0 = time.perf_counter()
         try:
@@ -2949,7 +2790,6 @@ def start_checkpoint(model: GPT, h: Hyperparameters, rt: Runtime):
                            f"on: the artifact is what scores)")
     writer = threading.Thread(target=write, name="checkpoint")
     writer.start()
-
     def finish() -> None:
         writer.join()
         rt.log(outcome[0])
@@ -2978,8 +2818,7 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
         blob = None
         rt.doing("compressing the artifact (rank 0) / waiting for it")
         if rt.is_main:
-            t1 = time.perf_counter()
-            blob = serialize_artifact(tensors, model.cfg, h.compressor, h.tokenizer_sha256)
+            t1, blob = time.perf_counter(), serialize_artifact(tensors, model.cfg, h.compressor, h.tokenizer_sha256)
             write_atomically(h.artifact_path, lambda partial: Path(partial).write_bytes(blob))
             rt.log(f"serialize compressor:{h.compressor} bytes:{len(blob)} time:{1000 * (time.perf_counter() - t1):.0f}ms "
                    f"path:{h.artifact_path} sha256:{hashlib.sha256(blob).hexdigest()}")
@@ -2988,7 +2827,6 @@ def export_model(model: GPT, runners: Runners, h: Hyperparameters, rt: Runtime) 
     return share_bytes(blob, rt), quant_ms
 
 def timed_stage(rt: Runtime, h: Hyperparameters, line: str, evaluate) -> tuple[float, float]:
-    """Run one evaluation stage and log its contract line (e.g. final_sliding) with its time."""
     rt.synchronize()
     rt.doing(f"evaluating ({line})")
     t0, graphs = time.perf_counter(), graphs_compiled()
@@ -3014,7 +2852,6 @@ def evaluate_artifact(blob: bytes, h: Hyperparameters, rt: Runtime, val: torch.T
     stages = ["roundtrip"] + ["sliding"] * h.sliding_enabled + ["ttt"] * h.ttt_enabled
     strides = {"roundtrip": h.eval_seq_len, "sliding": h.eval_stride}
     recorder = NllRecorder(len(val)) if h.nll_dump_path else None
-
     def evaluate(stage: str, rec: NllRecorder | None) -> tuple[float, float]:
         if stage == "ttt":
             ttt = score_first_ttt if h.ttt_mode == "chunked" else score_documents_ttt
@@ -3070,8 +2907,7 @@ def run(h: Hyperparameters, rt: Runtime) -> None:
                          f"byte sidecars (fineweb_val_bytes_*.bin): its bits per byte would count operator bytes the text "
                          f"never had. Download the data with 'python3 data/cached_challenge_fineweb.py --variant "
                          f"sp8192_caseops'.")
-    tables = tables.to(rt.device)
-    val = load_validation_tokens(h.data_path, h.val_tokens_limit).to(rt.device)
+    tables, val = tables.to(rt.device), load_validation_tokens(h.data_path, h.val_tokens_limit).to(rt.device)
     if int(val.max()) >= h.vocab_size:
         raise InputError(f"the validation shards in {h.data_path} hold token id {int(val.max())}, outside "
                          f"VOCAB_SIZE={h.vocab_size}; the data and tokenizer do not match.")
