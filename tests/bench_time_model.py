@@ -468,8 +468,7 @@ def stream_eval(counts: Counts, world_size: int, stream: DocStream, a: Assumptio
     # training on its tokens in steps of TTT_BATCH_SEQS sequences (each rank a fixed share of rows).
     per_chunk = np.bincount(win.score_from // h.ttt_chunk_tokens)
     score = forward(sum(padded_rows(math.ceil(int(c) / world_size), h.eval_batch_seqs) for c in per_chunk), width, pairs)
-    frozen = 0 if h.ttt_params == "all" else counts.bank_params + counts.V * counts.D
-    matmul_factor = 6.0 if h.ttt_params == "all" else 4.0  # frozen banks/embedding: no weight gradients
+    frozen, matmul_factor = 0, 6.0  # chunked TTT trains every weight: forward, input and weight gradients
     train, steps = 0.0, 0
     per_rank = math.ceil(h.ttt_batch_seqs / world_size)
     for chunk in range(len(per_chunk) - 1):  # the last chunk is never trained on

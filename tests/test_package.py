@@ -973,9 +973,8 @@ def test_make_wrapper_defaults_to_the_smaller_brotli_and_leaves_an_identical_fil
 
 # ---- wrapper sizes: issue #33's code-byte target ----
 
-# LEAD: set True once train_gpt.py's smallest wrapper fits package.REFERENCE_CODE_BYTES (issue #33
-# item 1); until then the test measures and prints the sizes without asserting the target.
-ASSERT_WRAPPER_WITHIN_REFERENCE = True  # the lean script (issue 33): counted code at most PR #2135's
+# The counted code (the smallest wrapper) must stay at most PR #2135's package.REFERENCE_CODE_BYTES.
+ASSERT_WRAPPER_WITHIN_REFERENCE = True
 
 
 def test_sizes_prints_the_measured_wrapper_sizes_of_train_gpt(capsys):
