@@ -1247,8 +1247,8 @@ def graphs_compiled() -> int:
 def log_compiles(rt: Runtime, stage: str, before: int) -> None:
     rt.log(f"compiled_graphs stage:{stage} new:{graphs_compiled() - before} total:{graphs_compiled()}")
 
-# How long a compile (or a peer waiting on one) may take: one graph took 195 s cold on one H200 (README), and eight
-# ranks compiling at once on one host's CPUs take longer.
+# How long a compile (or a peer waiting on one) may take: one graph took 195 s cold on one H200 (tests/RESULTS.md),
+# and eight ranks compiling at once on one host's CPUs take longer.
 COMPILE_PATIENCE_SECONDS = 1800.0
 
 @contextlib.contextmanager
@@ -1505,7 +1505,7 @@ def quant_units(model: GPT) -> list[tuple[str, int, str]]:
 def quant_spec(name: str, h: Hyperparameters) -> tuple[int, float]:
     """(bits, SDClip k) by role: the tied embedding at int7 with k = 14, attention matrices at int6 with k = 13 (PRs
     #1586, #1626, #1855); MLP matrices at int6 with k = 12.5, not PR #1855's 11.5, which fits 16 MB only with its
-    stronger compressor (README, size planning)."""
+    stronger compressor (tests/PLANNING.md)."""
     if name == "tok_emb.weight":
         return h.embed_bits, h.embed_clip_sigmas
     return h.matrix_bits, (h.attn_clip_sigmas if name in ("qo_bank", "kv_bank") else h.mlp_clip_sigmas)
@@ -1823,7 +1823,7 @@ def training_memory_bytes(h: Hyperparameters, world_size: int) -> tuple[int, int
     """(parameters, a lower bound on one process's training memory): 20 bytes a parameter (fp32 weights, gradients,
     EMA, at least one optimizer moment), what one micro-batch saves for backward (residual, q/k/v/attention outputs,
     the MLP's hidden layer before and after the activation: 2 bytes each per virtual layer), its fp32 logits and their
-    gradient. The default 98,304-token micro-batch: 25.8 GiB; the first GPU run measured 44.0 GiB (README)."""
+    gradient. The default 98,304-token micro-batch: 25.8 GiB; the first GPU run measured 44.0 GiB (tests/RESULTS.md)."""
     cfg, tokens = h.model_config(), h.micro_batch_tokens(world_size)
     params, depth = parameter_count(cfg), cfg.num_layers + cfg.loop_len * cfg.num_loops
     saved, logits = tokens * depth * (4 * cfg.model_dim + 2 * cfg.mlp_dim) * 2, tokens * cfg.vocab_size * 4 * 2

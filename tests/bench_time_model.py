@@ -125,11 +125,11 @@ SEED_SPREAD_BPB = 5e-4  # seed-to-seed spread of a record's score (records/packa
 # PR #1855 ran three (75-84 s), PRs #2014 and #2135 one.
 PHASE_NOTES = {1: "PRs #2014, #2135 (train_gpt.py's default)", 3: "\u22120.0014 (PRs #1610, #1626); PR #1855's count",
                6: "the most before overfitting (PR #1626)"}
-# Predictor error of predicted_model_bytes, measured (README, Size planning): the
+# Predictor error of predicted_model_bytes, measured (tests/PLANNING.md, Size planning): the
 # previous default model with Gaussian weights compressed 0.8 % larger than predicted.
 SIZE_PREDICTOR_ERROR = 0.008
 
-# Our own code, measured (README, First GPU run, 2026-11-26, one H200, PyTorch 2.11, document
+# Our own code, measured (tests/RESULTS.md, First GPU run, 2026-11-26, one H200, PyTorch 2.11, document
 # attention through flex_attention, before the varlen kernels and the fused loss): 938.7 ms per
 # 786,432-token step before looping, 1,559.8 ms after (117.3 / 195.0 ms as 8-GPU steps). The H200
 # has the H100's bf16 peak, so a second MFU fitted to it predicts what our code achieves.
@@ -1065,7 +1065,7 @@ def size_lines(z: dict) -> list[str]:
         "",
         f"Model bytes: predicted_model_bytes (rounded-Gaussian entropy of each quantised row, fp16 scales "
         f"and passthrough tensors, AWQ-lite and LQER bounds); its measured error +{100 * SIZE_PREDICTOR_ERROR:.1f} % "
-        f"(README, Size planning: Gaussian weights). Code bytes: this train_gpt.py, and its wrappers as "
+        f"(tests/PLANNING.md, Size planning: Gaussian weights). Code bytes: this train_gpt.py, and its wrappers as "
         f"{z['code_source']} makes them; the smallest is the {z['smallest']}.",
     ]
 

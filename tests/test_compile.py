@@ -1,7 +1,7 @@
 """The compiled path, proven on the CPU: every graph the script compiles (training steps with
 looping off and on, evaluation windows (GPTQ calibration stays eager), chunked and
 per-document TTT, the global phases) compiles whole (fullgraph=True: a graph break is an error) and matches eager;
-a whole run compiles exactly the graphs listed in the README, so a change that adds a
+a whole run compiles exactly the graphs the README describes (How it runs), so a change that adds a
 recompile inside the timed budget fails here; and FlashAttention-3 is chosen when it imports.
 
 Most tests compile with the `aot_eager` backend (dynamo's tracing and AOTAutograd's forward
