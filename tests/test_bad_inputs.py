@@ -739,14 +739,20 @@ def test_a_signal_mid_training_logs_one_line_and_its_own_exit_status(tiny_env, t
     import os
     import time
     env = {**os.environ, "OMP_NUM_THREADS": "1", **tiny_env, "ITERATIONS": "100000", "TRAIN_LOG_EVERY": "1"}
+    # A shell's background job (`cmd &`, nohup) starts with Ctrl-C ignored, and Python then never
+    # raises KeyboardInterrupt: the child gets a terminal's default, wherever pytest runs.
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "logs" / "tiny.txt"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (log.exists() and "step:3/" in log.read_text()):
-        time.sleep(0.5)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    try:
+        while time.monotonic() < deadline and not (log.exists() and "step:3/" in log.read_text()):
+            time.sleep(0.5)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # no 100,000-step run left behind when the test fails
     assert proc.returncode == status, err[-2000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), lines
